@@ -1,0 +1,3 @@
+"""nsa: offline policy optimisation with negative sample augmentation (BCPG-NSA)."""
+
+__version__ = "0.1.0"

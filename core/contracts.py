@@ -1,0 +1,122 @@
+"""The contracts every plugin meets: typed Protocols, no base classes.
+
+A plugin is a plain class with a fully typed ``__init__`` (the signature is its config
+schema) and the one method its kind needs. Heavy libraries are imported inside methods so
+that naming a plugin costs nothing until it runs.
+
+Cache identity: a plugin's public attributes (those not starting with ``_``) are hashed
+into the fingerprint of the stage it runs in. Keep run-time state (a loaded model, a
+process pool) in ``_private`` attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, Sequence, runtime_checkable
+
+import torch
+
+Span = tuple[int, int]
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Splits a response into steps: character spans that tile the text exactly."""
+
+    def split(self, text: str) -> list[Span]: ...
+
+
+class Outcome(NamedTuple):
+    """A verifier's answer: the reward and why (``ok``, ``empty``, ``no_answer``, ``timeout``)."""
+
+    reward: float
+    status: str
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores final answers against references: one Outcome per response."""
+
+    def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Samples ``num_samples`` completions per prompt from the behaviour policy.
+
+    Returns, per prompt, the generated token ids of each completion (EOS included when
+    generated). Ids are kept as generated and never re-tokenised from text.
+    """
+
+    num_samples: int
+
+    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]: ...
+
+
+@dataclass(frozen=True)
+class StepItem:
+    """One response to judge: its question, its text and its steps as character spans."""
+
+    question: str
+    response: str
+    spans: Sequence[Span]
+
+
+@runtime_checkable
+class StepJudge(Protocol):
+    """Scores every step of each response in [0, 1]; ``None`` means unjudged.
+
+    ``threshold`` turns a score into a verdict (correct when score >= threshold). It is
+    applied after the scores are cached, so changing it re-runs no model.
+    """
+
+    threshold: float
+
+    def score(self, items: Sequence[StepItem]) -> list[list[float | None]]: ...
+
+
+@runtime_checkable
+class Consensus(Protocol):
+    """Combines per-judge verdicts (``verdicts[judge][step]``) into one label per step."""
+
+    def combine(self, verdicts: Sequence[Sequence[bool | None]]) -> list[bool]: ...
+
+
+@dataclass
+class PolicyBatch:
+    """One micro-batch of responses, right-padded, in input-token coordinates.
+
+    Position t of a (B, T) tensor refers to token ``input_ids[:, t]``; per-token
+    log-probs at t are log pi(input_ids[t] | input_ids[:t]).
+    """
+
+    input_ids: torch.Tensor  # (B, T) long: prompt + response + padding
+    attention_mask: torch.Tensor  # (B, T) long
+    response_mask: torch.Tensor  # (B, T) bool: response tokens (the trained targets)
+    nsa_mask: torch.Tensor  # (B, T) bool: tokens in a consensus-correct step of a negative
+    reward: torch.Tensor  # (B,) float: outcome reward r_i
+    reward_mean: torch.Tensor  # (B,) float: group mean reward rbar
+    ref_token_logprobs: torch.Tensor  # (B, T) float32: log pi_ref per token, 0 off-response
+    step_responses: float  # responses in the whole optimizer step (all micro-batches, ranks)
+    step_positives: float  # of which have reward > 0.5
+    question_ids: list[str]
+
+
+@dataclass
+class LossOutput:
+    """A micro-batch's share of the step loss, already divided by the step's count."""
+
+    loss: torch.Tensor  # () scalar to minimise
+    metrics: dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class PolicyLoss(Protocol):
+    """Maps a batch and the policy's per-token log-probs (B, T) to a loss.
+
+    The loss must be this micro-batch's exact share of the optimizer step's objective:
+    normalise by ``batch.step_responses`` (or ``step_positives``), never by the
+    micro-batch's own size, so gradients do not depend on how the step is split.
+    """
+
+    def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput: ...
