@@ -11,8 +11,9 @@ process pool) in ``_private`` attributes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -99,6 +100,7 @@ class PolicyBatch:
     ref_token_logprobs: torch.Tensor  # (B, T) float32: log pi_ref per token, 0 off-response
     step_responses: float  # responses in the whole optimizer step (all micro-batches, ranks)
     step_positives: float  # of which have reward > 0.5
+    last_in_step: bool  # the optimizer steps after this micro-batch
     question_ids: list[str]
 
 

@@ -1,0 +1,107 @@
+"""The ``nsa`` command: a LightningCLI with the data stages and plugin listing added.
+
+nsa fit --config recipes/quickstart.yaml      run the whole method
+nsa prepare --config recipes/quickstart.yaml  run only the data stages
+nsa plugins                                   list advertised plugins (imports none)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+
+from lightning.pytorch.cli import LightningCLI
+from nsa.data import NSADataModule
+from nsa.errors import NSAError
+from nsa.module import NSAModule
+from nsa.registry import Plugin, advertised, rewrite_args
+from nsa.tracking import MLflowConfig, StageStats
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+        "init_args": {"experiment_name": "nsa", "tracking_uri": "sqlite:///mlflow.db"},
+    },
+    "use_distributed_sampler": False,  # micro-batches are planned by nsa.batching
+}
+
+
+def plugins_epilog(plugins: list[Plugin]) -> str:
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for p in plugins:
+        by_group[p.group].append(f"{p.name} ({p.class_path})")
+    lines = [f"{group.removeprefix('nsa.')}: {', '.join(names)}" for group, names in by_group.items()]
+    return "plugins (short name or class_path; `nsa plugins` for details):\n  " + "\n  ".join(lines)
+
+
+class NSACLI(LightningCLI):
+    def __init__(self, args: list[str], run: bool = True) -> None:
+        self.plugins = advertised()
+        super().__init__(
+            NSAModule,
+            NSADataModule,
+            args=args,
+            run=run,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=MLflowConfig,
+            save_config_kwargs={"save_to_log_dir": False},
+            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.policy", "data.policy")
+        parser.epilog = plugins_epilog(self.plugins)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(StageStats())
+        return trainer
+
+
+def print_plugins() -> None:
+    rows = [(p.group.removeprefix("nsa."), p.name, p.class_path, p.dist) for p in advertised()]
+    widths = [max(len(r[i]) for r in rows + [("kind", "name", "class_path", "from")]) for i in range(4)]
+    for row in [("kind", "name", "class_path", "from"), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def prepare(args: list[str]) -> None:
+    """Run only the data stages of a recipe and print their statistics."""
+    cli = NSACLI(args=args, run=False)
+    cli.datamodule.prepare_data()
+    print("nsa: data stages", file=sys.stderr)
+    cli.datamodule.print_stats()
+    for out in cli.datamodule.stages:
+        print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
+
+
+def quiet_libraries() -> None:
+    """nsa draws one progress bar per stage; the libraries' own bars would bury it."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    del sys.argv[1:]  # the (rewritten) args are passed explicitly to LightningCLI
+    quiet_libraries()
+    try:
+        if args[:1] == ["plugins"]:
+            return print_plugins()
+        args = rewrite_args(args, advertised())
+        if args[:1] == ["prepare"]:
+            return prepare(args[1:])
+        NSACLI(args=args)
+    except (NSAError, argparse.ArgumentError) as err:
+        print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """jsonargparse explains a bad value over several lines; keep what names the problem."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines[:3]) + (" ..." if len(lines) > 3 else "")

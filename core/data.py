@@ -1,0 +1,135 @@
+"""NSADataModule: runs the data stages (cached) and serves token-budget micro-batches."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import lightning as L
+import torch
+from nsa.batching import RolloutRows, StepBatchSampler, collate
+from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
+from nsa.errors import NSAError
+from nsa.models import check_policy, load_tokenizer, resolve_policy
+from nsa.pipeline import Recipe, run
+from nsa.stages.cache import StageOutput
+from nsa.stages.problems import load_problems
+
+DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+class NSADataModule(L.LightningDataModule):
+    """Problems -> sampled, verified, segmented, judged answers -> training micro-batches.
+
+    Args:
+        problems: a .jsonl/.json/.parquet file or a dataset id loadable by ``datasets``.
+        sampler: draws G answers per problem from the behaviour policy.
+        verifier: scores each answer's final result against the reference.
+        segmenter: splits wrong answers into steps.
+        judges: score each step; their verdicts are combined by ``consensus``.
+        consensus: the rule that turns per-judge verdicts into one label per step.
+        policy: the behaviour policy pi_ref (linked from ``model.policy``).
+        question_field, answer_field: column names in ``problems``.
+        split: the split to load when ``problems`` is a dataset id.
+        max_problems: use only the first N problems.
+        prompt_template: the user message; ``{question}`` is replaced.
+        responses_per_step: responses per optimizer step (the paper: 512).
+        tokens_per_micro_batch: padded tokens per forward pass (rows x longest row).
+        cache_dir: where stage outputs are cached by fingerprint.
+        shard_size: problems per committed shard (a kill loses at most one shard).
+        logprob_dtype: dtype of the pi_ref forward; match the training precision.
+        logprob_batch_size: responses per pi_ref forward.
+        seed: shuffling seed (the sampler has its own).
+    """
+
+    def __init__(
+        self,
+        problems: str,
+        sampler: Sampler,
+        verifier: Verifier,
+        segmenter: Segmenter,
+        judges: list[StepJudge],
+        consensus: Consensus,
+        policy: str = "",
+        question_field: str = "question",
+        answer_field: str = "answer",
+        split: str = "train",
+        max_problems: int | None = None,
+        prompt_template: str = DEFAULT_TEMPLATE,
+        responses_per_step: int = 512,
+        tokens_per_micro_batch: int = 8192,
+        cache_dir: str = ".nsa_cache",
+        shard_size: int = 16,
+        logprob_dtype: str = "float32",
+        logprob_batch_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not judges:
+            raise NSAError("data.judges is empty; name at least one step judge")
+        check_policy(policy)
+        self.problems, self.sampler, self.verifier = problems, sampler, verifier
+        self.segmenter, self.judges, self.consensus, self.policy = segmenter, judges, consensus, policy
+        self.fields = (question_field, answer_field, split, max_problems)
+        self.prompt_template = prompt_template
+        self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
+        self.cache_dir, self.shard_size, self.seed = cache_dir, shard_size, seed
+        self.logprob_dtype, self.logprob_batch_size = logprob_dtype, logprob_batch_size
+        self.stages: list[StageOutput] = []
+
+    def prepare_data(self) -> None:
+        """Run every data stage, or reuse the cached ones."""
+        problems = load_problems(self.problems, *self.fields)
+        recipe = Recipe(
+            self.policy,
+            problems,
+            self.sampler,
+            self.verifier,
+            self.segmenter,
+            self.judges,
+            self.consensus,
+            self.prompt_template,
+            self.cache_dir,
+            self.shard_size,
+            self.logprob_dtype,
+            self.logprob_batch_size,
+        )
+        self.stages = run(recipe)
+
+    def setup(self, stage: str) -> None:
+        if not self.stages:
+            self.prepare_data()  # on ranks that did not prepare: every stage is a cache hit
+        self.train_rows = self.stages[-1].dataset
+        if not len(self.train_rows):
+            raise NSAError("no training rows left after filtering; see the stage statistics above")
+        self.pad_id = load_tokenizer(resolve_policy(self.policy)).pad_token_id
+
+    @property
+    def stats(self) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for out in self.stages:
+            merged.update(out.stats)
+        return merged
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return {out.name: out.fingerprint for out in self.stages}
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        lengths = [
+            len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])
+        ]
+        positive = [r > 0.5 for r in self.train_rows["reward"]]
+        sampler = StepBatchSampler(
+            lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed
+        )
+        return torch.utils.data.DataLoader(
+            RolloutRows(self.train_rows),
+            batch_sampler=sampler,
+            collate_fn=functools.partial(collate, pad_id=self.pad_id),
+        )
+
+    def print_stats(self) -> None:
+        width = max(map(len, self.stats), default=0)
+        for key, value in self.stats.items():
+            print(f"  {key:<{width}}  {value:g}", file=sys.stderr)

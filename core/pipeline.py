@@ -1,0 +1,164 @@
+"""The data stages of BCPG-NSA, top to bottom, each cached by fingerprint.
+
+problems -> sample -> verify -> groups -> segment -> judge (each judge) -> label -> behaviour
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from datasets import Dataset
+from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
+from nsa.models import load_policy, load_tokenizer, resolve_policy
+from nsa.stages import behaviour, rollouts, steps
+from nsa.stages.cache import StageOutput, describe, fingerprint, run_stage
+
+
+@dataclass
+class Recipe:
+    """Everything the data stages need; built by the data module from its arguments."""
+
+    policy: str
+    problems: StageOutput
+    sampler: Sampler
+    verifier: Verifier
+    segmenter: Segmenter
+    judges: Sequence[StepJudge]
+    consensus: Consensus
+    prompt_template: str
+    cache_dir: str
+    shard_size: int
+    logprob_dtype: str
+    logprob_batch_size: int
+
+
+def judge_names(judges: Sequence[StepJudge]) -> list[str]:
+    """Class names, numbered when a class appears twice."""
+    counts = Counter(type(j).__name__ for j in judges)
+    seen: Counter[str] = Counter()
+    names = []
+    for judge in judges:
+        name = type(judge).__name__
+        seen[name] += 1
+        names.append(f"{name}{seen[name]}" if counts[name] > 1 else name)
+    return names
+
+
+def scoring_identity(judge: StepJudge) -> dict:
+    """A judge's cache identity without its threshold: changing lambda re-runs no model."""
+    return {k: v for k, v in describe(judge).items() if k != "threshold"}
+
+
+def run(recipe: Recipe) -> list[StageOutput]:
+    """Run (or reuse) every stage; returns their outputs in order, the training set last."""
+    model_dir = resolve_policy(recipe.policy)
+    tokenizer = load_tokenizer(model_dir)
+    stage = functools.partial(run_stage, recipe.cache_dir)
+    rows = recipe.shard_size * recipe.sampler.num_samples
+    sampled = stage(
+        "sample",
+        recipe.problems,
+        {"sampler": recipe.sampler, "policy": recipe.policy, "template": recipe.prompt_template},
+        functools.partial(
+            rollouts.sample_shard,
+            sampler=recipe.sampler,
+            model_dir=model_dir,
+            tokenizer=tokenizer,
+            template=recipe.prompt_template,
+        ),
+        recipe.shard_size,
+    )
+    verified = stage(
+        "verify",
+        sampled,
+        {"verifier": recipe.verifier},
+        functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
+        rows,
+        rollouts.summarise_verify,
+    )
+    grouped = stage(
+        "groups",
+        verified,
+        {},
+        rollouts.filter_groups,
+        len(verified.dataset) + 1,
+        functools.partial(rollouts.summarise_groups, verified.dataset),
+    )
+    segmented = stage(
+        "segment",
+        grouped,
+        {"segmenter": recipe.segmenter},
+        functools.partial(steps.segment_shard, segmenter=recipe.segmenter),
+        rows,
+        _summarise_segments,
+    )
+    labelled = _judge_and_label(recipe, segmented, tokenizer, rows)
+    scored = stage(
+        "behaviour",
+        labelled,
+        {"policy": recipe.policy, "dtype": recipe.logprob_dtype},
+        _behaviour_fn(model_dir, recipe.logprob_dtype, tokenizer.pad_token_id, recipe.logprob_batch_size),
+        rows,
+    )
+    return [recipe.problems, sampled, verified, grouped, segmented, labelled, scored]
+
+
+def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: int) -> StageOutput:
+    """Each judge's scores are cached on their own; the label stage combines them."""
+    names = judge_names(recipe.judges)
+    combined = segmented.dataset
+    fps = []
+    for name, judge in zip(names, recipe.judges):
+        judged = run_stage(
+            recipe.cache_dir,
+            "judge",
+            segmented,
+            scoring_identity(judge),
+            functools.partial(steps.judge_shard, judge=judge),
+            rows,
+        )
+        combined = combined.add_column(f"scores/{name}", judged.dataset["scores"])
+        fps.append(judged.fingerprint)
+    source = StageOutput("judged", combined, fingerprint(segmented.fingerprint, fps), segmented.path, {})
+    config = {
+        "names": names,
+        "thresholds": [j.threshold for j in recipe.judges],
+        "consensus": recipe.consensus,
+        "policy": recipe.policy,
+    }
+    return run_stage(
+        recipe.cache_dir,
+        "label",
+        source,
+        config,
+        functools.partial(
+            steps.label_shard,
+            names=names,
+            judges=recipe.judges,
+            consensus=recipe.consensus,
+            tokenizer=tokenizer,
+        ),
+        rows,
+        functools.partial(steps.summarise_labels, names=names, judges=recipe.judges),
+    )
+
+
+def _summarise_segments(data: Dataset) -> dict[str, float]:
+    return {
+        "steps_per_negative": float(
+            sum(len(s) for s in data["spans"]) / max(1, sum(map(bool, data["spans"])))
+        )
+    }
+
+
+def _behaviour_fn(model_dir: str, dtype: str, pad_id: int, batch_size: int):
+    """Loads pi_ref only when a shard actually needs computing."""
+    model = functools.cache(lambda: load_policy(model_dir, dtype).eval())
+
+    def fn(data: Dataset) -> Dataset:
+        return behaviour.behaviour_shard(data, model(), pad_id, batch_size)
+
+    return fn

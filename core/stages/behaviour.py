@@ -1,0 +1,33 @@
+"""Stage 3a: behaviour log-probs log pi_ref, computed once with the training forward.
+
+Training never holds a reference model: it reads these. They come from the same
+``token_logprobs`` code and dtype as the training step, so the first step's importance
+ratio is 1 up to float noise.
+"""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from nsa.logprobs import token_logprobs
+
+
+def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])  # (B, T)
+
+
+def behaviour_shard(rollouts: Dataset, model: torch.nn.Module, pad_id: int, batch_size: int) -> Dataset:
+    """Per-token log pi_ref of each response token (prompt tokens excluded)."""
+    out: list[list[float]] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(rollouts), batch_size):
+        rows = rollouts[start : start + batch_size]
+        seqs = [p + r for p, r in zip(rows["prompt_ids"], rows["response_ids"])]
+        input_ids = pad_right(seqs, pad_id).to(device)  # (B, T)
+        mask = pad_right([[1] * len(s) for s in seqs], 0).to(device)  # (B, T)
+        with torch.no_grad():
+            logprobs = token_logprobs(model, input_ids, mask).cpu()  # (B, T)
+        for row, p, r in zip(logprobs, rows["prompt_ids"], rows["response_ids"]):
+            out.append(row[len(p) : len(p) + len(r)].tolist())
+    return rollouts.add_column("ref_logprobs", out)

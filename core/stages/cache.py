@@ -1,0 +1,101 @@
+"""Cached, resumable stages: each maps one dataset to the next.
+
+A stage's output lives in ``<cache_dir>/<stage>/<fingerprint>/``, where the fingerprint
+hashes the input's fingerprint and the stage's resolved config. Work is written in shards,
+each committed atomically (written to a temporary folder, then renamed), so a killed run
+loses at most the shard in flight. ``stats.json`` is written last and marks the stage done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, concatenate_datasets, load_from_disk
+from tqdm.auto import tqdm
+
+
+def describe(obj: Any) -> Any:
+    """A JSON-able identity of a config value or plugin: class path plus public attributes."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [describe(item) for item in obj]
+    if isinstance(obj, dict):
+        return {str(key): describe(val) for key, val in obj.items()}
+    if hasattr(obj, "__dict__"):
+        public = {k: describe(v) for k, v in vars(obj).items() if not k.startswith("_")}
+        return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **public}
+    return repr(obj)
+
+
+def fingerprint(*parts: Any) -> str:
+    blob = json.dumps([describe(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageOutput:
+    name: str
+    dataset: Dataset
+    fingerprint: str
+    path: Path
+    stats: dict[str, float]
+
+
+def run_stage(
+    cache_dir: str | Path,
+    name: str,
+    source: StageOutput,
+    config: Any,
+    fn: Callable[[Dataset], Dataset],
+    shard_size: int,
+    summarise: Callable[[Dataset], dict[str, float]] | None = None,
+) -> StageOutput:
+    """Run ``fn`` over ``source.dataset`` shard by shard, reusing committed shards."""
+    fp = fingerprint(source.fingerprint, name, config)
+    out = Path(cache_dir) / name / fp
+    if (out / "stats.json").exists():
+        return StageOutput(name, _load_shards(out), fp, out, json.loads((out / "stats.json").read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(describe(config), indent=2, default=str))
+    _compute_shards(out, name, source.dataset, fn, shard_size)
+    dataset = _load_shards(out)
+    stats = summarise(dataset) if summarise else {}
+    _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
+    return StageOutput(name, dataset, fp, out, stats)
+
+
+def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_size: int) -> None:
+    starts = list(range(0, len(data), shard_size)) or [0]
+    done = sum((out / f"shard-{i:05d}").exists() for i in range(len(starts)))
+    if done:
+        print(f"nsa: stage {name}: reusing {done} of {len(starts)} finished shards", file=sys.stderr)
+    for i, start in enumerate(tqdm(starts, desc=f"stage {name}", unit="shard", leave=False)):
+        final = out / f"shard-{i:05d}"
+        if final.exists():
+            continue
+        result = fn(data.select(range(start, min(start + shard_size, len(data)))))
+        tmp = out / f".tmp-{i:05d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        result.save_to_disk(str(tmp))
+        os.replace(tmp, final)
+
+
+def _load_shards(out: Path) -> Dataset:
+    parts = [load_from_disk(str(p)) for p in sorted(out.glob("shard-*"))]
+    non_empty = [p for p in parts if len(p)] or parts[:1]
+    return concatenate_datasets(non_empty) if len(non_empty) > 1 else non_empty[0]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

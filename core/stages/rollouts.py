@@ -1,0 +1,98 @@
+"""Stage 0b: sample G answers per problem, score them, keep the informative groups."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import Counter
+
+from datasets import Dataset
+from nsa.contracts import Sampler, Verifier
+from nsa.errors import NSAError
+
+
+def build_prompts(tokenizer, questions: list[str], template: str) -> list[list[int]]:
+    """Prompt token ids: the question in ``template``, in the chat template when there is one."""
+    texts = [template.format(question=q) for q in questions]
+    if tokenizer.chat_template:
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
+            )
+            for t in texts
+        ]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def sample_shard(problems: Dataset, sampler: Sampler, model_dir: str, tokenizer, template: str) -> Dataset:
+    """One row per sampled answer, with the generated ids kept as they came."""
+    prompts = build_prompts(tokenizer, problems["question"], template)
+    completions = sampler.sample(model_dir, prompts)  # [problem][sample] -> ids
+    rows: dict[str, list] = {
+        k: [] for k in ("group", "question", "answer", "prompt_ids", "response_ids", "response")
+    }
+    for problem, prompt, group in zip(problems, prompts, completions):
+        for ids in group:
+            rows["group"].append(problem["id"])
+            rows["question"].append(problem["question"])
+            rows["answer"].append(problem["answer"])
+            rows["prompt_ids"].append(list(prompt))
+            rows["response_ids"].append(list(ids))
+            rows["response"].append(tokenizer.decode(ids, skip_special_tokens=True))
+    return Dataset.from_dict(rows)
+
+
+def verify_shard(rollouts: Dataset, verifier: Verifier) -> Dataset:
+    outcomes = verifier.verify(rollouts["answer"], rollouts["response"])
+    rollouts = rollouts.add_column("reward", [float(o.reward) for o in outcomes])
+    return rollouts.add_column("verify_status", [o.status for o in outcomes])
+
+
+def summarise_verify(rollouts: Dataset) -> dict[str, float]:
+    statuses = Counter(rollouts["verify_status"])
+    if statuses["empty"] or statuses["no_answer"] or statuses["timeout"]:
+        print(
+            f"nsa: verify: {statuses['empty']} empty answers, {statuses['no_answer']} with no final answer, "
+            f"{statuses['timeout']} timed out; all scored 0",
+            file=sys.stderr,
+        )
+    rewards = rollouts["reward"]
+    return {
+        "answers": float(len(rollouts)),
+        "answers_correct": float(sum(r > 0.5 for r in rewards)),
+        **{f"answers_{status}": float(n) for status, n in statuses.items()},
+    }
+
+
+def filter_groups(rollouts: Dataset) -> Dataset:
+    """Add the group mean reward and drop groups whose answers are all right or all wrong."""
+    by_group: dict[str, list[float]] = {}
+    for group, reward in zip(rollouts["group"], rollouts["reward"]):
+        by_group.setdefault(group, []).append(reward)
+    means = {g: statistics.fmean(r) for g, r in by_group.items()}
+    rollouts = rollouts.add_column("reward_mean", [means[g] for g in rollouts["group"]])
+    mixed = {g for g, r in by_group.items() if min(r) != max(r)}
+    return rollouts.filter(lambda group: group in mixed, input_columns="group")
+
+
+def summarise_groups(before: Dataset, kept: Dataset) -> dict[str, float]:
+    groups = Counter(before["group"])
+    correct = Counter(g for g, r in zip(before["group"], before["reward"]) if r > 0.5)
+    all_right = sum(correct[g] == n for g, n in groups.items())
+    all_wrong = sum(correct[g] == 0 for g in groups)
+    stats = {
+        "questions": float(len(groups)),
+        "questions_kept": float(len(set(kept["group"]))),
+        "questions_all_correct": float(all_right),
+        "questions_all_wrong": float(all_wrong),
+        "answers_kept": float(len(kept)),
+        "negatives": float(sum(r < 0.5 for r in kept["reward"])),
+    }
+    if not len(kept):
+        raise NSAError(
+            f"no question has both right and wrong answers among its samples ({all_right} all right, "
+            f"{all_wrong} all wrong of {len(groups)}); "
+            "sample more answers, raise the temperature or use other problems"
+        )
+    return stats

@@ -1,0 +1,133 @@
+"""Stages 1-2: split negatives into steps, judge each step, combine verdicts per token.
+
+Steps are character spans that tile the response. They reach the policy's tokens through
+per-token character offsets of the generated ids (never through re-tokenised text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from datasets import Dataset
+from nsa.contracts import Consensus, Segmenter, Span, StepItem, StepJudge
+from nsa.errors import NSAError
+
+
+def check_tiling(spans: Sequence[Span], text: str, who: str) -> None:
+    """Spans must be contiguous, in order, and cover the text exactly."""
+    position = 0
+    for start, end in spans:
+        if start != position or end < start:
+            raise NSAError(
+                f"segmenter {who} returned spans that do not tile the response (span ({start}, {end}) "
+                f"should start at {position}); each span must start where the previous ended"
+            )
+        position = end
+    if position != len(text):
+        raise NSAError(
+            f"segmenter {who} returned spans ending at {position}, not at the text's end {len(text)}"
+        )
+
+
+def segment_shard(rollouts: Dataset, segmenter: Segmenter) -> Dataset:
+    """Negatives get their steps; positives are not segmented (empty span list)."""
+    who = type(segmenter).__name__
+    spans = []
+    for text, reward in zip(rollouts["response"], rollouts["reward"]):
+        found = [(int(s), int(e)) for s, e in segmenter.split(text)] if reward < 0.5 else []
+        if reward < 0.5:
+            check_tiling(found, text, who)
+        spans.append(found)
+    return rollouts.add_column("spans", spans)
+
+
+def judge_shard(rollouts: Dataset, judge: StepJudge) -> Dataset:
+    """Scores for every step of every negative; a list of the wrong length is an error."""
+    negatives = [i for i, spans in enumerate(rollouts["spans"]) if spans]
+    items = [
+        StepItem(rollouts[i]["question"], rollouts[i]["response"], rollouts[i]["spans"]) for i in negatives
+    ]
+    scores: list[list[float | None]] = [[] for _ in range(len(rollouts))]
+    for i, item, got in zip(negatives, items, judge.score(items) if items else []):
+        if len(got) != len(item.spans):
+            raise NSAError(
+                f"judge {type(judge).__name__} returned {len(got)} scores "
+                f"for a response with {len(item.spans)} steps"
+            )
+        scores[i] = [None if s is None else float(s) for s in got]
+    return Dataset.from_dict({"scores": scores})
+
+
+def verdicts(scores: Sequence[float | None], threshold: float) -> list[bool | None]:
+    return [None if s is None else s >= threshold for s in scores]
+
+
+def token_offsets(tokenizer, ids: Sequence[int]) -> list[int]:
+    """Start character of each token in ``decode(ids, skip_special_tokens=True)``.
+
+    Decoding each token alone is exact when the pieces concatenate to the full text (the
+    usual case); otherwise (a multi-byte character split across tokens) decode prefixes.
+    """
+    pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    if "".join(pieces) != full:
+        pieces = [tokenizer.decode(ids[: k + 1], skip_special_tokens=True) for k in range(len(ids))]
+        ends = [len(p) for p in pieces]
+        return [0] + ends[:-1]
+    starts, position = [], 0
+    for piece in pieces:
+        starts.append(position)
+        position += len(piece)
+    return starts
+
+
+def token_labels(starts: Sequence[int], spans: Sequence[Span], labels: Sequence[bool]) -> list[bool]:
+    """A token takes the label of the step its first character falls in."""
+    marks, step = [], 0
+    for start in starts:
+        while step + 1 < len(spans) and start >= spans[step][1]:
+            step += 1
+        marks.append(bool(spans) and bool(labels[step]))
+    return marks
+
+
+def label_shard(
+    rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge], consensus: Consensus, tokenizer
+) -> Dataset:
+    """Consensus step labels, the per-token NSA mask, and per-judge token counts.
+
+    Reads the judges' cached scores from the columns ``scores/<name>``.
+    """
+    step_labels, masks, judge_tokens = [], [], []
+    for row in rollouts:
+        votes = [verdicts(row[f"scores/{n}"], j.threshold) for n, j in zip(names, judges)]
+        label = consensus.combine(votes) if row["spans"] else []
+        starts = (
+            token_offsets(tokenizer, row["response_ids"]) if row["spans"] else [0] * len(row["response_ids"])
+        )
+        step_labels.append(label)
+        masks.append(token_labels(starts, row["spans"], label))
+        judge_tokens.append(
+            [sum(token_labels(starts, row["spans"], [bool(v) for v in vote])) for vote in votes]
+        )
+    rollouts = rollouts.add_column("step_labels", step_labels)
+    rollouts = rollouts.add_column("nsa_mask", masks)
+    return rollouts.add_column("judge_tokens_correct", judge_tokens)
+
+
+def summarise_labels(
+    rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge]
+) -> dict[str, float]:
+    negative_tokens = sum(len(ids) for ids, r in zip(rollouts["response_ids"], rollouts["reward"]) if r < 0.5)
+    stats = {
+        "steps": float(sum(len(s) for s in rollouts["spans"])),
+        "steps_correct/consensus": float(sum(sum(map(bool, s)) for s in rollouts["step_labels"])),
+        "tokens_negative": float(negative_tokens),
+        "tokens_correct/consensus": float(sum(sum(m) for m in rollouts["nsa_mask"])),
+    }
+    for j, (name, judge) in enumerate(zip(names, judges)):
+        flat = [v for row in rollouts[f"scores/{name}"] for v in verdicts(row, judge.threshold)]
+        stats[f"steps_correct/{name}"] = float(sum(v is True for v in flat))
+        stats[f"steps_unjudged/{name}"] = float(sum(v is None for v in flat))
+        stats[f"tokens_correct/{name}"] = float(sum(t[j] for t in rollouts["judge_tokens_correct"]))
+    return stats

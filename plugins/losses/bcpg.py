@@ -1,0 +1,50 @@
+"""BCPG and BCPG-NSA: behaviour-constrained policy gradient (arXiv 2505.14403, Stage 3).
+
+The objective, maximised, for the G responses y_i to one question x:
+
+    J = 1/G sum_i 1/|y_i| [ sum_j beta_ij (r_i - rbar) log pi(y_ij | x, y_i<j)
+                            - tau/2 (log pi(y_i | x) - log pi_ref(y_i | x))^2 ]
+
+rbar is the group's mean reward (no std division, no clipping); log pi(y_i | x) is the
+summed sequence log-prob. beta_ij = ``beta`` on tokens of a consensus-correct step of a
+negative response and 1 elsewhere. ``beta = 1`` is plain BCPG ("vanilla RL"); the paper's
+BCPG-NSA uses beta = 0.5, tau = 1e-3.
+
+The mean over responses runs over the whole optimizer step (``batch.step_responses``),
+so the gradient is the same however the step is cut into micro-batches.
+"""
+
+from __future__ import annotations
+
+import torch
+from nsa.contracts import LossOutput, PolicyBatch
+
+
+class BCPG:
+    """BCPG(-NSA) loss = -J. ``beta`` weighs mined steps of negatives; ``tau`` the behaviour term."""
+
+    def __init__(self, beta: float = 0.5, tau: float = 1e-3) -> None:
+        if not -1.0 <= beta <= 1.0:
+            raise ValueError(f"BCPG beta must lie in [-1, 1], got {beta}")
+        self.beta = beta
+        self.tau = tau
+
+    def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput:
+        mask = batch.response_mask.float()  # (B, T)
+        negative = (batch.reward < batch.reward_mean).unsqueeze(1)  # (B, 1)
+        mined = batch.nsa_mask & negative  # (B, T)
+        weights = torch.where(mined, torch.full_like(mask, self.beta), mask) * mask  # (B, T) beta_ij
+        advantage = (batch.reward - batch.reward_mean).unsqueeze(1)  # (B, 1)
+        length = mask.sum(1).clamp(min=1)  # (B,) |y_i|
+        policy_term = (weights * advantage * logprobs).sum(1)  # (B,)
+        seq_logratio = ((logprobs - batch.ref_token_logprobs) * mask).sum(1)  # (B,)
+        behaviour_term = 0.5 * self.tau * seq_logratio.square()  # (B,)
+        objective = (policy_term - behaviour_term) / length  # (B,)
+        loss = -objective.sum() / batch.step_responses
+        metrics = {
+            "policy_term": (policy_term / length).mean().detach(),
+            "behaviour_term": (behaviour_term / length).mean().detach(),
+            "abs_logratio": (seq_logratio.abs() / length).mean().detach(),
+            "mined_token_fraction": (mined.float().sum() / mask.sum().clamp(min=1)).detach(),
+        }
+        return LossOutput(loss, metrics)

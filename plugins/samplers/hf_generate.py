@@ -1,0 +1,79 @@
+"""Sampling with Hugging Face ``generate``: the fallback sampler, good for small models.
+
+Keeps the generated token ids as they came (EOS included, padding removed). Seeding is
+per call and derived from the prompts, so a resumed stage redraws the same answers.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+
+class HFSampler:
+    """``num_samples`` answers per prompt by ancestral sampling at ``temperature``."""
+
+    def __init__(
+        self,
+        num_samples: int = 4,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        batch_size: int = 8,
+        seed: int = 0,
+        dtype: str = "float32",
+    ) -> None:
+        self.num_samples = num_samples
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dtype = dtype
+        self._loaded: tuple[str, object, object] | None = None
+
+    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+        model, tokenizer = self._load(model_dir)
+        torch.manual_seed(self.seed ^ zlib.crc32(str(list(prompt_ids[:1])).encode()))
+        out: list[list[list[int]]] = []
+        for start in range(0, len(prompt_ids), self.batch_size):
+            out.extend(self._generate(model, tokenizer, prompt_ids[start : start + self.batch_size]))
+        return out
+
+    def _load(self, model_dir: str):
+        if self._loaded is None or self._loaded[0] != model_dir:
+            from nsa.models import load_policy, load_tokenizer
+
+            self._loaded = (model_dir, load_policy(model_dir, self.dtype).eval(), load_tokenizer(model_dir))
+        return self._loaded[1], self._loaded[2]
+
+    def _generate(self, model, tokenizer, prompts: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+        width = max(len(p) for p in prompts)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])  # (P, W) left-padded
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (P, W)
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=0,
+                max_new_tokens=self.max_new_tokens,
+                num_return_sequences=self.num_samples,
+                pad_token_id=pad,
+            )[:, width:]  # (P * G, new)
+        answers = [_trim(row.tolist(), tokenizer.eos_token_id, pad) for row in generated]
+        return [answers[i : i + self.num_samples] for i in range(0, len(answers), self.num_samples)]
+
+
+def _trim(ids: list[int], eos: int, pad: int) -> list[int]:
+    """Cut after the first EOS (kept: the policy learns to stop); drop trailing padding."""
+    if eos in ids:
+        return ids[: ids.index(eos) + 1]
+    while ids and ids[-1] == pad:
+        ids.pop()
+    return ids

@@ -1,0 +1,84 @@
+"""The data stages on a tiny real model with scripted answers: golden statistics, caching.
+
+Scripted answers (tests/scripted.py), the same four for each of three problems:
+  a0 "2 + 3 = 5 | The answer is \\boxed{5}."     right for "sum" (5)
+  a1 "2 + 3 = 6 | The answer is \\boxed{6}."     right for "six" (6)
+  a2 "2 * 3 = 6 | 2 + 3 = 5 | So \\boxed{7}"     always wrong
+  a3 "Hmm. | I give up."                         no final answer
+("|" marks a blank line, the paragraph segmenter's step boundary.)
+
+By hand:
+- 12 answers, 2 correct; a3 has no answer three times.
+- "hard" (100) has no right answer: dropped. 2 questions kept, 8 answers, 6 negatives.
+- Steps of the negatives: sum: a1 (2), a2 (3), a3 (2); six: a0 (2), a2 (3), a3 (2) = 14.
+- ArithmeticJudge (no claim scores 1): only "2 + 3 = 6" is false -> 13 of 14 correct.
+- A strict judge (no claim scores 0) accepts only true claims:
+  sum: a2 "2 * 3 = 6", "2 + 3 = 5" (2); six: a0 "2 + 3 = 5" (1), a2 (2) -> 5.
+  Consensus all = 5 (strict's steps are a subset), any = 13, majority of 2 (needs 2) = 5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nsa.cli import NSACLI
+from tests.recipe import tiny_recipe
+
+STRICT = {"class_path": "nsa.plugins.judges.arithmetic.ArithmeticJudge", "init_args": {"no_claim_score": 0.0}}
+LENIENT = {"class_path": "nsa.plugins.judges.arithmetic.ArithmeticJudge"}
+
+
+def prepare(recipe: Path, *overrides: str):
+    cli = NSACLI(["--config", str(recipe), *overrides], run=False)
+    cli.datamodule.prepare_data()
+    return cli.datamodule
+
+
+def stage_dirs(cache: Path, stage: str) -> int:
+    return len(list((cache / stage).iterdir()))
+
+
+def test_stage_statistics_match_hand_count(tmp_path, tiny_model):
+    stats = prepare(tiny_recipe(tmp_path, tiny_model)).stats
+    assert stats["answers"] == 12 and stats["answers_correct"] == 2
+    assert stats["answers_no_answer"] == 3
+    assert stats["questions_kept"] == 2 and stats["questions_all_wrong"] == 1
+    assert stats["answers_kept"] == 8 and stats["negatives"] == 6
+    assert stats["steps"] == 14
+    assert stats["steps_correct/consensus"] == stats["steps_correct/ArithmeticJudge"] == 13
+    assert 0 < stats["tokens_correct/consensus"] < stats["tokens_negative"]
+
+
+def test_rows_carry_masks_and_behaviour_logprobs(tmp_path, tiny_model):
+    rows = prepare(tiny_recipe(tmp_path, tiny_model)).stages[-1].dataset
+    for row in rows:
+        n = len(row["response_ids"])
+        assert len(row["nsa_mask"]) == len(row["ref_logprobs"]) == n
+        assert all(lp <= 0 for lp in row["ref_logprobs"])
+        assert not any(row["nsa_mask"]) if row["reward"] > 0.5 else any(row["nsa_mask"])
+    # a1 for "sum": its first step "2 + 3 = 6" is wrong, so its first token is not mined
+    wrong = next(r for r in rows if r["group"] == "sum" and r["response"].startswith("2 + 3 = 6"))
+    assert wrong["step_labels"] == [False, True] and not wrong["nsa_mask"][0] and wrong["nsa_mask"][-2]
+
+
+@pytest.mark.parametrize(("rule", "expected"), [("all", 5), ("any", 13), ("majority", 5)])
+def test_consensus_rules_reuse_every_model_stage(tmp_path, tiny_model, rule, expected):
+    recipe = tiny_recipe(tmp_path, tiny_model, judges=[LENIENT, STRICT])
+    cache = tmp_path / "cache"
+    first = prepare(recipe).stats
+    assert first["steps_correct/ArithmeticJudge1"] == 13 and first["steps_correct/ArithmeticJudge2"] == 5
+    stats = prepare(recipe, f"--data.consensus.init_args.rule={rule}").stats
+    assert stats["steps_correct/consensus"] == expected
+    # sampling, verifying, segmenting and judging ran once; only the labels were recomputed
+    assert [stage_dirs(cache, s) for s in ("sample", "verify", "groups", "segment", "judge")] == [1, 1, 1, 1, 2]
+    assert stage_dirs(cache, "label") == (1 if rule == "all" else 2)
+
+
+def test_changing_a_threshold_rejudges_nothing(tmp_path, tiny_model):
+    prepare(tiny_recipe(tmp_path, tiny_model))
+    raised = {**LENIENT, "init_args": {"threshold": 1.5}}  # no score reaches 1.5
+    stats = prepare(tiny_recipe(tmp_path, tiny_model, judges=[raised])).stats
+    assert stats["steps_correct/consensus"] == 0
+    assert stage_dirs(tmp_path / "cache", "judge") == 1 and stage_dirs(tmp_path / "cache", "label") == 2
