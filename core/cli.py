@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
+import warnings
 from collections import defaultdict
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
+
 from nsa.data import NSADataModule
 from nsa.errors import NSAError
 from nsa.module import NSAModule
@@ -24,6 +28,7 @@ TRAINER_DEFAULTS = {
         "init_args": {"experiment_name": "nsa", "tracking_uri": "sqlite:///mlflow.db"},
     },
     "use_distributed_sampler": False,  # micro-batches are planned by nsa.batching
+    "log_every_n_steps": 1,  # an optimizer step spans many micro-batches: log each
 }
 
 
@@ -33,6 +38,25 @@ def plugins_epilog(plugins: list[Plugin]) -> str:
         by_group[p.group].append(f"{p.name} ({p.class_path})")
     lines = [f"{group.removeprefix('nsa.')}: {', '.join(names)}" for group, names in by_group.items()]
     return "plugins (short name or class_path; `nsa plugins` for details):\n  " + "\n  ".join(lines)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the plugin list in the epilog kept one group a line."""
+
+
+def plugin_slots() -> frozenset[str]:
+    """``--model.loss``, ``--data.sampler``, ...: the arguments typed by a contract."""
+    slots = set()
+    for prefix, cls in (("model", NSAModule), ("data", NSADataModule)):
+        for name, hint in typing.get_type_hints(cls.__init__).items():
+            if any(getattr(t, "_is_protocol", False) for t in (hint, *typing.get_args(hint))):
+                slots.add(f"--{prefix}.{name}")
+    return frozenset(slots)
+
+
+def precision_name(precision: object) -> str:
+    """Trainer precision as Lightning's string (None means the default, full precision)."""
+    return "32-true" if precision in (None, 32, "32") else str(precision)
 
 
 class NSACLI(LightningCLI):
@@ -46,12 +70,24 @@ class NSACLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_callback=MLflowConfig,
             save_config_kwargs={"save_to_log_dir": False},
-            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+            parser_kwargs={
+                "exit_on_error": False,
+                "formatter_class": HelpFormatter,
+                "fit": {"exit_on_error": False, "formatter_class": HelpFormatter},
+            },
         )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.policy", "data.policy")
+        parser.link_arguments("trainer.precision", "data.logprob_precision", compute_fn=precision_name)
         parser.epilog = plugins_epilog(self.plugins)
+
+    def instantiate_classes(self) -> None:
+        """Plugins reject bad settings with ValueError; show it as a one-line error."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            raise NSAError(f"a recipe value was rejected: {err}") from None
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -87,12 +123,13 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    del sys.argv[1:]  # the (rewritten) args are passed explicitly to LightningCLI
+    # the (rewritten) args go to LightningCLI explicitly; it warns when sys.argv has some too
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     quiet_libraries()
     try:
         if args[:1] == ["plugins"]:
             return print_plugins()
-        args = rewrite_args(args, advertised())
+        args = rewrite_args(args, advertised(), plugin_slots())
         if args[:1] == ["prepare"]:
             return prepare(args[1:])
         NSACLI(args=args)
@@ -104,4 +141,7 @@ def main(argv: list[str] | None = None) -> None:
 def one_line(message: str) -> str:
     """jsonargparse explains a bad value over several lines; keep what names the problem."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return " ".join(lines[:3]) + (" ..." if len(lines) > 3 else "")
+    text = " ".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
+    if "does not implement protocol" in text:
+        text += " (a plugin's methods must match nsa.contracts exactly, annotations included)"
+    return text

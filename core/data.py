@@ -7,6 +7,7 @@ import sys
 
 import lightning as L
 import torch
+
 from nsa.batching import RolloutRows, StepBatchSampler, collate
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
@@ -37,7 +38,7 @@ class NSADataModule(L.LightningDataModule):
         tokens_per_micro_batch: padded tokens per forward pass (rows x longest row).
         cache_dir: where stage outputs are cached by fingerprint.
         shard_size: problems per committed shard (a kill loses at most one shard).
-        logprob_dtype: dtype of the pi_ref forward; match the training precision.
+        logprob_precision: precision of the pi_ref forward, linked from ``trainer.precision``.
         logprob_batch_size: responses per pi_ref forward.
         seed: shuffling seed (the sampler has its own).
     """
@@ -60,7 +61,7 @@ class NSADataModule(L.LightningDataModule):
         tokens_per_micro_batch: int = 8192,
         cache_dir: str = ".nsa_cache",
         shard_size: int = 16,
-        logprob_dtype: str = "float32",
+        logprob_precision: str = "32-true",
         logprob_batch_size: int = 8,
         seed: int = 0,
     ) -> None:
@@ -74,7 +75,7 @@ class NSADataModule(L.LightningDataModule):
         self.prompt_template = prompt_template
         self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
         self.cache_dir, self.shard_size, self.seed = cache_dir, shard_size, seed
-        self.logprob_dtype, self.logprob_batch_size = logprob_dtype, logprob_batch_size
+        self.logprob_precision, self.logprob_batch_size = logprob_precision, logprob_batch_size
         self.stages: list[StageOutput] = []
 
     def prepare_data(self) -> None:
@@ -91,7 +92,7 @@ class NSADataModule(L.LightningDataModule):
             self.prompt_template,
             self.cache_dir,
             self.shard_size,
-            self.logprob_dtype,
+            self.logprob_precision,
             self.logprob_batch_size,
         )
         self.stages = run(recipe)

@@ -13,6 +13,7 @@ import math
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
 from nsa.contracts import PolicyBatch, PolicyLoss
 from nsa.errors import NSAError
 from nsa.logprobs import token_logprobs

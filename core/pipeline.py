@@ -10,7 +10,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from datasets import Dataset
+
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.models import load_policy, load_tokenizer, resolve_policy
 from nsa.stages import behaviour, rollouts, steps
@@ -31,7 +33,7 @@ class Recipe:
     prompt_template: str
     cache_dir: str
     shard_size: int
-    logprob_dtype: str
+    logprob_precision: str
     logprob_batch_size: int
 
 
@@ -99,8 +101,8 @@ def run(recipe: Recipe) -> list[StageOutput]:
     scored = stage(
         "behaviour",
         labelled,
-        {"policy": recipe.policy, "dtype": recipe.logprob_dtype},
-        _behaviour_fn(model_dir, recipe.logprob_dtype, tokenizer.pad_token_id, recipe.logprob_batch_size),
+        {"policy": recipe.policy, "precision": recipe.logprob_precision},
+        _behaviour_fn(model_dir, recipe.logprob_precision, tokenizer.pad_token_id, recipe.logprob_batch_size),
         rows,
     )
     return [recipe.problems, sampled, verified, grouped, segmented, labelled, scored]
@@ -154,11 +156,14 @@ def _summarise_segments(data: Dataset) -> dict[str, float]:
     }
 
 
-def _behaviour_fn(model_dir: str, dtype: str, pad_id: int, batch_size: int):
-    """Loads pi_ref only when a shard actually needs computing."""
-    model = functools.cache(lambda: load_policy(model_dir, dtype).eval())
+def _behaviour_fn(model_dir: str, precision: str, pad_id: int, batch_size: int):
+    """Loads pi_ref only when a shard actually needs computing, on a GPU when there is one."""
+    weights, autocast = behaviour.PRECISIONS[precision]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = functools.cache(lambda: load_policy(model_dir, weights).to(device).eval())
 
     def fn(data: Dataset) -> Dataset:
-        return behaviour.behaviour_shard(data, model(), pad_id, batch_size)
+        with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
+            return behaviour.behaviour_shard(data, model(), pad_id, batch_size)
 
     return fn

@@ -67,13 +67,12 @@ def unknown_name_error(name: str, plugins: list[Plugin]) -> NSAError:
     return NSAError(f"unknown plugin '{name}': {hint}available: {', '.join(names)} (see `nsa plugins`)")
 
 
-def resolve_name(value: str, plugins: list[Plugin], strict: bool) -> str:
+def resolve_name(value: str, plugins: list[Plugin]) -> str:
     """Full class path for a short plugin name; other values pass through.
 
     A bare identifier that no plugin advertises but is close to one is taken for a
-    misspelling and rejected. Where the value is surely a class name (``strict``: a
-    ``class_path`` key) closeness is judged more loosely. Names jsonargparse resolves on
-    its own (torch optimizers such as ``AdamW``) are not close to any plugin and pass.
+    misspelling and rejected. Names jsonargparse resolves on its own (torch optimizers
+    such as ``AdamW``) are not close to any plugin and pass.
     """
     if not value.isidentifier():
         return value
@@ -81,7 +80,7 @@ def resolve_name(value: str, plugins: list[Plugin], strict: bool) -> str:
     if plugin is not None:
         return plugin.class_path
     names = {p.name for p in plugins}
-    if difflib.get_close_matches(value, names, n=1, cutoff=0.75 if strict else 0.85):
+    if difflib.get_close_matches(value, names, n=1, cutoff=0.75):
         raise unknown_name_error(value, plugins)
     return value
 
@@ -94,7 +93,7 @@ def rewrite_config(node: Any, plugins: list[Plugin]) -> Any:
         return node
     out = {key: rewrite_config(val, plugins) for key, val in node.items()}
     if isinstance(out.get("class_path"), str):
-        out["class_path"] = resolve_name(out["class_path"], plugins, strict=True)
+        out["class_path"] = resolve_name(out["class_path"], plugins)
     return out
 
 
@@ -113,8 +112,13 @@ def _rewrite_config_file(path: str, plugins: list[Plugin]) -> str:
     return path if rewritten == tree else yaml.safe_dump(rewritten, sort_keys=False)
 
 
-def rewrite_args(argv: list[str], plugins: list[Plugin]) -> list[str]:
-    """Resolve short plugin names in command-line arguments and the recipes they name."""
+def rewrite_args(argv: list[str], plugins: list[Plugin], slots: frozenset[str] = frozenset()) -> list[str]:
+    """Resolve short plugin names in command-line arguments and the recipes they name.
+
+    A value is taken for a plugin name only under a ``.class_path`` or ``.help`` key, or
+    under a plugin slot given bare (``--model.loss=BCPG``, with ``slots`` holding
+    ``--model.loss``); every other value passes through untouched.
+    """
     out: list[str] = []
     previous = ""
     for token in argv:
@@ -122,15 +126,16 @@ def rewrite_args(argv: list[str], plugins: list[Plugin]) -> list[str]:
         if key and not eq:
             out.append(token)
         elif key:
-            out.append(f"{key}={_rewrite_value(key, value, plugins)}")
+            out.append(f"{key}={_rewrite_value(key, value, plugins, slots)}")
         else:
-            out.append(_rewrite_value(previous, value, plugins))
+            out.append(_rewrite_value(previous, value, plugins, slots))
         previous = key if key and not eq else ""
     return out
 
 
-def _rewrite_value(key: str, value: str, plugins: list[Plugin]) -> str:
+def _rewrite_value(key: str, value: str, plugins: list[Plugin], slots: frozenset[str]) -> str:
     if key in ("--config", "-c"):
         return _rewrite_config_file(value, plugins)
-    strict = key.endswith((".class_path", ".help"))
-    return resolve_name(value, plugins, strict=strict)
+    if key.endswith((".class_path", ".help")) or key in slots:
+        return resolve_name(value, plugins)
+    return value

@@ -19,6 +19,7 @@ def tiny_recipe(tmp_path: Path, model: str, **data_overrides) -> Path:
             "enable_checkpointing": False,
             "enable_progress_bar": False,
             "enable_model_summary": False,
+            "log_every_n_steps": 1,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.MLFlowLogger",
                 "init_args": {"experiment_name": "tests", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
@@ -33,7 +34,10 @@ def tiny_recipe(tmp_path: Path, model: str, **data_overrides) -> Path:
         "data": {
             "problems": str(DATA),
             "sampler": {"class_path": "tests.scripted.ScriptedSampler"},
-            "verifier": {"class_path": "nsa.plugins.verifiers.math_verify.MathVerifier", "init_args": {"workers": 1}},
+            "verifier": {
+                "class_path": "nsa.plugins.verifiers.math_verify.MathVerifier",
+                "init_args": {"workers": 1},
+            },
             "segmenter": {"class_path": "nsa.plugins.segmenters.paragraph.ParagraphSegmenter"},
             "judges": [{"class_path": "nsa.plugins.judges.arithmetic.ArithmeticJudge"}],
             "consensus": {"class_path": "nsa.plugins.consensus.vote.Vote", "init_args": {"rule": "all"}},

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import torch
 from datasets import Dataset
+
 from nsa.logprobs import token_logprobs
+
+# trainer precision -> (dtype the weights are loaded in, autocast dtype or None)
+PRECISIONS = {
+    "32-true": ("float32", None),
+    "32": ("float32", None),
+    "bf16-mixed": ("float32", torch.bfloat16),
+    "bf16-true": ("bfloat16", None),
+    "16-mixed": ("float32", torch.float16),
+}
 
 
 def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:

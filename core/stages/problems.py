@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from datasets import Dataset
+
 from nsa.errors import NSAError
 from nsa.stages.cache import StageOutput
 

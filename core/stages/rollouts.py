@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 from datasets import Dataset
+
 from nsa.contracts import Sampler, Verifier
 from nsa.errors import NSAError
 

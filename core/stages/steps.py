@@ -6,9 +6,11 @@ per-token character offsets of the generated ids (never through re-tokenised tex
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from datasets import Dataset
+
 from nsa.contracts import Consensus, Segmenter, Span, StepItem, StepJudge
 from nsa.errors import NSAError
 
@@ -66,14 +68,16 @@ def token_offsets(tokenizer, ids: Sequence[int]) -> list[int]:
     """Start character of each token in ``decode(ids, skip_special_tokens=True)``.
 
     Decoding each token alone is exact when the pieces concatenate to the full text (the
-    usual case); otherwise (a multi-byte character split across tokens) decode prefixes.
+    usual case); otherwise (a multi-byte character split across tokens) decode prefixes. A
+    token that starts inside a split character starts at that character.
     """
     pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
     full = tokenizer.decode(ids, skip_special_tokens=True)
     if "".join(pieces) != full:
-        pieces = [tokenizer.decode(ids[: k + 1], skip_special_tokens=True) for k in range(len(ids))]
-        ends = [len(p) for p in pieces]
-        return [0] + ends[:-1]
+        # a prefix that ends inside a character decodes to "...\ufffd"; the common prefix with
+        # the full text stops before it, at the character the token's first byte belongs to
+        prefixes = [tokenizer.decode(ids[:k], skip_special_tokens=True) for k in range(len(ids))]
+        return [len(os.path.commonprefix([p, full])) for p in prefixes]
     starts, position = [], 0
     for piece in pieces:
         starts.append(position)

@@ -17,6 +17,7 @@ so the gradient is the same however the step is cut into micro-batches.
 from __future__ import annotations
 
 import torch
+
 from nsa.contracts import LossOutput, PolicyBatch
 
 

@@ -10,6 +10,7 @@ RFT baseline trains with lr 2.5e-6 for 6 epochs.
 from __future__ import annotations
 
 import torch
+
 from nsa.contracts import LossOutput, PolicyBatch
 
 

@@ -72,7 +72,13 @@ def test_consensus_rules_reuse_every_model_stage(tmp_path, tiny_model, rule, exp
     stats = prepare(recipe, f"--data.consensus.init_args.rule={rule}").stats
     assert stats["steps_correct/consensus"] == expected
     # sampling, verifying, segmenting and judging ran once; only the labels were recomputed
-    assert [stage_dirs(cache, s) for s in ("sample", "verify", "groups", "segment", "judge")] == [1, 1, 1, 1, 2]
+    assert [stage_dirs(cache, s) for s in ("sample", "verify", "groups", "segment", "judge")] == [
+        1,
+        1,
+        1,
+        1,
+        2,
+    ]
     assert stage_dirs(cache, "label") == (1 if rule == "all" else 2)
 
 

@@ -7,6 +7,7 @@ import time
 from itertools import pairwise
 
 import pytest
+
 from nsa.contracts import StepItem, StepJudge
 from nsa.plugins.judges.arithmetic import ArithmeticJudge, check_claim, evaluate, find_claims
 

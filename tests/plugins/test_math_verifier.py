@@ -4,6 +4,7 @@ import multiprocessing
 import time
 
 import pytest
+
 from nsa.contracts import Outcome, Verifier
 from nsa.plugins.verifiers.math_verify import _TIMED_OUT, MathVerifier, _run_bounded
 

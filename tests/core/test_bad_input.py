@@ -1,0 +1,85 @@
+"""Bad input gets one line on stderr, exit code 2, no traceback, and finished work is kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nsa.cli import main
+from tests.recipe import tiny_recipe
+
+
+def fails_with(capsys, args: list[str], *needles: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nsa: error:")]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return str(tiny_recipe(tmp_path, tiny_model))
+
+
+def test_unknown_plugin_suggests_the_close_name(recipe, capsys):
+    fails_with(capsys, ["fit", "--config", recipe, "--model.loss.class_path", "BCPGG"], "did you mean 'BCPG'")
+
+
+def test_wrong_init_args_name_the_key(recipe, capsys):
+    fails_with(capsys, ["fit", "--config", recipe, "--model.loss.init_args.betta=0.5"], "betta")
+
+
+def test_beta_out_of_range(recipe, capsys):
+    fails_with(capsys, ["fit", "--config", recipe, "--model.loss.init_args.beta=2"], "beta", "[-1, 1]")
+
+
+def test_missing_question_field_names_field_and_file(recipe, capsys):
+    fails_with(
+        capsys, ["fit", "--config", recipe, "--data.question_field=prompt"], "'prompt'", "three_problems"
+    )
+
+
+def test_missing_model_path(recipe, capsys):
+    fails_with(capsys, ["fit", "--config", recipe, "--model.policy=./no/such/model"], "./no/such/model")
+
+
+def test_missing_recipe(capsys):
+    fails_with(capsys, ["fit", "--config", "nope.yaml"], "nope.yaml")
+
+
+def test_empty_reference_answer(tmp_path, recipe, capsys):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"question": "What is 1 + 1?", "answer": " "}) + "\n")
+    fails_with(capsys, ["fit", "--config", recipe, f"--data.problems={problems}"], "empty answer", "row 0")
+
+
+def test_no_group_with_both_outcomes(recipe, capsys):
+    """Both answers are right for 'sum' and wrong for the others: every group is dropped."""
+    args = ["fit", "--config", recipe, '--data.sampler.init_args.answers=["\\\\boxed{5}", "\\\\boxed{5}"]']
+    fails_with(capsys, args, "1 all right", "2 all wrong")
+
+
+def test_segmenter_that_does_not_tile_keeps_finished_stages(tmp_path, recipe, capsys):
+    bad = "--data.segmenter.class_path=tests.bad_plugins.OverlapSegmenter"
+    fails_with(capsys, ["fit", "--config", recipe, bad], "OverlapSegmenter", "tile")
+    finished = {}
+    for stage in ("sample", "verify", "groups"):
+        (done,) = (tmp_path / "cache" / stage).iterdir()
+        finished[stage] = (done / "stats.json").stat().st_mtime_ns
+    main(["prepare", "--config", recipe])  # the paragraph segmenter reuses the finished stages
+    for stage, mtime in finished.items():
+        (done,) = (tmp_path / "cache" / stage).iterdir()
+        assert (done / "stats.json").stat().st_mtime_ns == mtime
+    assert (tmp_path / "cache" / "behaviour").exists()
+
+
+def test_empty_answers_are_counted(recipe, capsys):
+    main(["prepare", "--config", recipe, '--data.sampler.init_args.answers=["", "\\\\boxed{5}"]'])
+    assert "3 empty answers" in capsys.readouterr().err  # one per problem

@@ -1,0 +1,85 @@
+"""Stages are cached by fingerprint and resume after a kill, reusing committed shards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from datasets import Dataset
+
+from nsa.stages.cache import StageOutput, describe, fingerprint, run_stage
+
+SLOW_STAGE = textwrap.dedent(
+    """
+    import sys, time
+    from datasets import Dataset
+    from nsa.stages.cache import StageOutput, run_stage
+
+    def slow_double(rows):
+        time.sleep(0.4)
+        return rows.map(lambda r: {"y": r["x"] * 2})
+
+    source = StageOutput("numbers", Dataset.from_dict({"x": list(range(10))}), "fp-numbers", None, {})
+    run_stage(sys.argv[1], "double", source, {"factor": 2}, slow_double, shard_size=1)
+    """
+)
+
+
+def source() -> StageOutput:
+    return StageOutput("numbers", Dataset.from_dict({"x": list(range(10))}), "fp-numbers", Path("."), {})
+
+
+def counting_double(calls: list[int]):
+    def fn(rows: Dataset) -> Dataset:
+        calls.append(len(rows))
+        return rows.map(lambda r: {"y": r["x"] * 2})
+
+    return fn
+
+
+def test_killed_stage_resumes_from_committed_shards(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STAGE, str(tmp_path)], env=env, start_new_session=True
+    )
+    stage_dir = tmp_path / "double"
+    deadline = time.time() + 60
+    while not list(stage_dir.glob("*/shard-00002")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (out,) = stage_dir.iterdir()
+    committed = len(list(out.glob("shard-*")))
+    assert 3 <= committed < 10 and not (out / "stats.json").exists()
+
+    calls: list[int] = []
+    result = run_stage(tmp_path, "double", source(), {"factor": 2}, counting_double(calls), shard_size=1)
+    assert len(calls) == 10 - committed  # only the unfinished shards ran
+    assert result.dataset["y"] == [2 * x for x in range(10)]
+
+    again = run_stage(tmp_path, "double", source(), {"factor": 2}, counting_double(calls), shard_size=1)
+    assert len(calls) == 10 - committed and again.fingerprint == result.fingerprint
+
+
+def test_fingerprint_follows_config_and_input(tmp_path):
+    calls: list[int] = []
+    run_stage(tmp_path, "double", source(), {"factor": 2}, counting_double(calls), shard_size=5)
+    run_stage(tmp_path, "double", source(), {"factor": 3}, counting_double(calls), shard_size=5)
+    assert len(calls) == 4 and len(list((tmp_path / "double").iterdir())) == 2
+    assert fingerprint("a", {"k": 1}) != fingerprint("b", {"k": 1})
+
+
+class Plugin:
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._model = object()  # run-time state: not part of the identity
+
+
+def test_describe_uses_public_attributes_only():
+    assert describe(Plugin(3)) == {"class": f"{__name__}.Plugin", "k": 3}
+    assert fingerprint(Plugin(3)) == fingerprint(Plugin(3)) != fingerprint(Plugin(4))
