@@ -1,0 +1,128 @@
+"""HFSampler on a tiny real Llama: shapes, EOS handling, seeding, and cache identity."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from nsa.contracts import Sampler
+from nsa.models import load_policy, load_tokenizer
+from nsa.plugins.samplers.hf_generate import HFSampler, _trim
+
+MAX_NEW = 10
+TEXTS = ["12 * 7 = 84", "The answer is", "Step", "84 - 15"]
+
+
+@pytest.fixture(scope="module")
+def eager_eos_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model, made to stop often: EOS in about 15% of steps.
+
+    A random tiny Llama gives EOS about 1/400 per token, so no completion would ever stop.
+    Adding a unit vector u to every embedding makes the last hidden state point mostly along
+    u (|h| ~ 8 after RMSNorm); an EOS row of 0.375 u then gives EOS a logit of about 3 while
+    the others stay near 0: exp(3 / 0.7) / (exp(3 / 0.7) + 399) ~ 0.15 at temperature 0.7.
+    """
+    folder = tmp_path_factory.mktemp("eager-eos")
+    model, tokenizer = load_policy(tiny_model), load_tokenizer(tiny_model)
+    u = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    u /= u.norm()
+    with torch.no_grad():
+        model.model.embed_tokens.weight += u
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.375 * u
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model) -> list[list[int]]:
+    tokenizer = load_tokenizer(tiny_model)
+    return [tokenizer(t)["input_ids"] for t in TEXTS]  # ragged: 11, 9, 4, 5 tokens
+
+
+def sampler(**kwargs) -> HFSampler:
+    config = {"num_samples": 6, "max_new_tokens": MAX_NEW, "batch_size": 3, "seed": 0} | kwargs
+    return HFSampler(**config)
+
+
+@pytest.fixture(scope="module")
+def drawn(eager_eos_model, prompts) -> list[list[list[int]]]:
+    return sampler().sample(eager_eos_model, prompts)
+
+
+def test_is_a_sampler() -> None:
+    assert isinstance(HFSampler(), Sampler)
+
+
+def test_num_samples_per_prompt(drawn, prompts) -> None:
+    """4 prompts in batches of 3 (3 + 1, the second left-padded differently): 6 lists each."""
+    assert len(drawn) == len(prompts)
+    assert all(len(per_prompt) == 6 for per_prompt in drawn)
+    assert all(type(t) is int for per_prompt in drawn for c in per_prompt for t in c)
+
+
+def test_completions_end_with_eos_or_run_to_the_limit(drawn, tiny_model) -> None:
+    """EOS (= pad, id 0) is kept and only at the end; without it, max_new_tokens tokens."""
+    eos = load_tokenizer(tiny_model).eos_token_id
+    completions = [c for per_prompt in drawn for c in per_prompt]
+    for c in completions:
+        assert 1 <= len(c) <= MAX_NEW
+        assert eos not in c[:-1], c  # no padding (nor a second EOS) inside
+        assert c[-1] == eos or len(c) == MAX_NEW, c
+    # both branches really occur with this model and seed
+    assert any(c[-1] == eos and len(c) < MAX_NEW for c in completions)
+    assert any(c[-1] != eos for c in completions)
+
+
+def test_same_seed_same_draws(drawn, eager_eos_model, prompts) -> None:
+    """A fresh sampler (and a second call on one sampler) redraws the same completions."""
+    again = sampler()
+    assert again.sample(eager_eos_model, prompts) == drawn
+    assert again.sample(eager_eos_model, prompts) == drawn
+
+
+def test_other_seed_other_draws(drawn, eager_eos_model, prompts) -> None:
+    assert sampler(seed=1).sample(eager_eos_model, prompts) != drawn
+
+
+def test_public_attributes_are_the_config() -> None:
+    """The cache identity: exactly the __init__ arguments, with the values given."""
+    config = {
+        "num_samples": 3,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "max_new_tokens": 17,
+        "batch_size": 2,
+        "seed": 5,
+        "dtype": "bfloat16",
+    }
+    assert set(config) == set(inspect.signature(HFSampler).parameters)
+    public = {k: v for k, v in vars(HFSampler(**config)).items() if not k.startswith("_")}
+    assert public == config
+    defaults = {k: p.default for k, p in inspect.signature(HFSampler).parameters.items()}
+    assert {k: v for k, v in vars(HFSampler()).items() if not k.startswith("_")} == defaults
+
+
+def test_loaded_model_stays_private(eager_eos_model, prompts) -> None:
+    """Sampling loads a model, but the public attributes (the fingerprint) do not change."""
+    s = sampler(num_samples=1, max_new_tokens=2)
+    before = {k: v for k, v in vars(s).items() if not k.startswith("_")}
+    s.sample(eager_eos_model, prompts[:1])
+    assert {k: v for k, v in vars(s).items() if not k.startswith("_")} == before
+
+
+@pytest.mark.parametrize(
+    ("ids", "eos", "pad", "expected"),
+    [
+        ([5, 6, 2, 0, 0], 2, 0, [5, 6, 2]),  # cut after the first EOS, EOS kept
+        ([5, 2, 7, 2], 2, 0, [5, 2]),
+        ([5, 6, 0, 0], 2, 0, [5, 6]),  # no EOS: trailing padding dropped
+        ([5, 6, 7], 2, 0, [5, 6, 7]),
+        ([0, 0, 0], 0, 0, [0]),  # eos == pad: the first is the EOS
+        ([], 2, 0, []),
+    ],
+)
+def test_trim(ids, eos, pad, expected) -> None:
+    assert _trim(list(ids), eos, pad) == expected
