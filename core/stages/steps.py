@@ -67,22 +67,40 @@ def verdicts(scores: Sequence[float | None], threshold: float) -> list[bool | No
 def token_offsets(tokenizer, ids: Sequence[int]) -> list[int]:
     """Start character of each token in ``decode(ids, skip_special_tokens=True)``.
 
-    Decoding each token alone is exact when the pieces concatenate to the full text (the
-    usual case); otherwise (a multi-byte character split across tokens) decode prefixes. A
-    token that starts inside a split character starts at that character.
+    Tokens are decoded one at a time; a run of tokens that splits a multi-byte character
+    (their pieces hold U+FFFD) is decoded together, so the cost stays linear. A token that
+    starts inside a split character starts at that character. When the pieces still do
+    not rebuild the text (a tokenizer whose decode is not piecewise), every prefix is
+    decoded: exact but quadratic.
     """
-    pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
     full = tokenizer.decode(ids, skip_special_tokens=True)
-    if "".join(pieces) != full:
-        # a prefix that ends inside a character decodes to "...\ufffd"; the common prefix with
-        # the full text stops before it, at the character the token's first byte belongs to
-        prefixes = [tokenizer.decode(ids[:k], skip_special_tokens=True) for k in range(len(ids))]
-        return [len(os.path.commonprefix([p, full])) for p in prefixes]
-    starts, position = [], 0
-    for piece in pieces:
+    pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+    starts = _piecewise_offsets(tokenizer, ids, pieces, full)
+    if starts is not None:
+        return starts
+    prefixes = [tokenizer.decode(ids[:k], skip_special_tokens=True) for k in range(len(ids))]
+    return [len(os.path.commonprefix([p, full])) for p in prefixes]
+
+
+def _piecewise_offsets(tokenizer, ids: Sequence[int], pieces: list[str], full: str) -> list[int] | None:
+    starts: list[int] = []
+    position, i = 0, 0
+    while i < len(ids):
+        j = i + 1  # grow the run until it decodes to whole characters
+        while "\ufffd" in pieces[i] and j < len(ids) and j - i < 8 and "\ufffd" in _decode(tokenizer, ids[i:j]):
+            j += 1
+        text = _decode(tokenizer, ids[i:j]) if j > i + 1 else pieces[i]
+        if not full.startswith(text, position):
+            return None
         starts.append(position)
-        position += len(piece)
-    return starts
+        # within a run, a prefix that ends inside a character decodes to "...\ufffd"
+        starts += [position + len(os.path.commonprefix([_decode(tokenizer, ids[i:k]), text])) for k in range(i + 1, j)]
+        position, i = position + len(text), j
+    return starts if position == len(full) else None
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def token_labels(starts: Sequence[int], spans: Sequence[Span], labels: Sequence[bool]) -> list[bool]:

@@ -279,7 +279,7 @@ PLUGINS = [
         (["--print_config", "--trainer.max_steps", "3"], ["--print_config", "--trainer.max_steps", "3"]),
         # values outside plugin slots are never taken for plugin names, nor for misspellings
         (["--data.split", "BCPG"], ["--data.split", "BCPG"]),
-        (["--trainer.logger.init_args.experiment_name=HalfRFT1"], ["--trainer.logger.init_args.experiment_name=HalfRFT1"]),
+        (["--trainer.logger.init_args.run_name=HalfRFT1"], ["--trainer.logger.init_args.run_name=HalfRFT1"]),
     ],
 )
 def test_rewrite_args(argv, expected):

@@ -6,7 +6,7 @@ import pytest
 
 from nsa.errors import NSAError
 from nsa.models import load_tokenizer
-from nsa.stages.steps import check_tiling, token_labels, token_offsets
+from nsa.stages.steps import _piecewise_offsets, check_tiling, token_labels, token_offsets
 
 
 @pytest.mark.parametrize(
@@ -100,12 +100,15 @@ def test_token_offsets_fast_path_slices_each_piece(tokenizer, text: str) -> None
 
 
 @pytest.mark.parametrize("text", NON_ASCII)
-def test_token_offsets_fallback_on_split_characters(tokenizer, text: str) -> None:
+def test_token_offsets_on_split_characters(tokenizer, text: str) -> None:
     """Multi-byte characters split across byte-level tokens: pieces decode to U+FFFD, so the
-    fallback (prefix decodes) runs, and a token that starts inside a character is given that
-    character, never the one after it."""
+    run of tokens is decoded together, and a token that starts inside a character is given
+    that character, never the one after it. The piecewise path must handle these texts (no
+    quadratic prefix decoding)."""
     ids = encode(tokenizer, text)
-    assert "".join(tokenizer.batch_decode([[i] for i in ids])) != text  # the fallback is taken
+    pieces = tokenizer.batch_decode([[i] for i in ids])
+    assert "".join(pieces) != text  # characters are split across tokens
+    assert _piecewise_offsets(tokenizer, ids, pieces, text) is not None
     assert token_offsets(tokenizer, ids) == char_of_each_token(tokenizer, ids, text)
 
 
