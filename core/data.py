@@ -117,13 +117,9 @@ class NSADataModule(L.LightningDataModule):
         return {out.name: out.fingerprint for out in self.stages}
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        lengths = [
-            len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])
-        ]
+        lengths = [len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])]
         positive = [r > 0.5 for r in self.train_rows["reward"]]
-        sampler = StepBatchSampler(
-            lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed
-        )
+        sampler = StepBatchSampler(lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed)
         return torch.utils.data.DataLoader(
             RolloutRows(self.train_rows),
             batch_sampler=sampler,

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def token_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """log pi(input_ids[t] | input_ids[:t]) at each position t; 0 at t = 0.
 
     Returns float32 (B, T) whatever the model's dtype: a bf16 log-softmax over a large

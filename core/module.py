@@ -101,9 +101,7 @@ class NSAModule(L.LightningModule):
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
         if self.max_grad_norm > 0:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-            )
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad()
         scheduler = self.lr_schedulers()

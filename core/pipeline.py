@@ -149,11 +149,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
 
 
 def _summarise_segments(data: Dataset) -> dict[str, float]:
-    return {
-        "steps_per_negative": float(
-            sum(len(s) for s in data["spans"]) / max(1, sum(map(bool, data["spans"])))
-        )
-    }
+    return {"steps_per_negative": float(sum(len(s) for s in data["spans"]) / max(1, sum(map(bool, data["spans"]))))}
 
 
 def _behaviour_fn(model_dir: str, precision: str, pad_id: int, batch_size: int):

@@ -135,10 +135,7 @@ def more_than_friend(rng: random.Random) -> tuple[str, int]:
     (name, _), (friend, _) = rng.sample(NAMES, 2)
     obj = rng.choice(OBJECTS)
     have, more = rng.randint(5, 200), rng.randint(2, 150)
-    q = (
-        f"{name} has {have} {obj}. {friend} has {more} more {obj} than {name}. "
-        f"How many {obj} do they have together?"
-    )
+    q = f"{name} has {have} {obj}. {friend} has {more} more {obj} than {name}. How many {obj} do they have together?"
     return q, have + (have + more)
 
 

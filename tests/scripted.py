@@ -28,8 +28,5 @@ class ScriptedSampler:
         from nsa.models import load_tokenizer
 
         tokenizer = load_tokenizer(model_dir)
-        ids = [
-            tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            for a in self.answers
-        ]
+        ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in self.answers]
         return [[list(i) for i in ids] for _ in prompt_ids]

@@ -13,9 +13,7 @@ from nsa.stages.cache import StageOutput
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def load_problems(
-    source: str, question_field: str, answer_field: str, split: str, limit: int | None
-) -> StageOutput:
+def load_problems(source: str, question_field: str, answer_field: str, split: str, limit: int | None) -> StageOutput:
     """Columns ``id``, ``question``, ``answer`` (all strings), fingerprinted by content."""
     raw = _load_raw(source, split)
     for field in (question_field, answer_field):

@@ -17,9 +17,7 @@ def build_prompts(tokenizer, questions: list[str], template: str) -> list[list[i
     texts = [template.format(question=q) for q in questions]
     if tokenizer.chat_template:
         texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
-            )
+            tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
             for t in texts
         ]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -30,9 +28,7 @@ def sample_shard(problems: Dataset, sampler: Sampler, model_dir: str, tokenizer,
     """One row per sampled answer, with the generated ids kept as they came."""
     prompts = build_prompts(tokenizer, problems["question"], template)
     completions = sampler.sample(model_dir, prompts)  # [problem][sample] -> ids
-    rows: dict[str, list] = {
-        k: [] for k in ("group", "question", "answer", "prompt_ids", "response_ids", "response")
-    }
+    rows: dict[str, list] = {k: [] for k in ("group", "question", "answer", "prompt_ids", "response_ids", "response")}
     for problem, prompt, group in zip(problems, prompts, completions):
         for ids in group:
             rows["group"].append(problem["id"])

@@ -26,9 +26,7 @@ def check_tiling(spans: Sequence[Span], text: str, who: str) -> None:
             )
         position = end
     if position != len(text):
-        raise NSAError(
-            f"segmenter {who} returned spans ending at {position}, not at the text's end {len(text)}"
-        )
+        raise NSAError(f"segmenter {who} returned spans ending at {position}, not at the text's end {len(text)}")
 
 
 def segment_shard(rollouts: Dataset, segmenter: Segmenter) -> Dataset:
@@ -46,15 +44,12 @@ def segment_shard(rollouts: Dataset, segmenter: Segmenter) -> Dataset:
 def judge_shard(rollouts: Dataset, judge: StepJudge) -> Dataset:
     """Scores for every step of every negative; a list of the wrong length is an error."""
     negatives = [i for i, spans in enumerate(rollouts["spans"]) if spans]
-    items = [
-        StepItem(rollouts[i]["question"], rollouts[i]["response"], rollouts[i]["spans"]) for i in negatives
-    ]
+    items = [StepItem(rollouts[i]["question"], rollouts[i]["response"], rollouts[i]["spans"]) for i in negatives]
     scores: list[list[float | None]] = [[] for _ in range(len(rollouts))]
     for i, item, got in zip(negatives, items, judge.score(items) if items else []):
         if len(got) != len(item.spans):
             raise NSAError(
-                f"judge {type(judge).__name__} returned {len(got)} scores "
-                f"for a response with {len(item.spans)} steps"
+                f"judge {type(judge).__name__} returned {len(got)} scores for a response with {len(item.spans)} steps"
             )
         scores[i] = [None if s is None else float(s) for s in got]
     return Dataset.from_dict({"scores": scores})
@@ -124,22 +119,16 @@ def label_shard(
     for row in rollouts:
         votes = [verdicts(row[f"scores/{n}"], j.threshold) for n, j in zip(names, judges)]
         label = consensus.combine(votes) if row["spans"] else []
-        starts = (
-            token_offsets(tokenizer, row["response_ids"]) if row["spans"] else [0] * len(row["response_ids"])
-        )
+        starts = token_offsets(tokenizer, row["response_ids"]) if row["spans"] else [0] * len(row["response_ids"])
         step_labels.append(label)
         masks.append(token_labels(starts, row["spans"], label))
-        judge_tokens.append(
-            [sum(token_labels(starts, row["spans"], [bool(v) for v in vote])) for vote in votes]
-        )
+        judge_tokens.append([sum(token_labels(starts, row["spans"], [bool(v) for v in vote])) for vote in votes])
     rollouts = rollouts.add_column("step_labels", step_labels)
     rollouts = rollouts.add_column("nsa_mask", masks)
     return rollouts.add_column("judge_tokens_correct", judge_tokens)
 
 
-def summarise_labels(
-    rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge]
-) -> dict[str, float]:
+def summarise_labels(rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge]) -> dict[str, float]:
     negative_tokens = sum(len(ids) for ids, r in zip(rollouts["response_ids"], rollouts["reward"]) if r < 0.5)
     stats = {
         "steps": float(sum(len(s) for s in rollouts["spans"])),

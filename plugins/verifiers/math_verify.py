@@ -163,9 +163,7 @@ class _WorkerPool:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _run_bounded(
-    task: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int, limit_s: float
-) -> list[Any]:
+def _run_bounded(task: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int, limit_s: float) -> list[Any]:
     """Run ``task(*job)`` for each job in worker processes; a job not done in limit_s gives _TIMED_OUT."""
     results: list[Any] = [_TIMED_OUT] * len(jobs)
     pending = deque(range(len(jobs)))
@@ -198,9 +196,7 @@ def _drain(
             index = pending.popleft()
             running[pool.executor.submit(task, *jobs[index])] = (index, time.monotonic() + limit_s)
         first_deadline = min(deadline for _, deadline in running.values())
-        done, _ = wait(
-            running, timeout=max(0.0, first_deadline - time.monotonic()), return_when=FIRST_COMPLETED
-        )
+        done, _ = wait(running, timeout=max(0.0, first_deadline - time.monotonic()), return_when=FIRST_COMPLETED)
         for future in done:
             results[running.pop(future)[0]] = future.result()
         now = time.monotonic()

@@ -41,9 +41,7 @@ def test_beta_out_of_range(recipe, capsys):
 
 
 def test_missing_question_field_names_field_and_file(recipe, capsys):
-    fails_with(
-        capsys, ["fit", "--config", recipe, "--data.question_field=prompt"], "'prompt'", "three_problems"
-    )
+    fails_with(capsys, ["fit", "--config", recipe, "--data.question_field=prompt"], "'prompt'", "three_problems")
 
 
 def test_missing_model_path(recipe, capsys):

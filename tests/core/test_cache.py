@@ -44,9 +44,7 @@ def counting_double(calls: list[int]):
 
 def test_killed_stage_resumes_from_committed_shards(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_STAGE, str(tmp_path)], env=env, start_new_session=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(tmp_path)], env=env, start_new_session=True)
     stage_dir = tmp_path / "double"
     deadline = time.time() + 60
     while not list(stage_dir.glob("*/shard-00002")) and time.time() < deadline:

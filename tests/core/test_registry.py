@@ -218,9 +218,7 @@ def test_plugin_breaking_the_protocol_fails_in_one_line(site, recipe, capsys):
 
 def test_misspelt_name_on_command_line(site, recipe, capsys):
     path = recipe("RFT")
-    code, _, err = run_main(
-        capsys, "fit", "--config", str(path), "--model.loss.class_path", "BCPGG", "--print_config"
-    )
+    code, _, err = run_main(capsys, "fit", "--config", str(path), "--model.loss.class_path", "BCPGG", "--print_config")
     assert_one_line_error(code, err, "unknown plugin 'BCPGG'", "did you mean 'BCPG'")
 
 
@@ -250,9 +248,7 @@ def test_name_claimed_twice_short_name_fails(rival, recipe, capsys):
 
 
 def test_name_claimed_twice_full_path_works(rival, recipe, capsys):
-    code, out, err = run_main(
-        capsys, "fit", "--config", str(recipe("other_nsa.losses.HalfRFT")), "--print_config"
-    )
+    code, out, err = run_main(capsys, "fit", "--config", str(recipe("other_nsa.losses.HalfRFT")), "--print_config")
     assert code == 0, err
     assert printed_loss(out) == "other_nsa.losses.HalfRFT"
 

@@ -171,9 +171,7 @@ def test_injection_is_never_evaluated(text: str, monkeypatch: pytest.MonkeyPatch
         check_claim(lhs, "0")
 
 
-@pytest.mark.parametrize(
-    "text", ["9**9**9 = 1", "$9^{9^{9}} = 1$", "((10**100)**64)**64 = 1", "2 ** 100000 = 1"]
-)
+@pytest.mark.parametrize("text", ["9**9**9 = 1", "$9^{9^{9}} = 1$", "((10**100)**64)**64 = 1", "2 ** 100000 = 1"])
 def test_huge_power_is_refused_quickly(text: str) -> None:
     start = time.perf_counter()
     assert score_one(text, no_claim_score=0.25) == 0.25
