@@ -59,7 +59,20 @@ def precision_name(precision: object) -> str:
     return "32-true" if precision in (None, 32, "32") else str(precision)
 
 
+DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augmentation.
+
+  nsa fit --config R       run the data stages (cached) and train
+  nsa prepare --config R   run only the data stages and print their statistics
+  nsa plugins              list the advertised plugins (imports none)"""
+
+
 class NSACLI(LightningCLI):
+    """``fit`` only: NSAModule has no validation, test or predict loop."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
     def __init__(self, args: list[str], run: bool = True) -> None:
         self.plugins = advertised()
         super().__init__(
@@ -73,7 +86,9 @@ class NSACLI(LightningCLI):
             parser_kwargs={
                 "exit_on_error": False,
                 "formatter_class": HelpFormatter,
-                "fit": {"exit_on_error": False, "formatter_class": HelpFormatter},
+                "description": DESCRIPTION,
+                "prog": "nsa" if run else "nsa prepare",
+                "fit": {"exit_on_error": False, "formatter_class": HelpFormatter, "description": DESCRIPTION},
             },
         )
 

@@ -36,8 +36,12 @@ def describe(obj: Any) -> Any:
     return repr(obj)
 
 
+# Bump when a stage's code changes what it writes, so old cache entries are not reused.
+CACHE_VERSION = 1
+
+
 def fingerprint(*parts: Any) -> str:
-    blob = json.dumps([describe(p) for p in parts], sort_keys=True, default=str)
+    blob = json.dumps([CACHE_VERSION, *(describe(p) for p in parts)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
