@@ -29,6 +29,7 @@ TRAINER_DEFAULTS = {
     },
     "use_distributed_sampler": False,  # micro-batches are planned by nsa.batching
     "log_every_n_steps": 1,  # an optimizer step spans many micro-batches: log each
+    "reload_dataloaders_every_n_epochs": 1,  # each epoch has its own plan, and its own length
 }
 
 
@@ -55,8 +56,10 @@ def plugin_slots() -> frozenset[str]:
 
 
 def precision_name(precision: object) -> str:
-    """Trainer precision as Lightning's string (None means the default, full precision)."""
-    return "32-true" if precision in (None, 32, "32") else str(precision)
+    """Trainer precision in Lightning's unified spelling (None means full precision)."""
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    return "32-true" if precision is None else str(_convert_precision_to_unified_args(precision))
 
 
 DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augmentation.
@@ -101,6 +104,8 @@ class NSACLI(LightningCLI):
         """Plugins reject bad settings with ValueError; show it as a one-line error."""
         try:
             super().instantiate_classes()
+        except NSAError:
+            raise
         except ValueError as err:
             raise NSAError(f"a recipe value was rejected: {err}") from None
 

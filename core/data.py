@@ -13,6 +13,7 @@ from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
 from nsa.models import check_policy, load_tokenizer, resolve_policy
 from nsa.pipeline import Recipe, run
+from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import load_problems
 
@@ -69,6 +70,10 @@ class NSADataModule(L.LightningDataModule):
         if not judges:
             raise NSAError("data.judges is empty; name at least one step judge")
         check_policy(policy)
+        if logprob_precision not in PRECISIONS:
+            raise NSAError(
+                f"trainer.precision {logprob_precision} is not supported; use one of {', '.join(PRECISIONS)}"
+            )
         self.problems, self.sampler, self.verifier = problems, sampler, verifier
         self.segmenter, self.judges, self.consensus, self.policy = segmenter, judges, consensus, policy
         self.fields = (question_field, answer_field, split, max_problems)
@@ -120,6 +125,8 @@ class NSADataModule(L.LightningDataModule):
         lengths = [len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])]
         positive = [r > 0.5 for r in self.train_rows["reward"]]
         sampler = StepBatchSampler(lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed)
+        # Lightning reads the length before it sets the epoch: plan for the current one now
+        sampler.sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
         return torch.utils.data.DataLoader(
             RolloutRows(self.train_rows),
             batch_sampler=sampler,

@@ -18,10 +18,11 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] in float32, one row at a time to bound memory.
+    """log softmax(logits)[target] in float32, one row at a time.
 
-    logits (B, T, V), targets (B, T) -> (B, T). A full float32 log-softmax would hold
-    B*T*V floats at once; a row holds T*V.
+    logits (B, T, V), targets (B, T) -> (B, T). Row by row, the forward never holds a
+    second full B*T*V float32 copy at once; autograd still saves each row's float32 logits
+    for the backward, so training memory is bounded only by the micro-batch token budget.
     """
     rows = []
     for row_logits, row_targets in zip(logits, targets):  # (T, V), (T,)

@@ -43,8 +43,23 @@ def resolve_policy(spec: str) -> str:
     return str(target)
 
 
+def policy_identity(spec: str) -> dict:
+    """What the stage cache keys a policy by: its name, plus the size and modification time
+    of its files when it is local, so retraining into the same folder invalidates samples
+    and log-probs. A hub id is keyed by name alone (offline, its revision is unknown)."""
+    if spec.startswith(PKG_PREFIX):
+        files = [_package_file(spec)]
+    elif _looks_like_path(spec):
+        folder = Path(spec).expanduser()
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
+    else:
+        files = []
+    return {"spec": spec, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).exists()
+    """A hub id is ``name`` or ``org/name``; anything else is a local path."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or Path(spec).exists()
 
 
 def _package_file(spec: str) -> Path:
@@ -84,7 +99,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 def load_tokenizer(folder: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as err:
+        raise NSAError(f"tokenizer of model '{folder}' could not be loaded: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

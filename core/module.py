@@ -58,14 +58,16 @@ class NSAModule(L.LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.export_dir = export_dir
         self.policy: torch.nn.Module | None = None
-        self._step_loss = 0.0
-        self._warned_drift = False
+        self._reset_step()
 
     def configure_model(self) -> None:
         """Load the policy late, so sharded strategies can wrap it as it is built."""
         if self.policy is not None:
             return
         self.policy = load_policy(resolve_policy(self.policy_spec)).train()
+        for module in self.policy.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # the policy must compute the same function as pi_ref did, without noise
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
 
@@ -81,6 +83,12 @@ class NSAModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
+    def on_train_epoch_start(self) -> None:
+        if self._step_rows:  # an epoch ended inside a step: drop it rather than mix it into the next
+            print(f"nsa: warning: dropping an unfinished optimizer step ({self._step_rows} responses)")
+            self.optimizers().zero_grad()
+            self._reset_step()
+
     def training_step(self, batch: PolicyBatch, batch_idx: int) -> torch.Tensor:
         logprobs = token_logprobs(self.policy, batch.input_ids, batch.attention_mask)  # (B, T) float32
         out = self.loss(batch, logprobs)
@@ -91,9 +99,7 @@ class NSAModule(L.LightningModule):
                 "check the behaviour log-probs of these questions and the learning rate"
             )
         self.manual_backward(out.loss)
-        self._step_loss += value
-        self._log_drift(batch, logprobs.detach())
-        self.log_dict({f"train/{k}": v for k, v in out.metrics.items()}, batch_size=len(batch.question_ids))
+        self._accumulate(value, out.metrics, batch, logprobs.detach())
         if batch.last_in_step:
             self._optimizer_step()
         return out.loss
@@ -101,25 +107,42 @@ class NSAModule(L.LightningModule):
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()
         if self.max_grad_norm > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            self._clip(optimizer)
         optimizer.step()
         optimizer.zero_grad()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        self._log_step()
 
-        # each micro-batch's loss is its share of the step, so the step's loss is their sum
-        self.log("train/loss", self._step_loss, prog_bar=True)
-        self._step_loss = 0.0
+    def _clip(self, optimizer) -> None:
+        model = self.trainer.strategy.model
+        if hasattr(model, "clip_grad_norm_"):  # FSDP: only the root module knows the global norm
+            model.clip_grad_norm_(self.max_grad_norm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 
-    def _log_drift(self, batch: PolicyBatch, logprobs: torch.Tensor) -> None:
-        """Mean |log pi - log pi_ref| per response token: about 0 on the first step, by design."""
+    def _accumulate(self, loss: float, metrics: dict, batch: PolicyBatch, logprobs: torch.Tensor) -> None:
+        """Sum the step's loss shares; average metrics over its responses."""
+        rows = len(batch.question_ids)
         mask = batch.response_mask  # (B, T)
         drift = ((logprobs - batch.ref_token_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
-        self.log("train/ref_drift", drift, batch_size=len(batch.question_ids))
-        if self.global_step == 0 and not self._warned_drift and drift.item() > 1e-2:
-            self._warned_drift = True
+        self._step_loss += loss
+        self._step_rows += rows
+        for key, value in {**metrics, "ref_drift": drift}.items():
+            self._step_metrics[key] = self._step_metrics.get(key, 0.0) + float(value) * rows
+
+    def _log_step(self) -> None:
+        """One point per optimizer step, whatever the micro-batch split."""
+        metrics = {f"train/{k}": v / self._step_rows for k, v in self._step_metrics.items()}
+        self.log("train/loss", self._step_loss, prog_bar=True)
+        self.log_dict(metrics)
+        if self.global_step == 1 and metrics["train/ref_drift"] > 1e-2:
             print(
-                f"nsa: warning: at step 0 the policy differs from the stored behaviour log-probs by "
-                f"{drift.item():.3g} nats per token; were they computed with another model or dtype?"
+                f"nsa: warning: at the first step the policy differs from the stored behaviour log-probs by "
+                f"{metrics['train/ref_drift']:.3g} nats per token; were they computed with another model or dtype?"
             )
+        self._reset_step()
+
+    def _reset_step(self) -> None:
+        self._step_loss, self._step_rows, self._step_metrics = 0.0, 0, {}

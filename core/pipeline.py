@@ -1,6 +1,8 @@
 """The data stages of BCPG-NSA, top to bottom, each cached by fingerprint.
 
-problems -> sample -> verify -> groups -> segment -> judge (each judge) -> label -> behaviour
+problems -> sample -> verify -> groups -> behaviour (log pi_ref of the kept answers)
+                                       -> segment -> judge (each judge) -> label
+The training rows are the label stage's rows with the behaviour log-probs joined in.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from datasets import Dataset
 
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
-from nsa.models import load_policy, load_tokenizer, resolve_policy
+from nsa.models import load_policy, load_tokenizer, policy_identity, resolve_policy
 from nsa.stages import behaviour, rollouts, steps
 from nsa.stages.cache import StageOutput, describe, fingerprint, run_stage
 
@@ -58,12 +60,13 @@ def run(recipe: Recipe) -> list[StageOutput]:
     """Run (or reuse) every stage; returns their outputs in order, the training set last."""
     model_dir = resolve_policy(recipe.policy)
     tokenizer = load_tokenizer(model_dir)
+    policy = policy_identity(recipe.policy)
     stage = functools.partial(run_stage, recipe.cache_dir)
     rows = recipe.shard_size * recipe.sampler.num_samples
     sampled = stage(
         "sample",
         recipe.problems,
-        {"sampler": recipe.sampler, "policy": recipe.policy, "template": recipe.prompt_template},
+        {"sampler": recipe.sampler, "policy": policy, "template": recipe.prompt_template},
         functools.partial(
             rollouts.sample_shard,
             sampler=recipe.sampler,
@@ -72,6 +75,7 @@ def run(recipe: Recipe) -> list[StageOutput]:
             template=recipe.prompt_template,
         ),
         recipe.shard_size,
+        functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
     )
     verified = stage(
         "verify",
@@ -97,18 +101,22 @@ def run(recipe: Recipe) -> list[StageOutput]:
         rows,
         _summarise_segments,
     )
-    labelled = _judge_and_label(recipe, segmented, tokenizer, rows)
+    # pi_ref's log-probs depend on the kept answers only: a new judge or rule reuses them
     scored = stage(
         "behaviour",
-        labelled,
-        {"policy": recipe.policy, "precision": recipe.logprob_precision},
+        grouped,
+        {"policy": policy, "precision": recipe.logprob_precision},
         _behaviour_fn(model_dir, recipe.logprob_precision, tokenizer.pad_token_id, recipe.logprob_batch_size),
         rows,
     )
-    return [recipe.problems, sampled, verified, grouped, segmented, labelled, scored]
+    labelled = _judge_and_label(recipe, segmented, tokenizer, rows, policy)
+    train = labelled.dataset.add_column("ref_logprobs", scored.dataset["ref_logprobs"])
+    train_fp = fingerprint(labelled.fingerprint, scored.fingerprint)
+    trained_on = StageOutput("train", train, train_fp, labelled.path, {})
+    return [recipe.problems, sampled, verified, grouped, segmented, scored, labelled, trained_on]
 
 
-def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: int) -> StageOutput:
+def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: int, policy: dict) -> StageOutput:
     """Each judge's scores are cached on their own; the label stage combines them."""
     names = judge_names(recipe.judges)
     combined = segmented.dataset
@@ -129,7 +137,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
         "names": names,
         "thresholds": [j.threshold for j in recipe.judges],
         "consensus": recipe.consensus,
-        "policy": recipe.policy,
+        "tokenizer": policy,
     }
     return run_stage(
         recipe.cache_dir,

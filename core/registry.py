@@ -136,6 +136,6 @@ def rewrite_args(argv: list[str], plugins: list[Plugin], slots: frozenset[str] =
 def _rewrite_value(key: str, value: str, plugins: list[Plugin], slots: frozenset[str]) -> str:
     if key in ("--config", "-c"):
         return _rewrite_config_file(value, plugins)
-    if key.endswith((".class_path", ".help")) or key in slots:
+    if key.endswith((".class_path", ".help")) or key.removesuffix("+") in slots:
         return resolve_name(value, plugins)
     return value

@@ -63,8 +63,11 @@ def run_stage(
     shard_size: int,
     summarise: Callable[[Dataset], dict[str, float]] | None = None,
 ) -> StageOutput:
-    """Run ``fn`` over ``source.dataset`` shard by shard, reusing committed shards."""
-    fp = fingerprint(source.fingerprint, name, config)
+    """Run ``fn`` over ``source.dataset`` shard by shard, reusing committed shards.
+
+    Shards are matched by index, so the shard size is part of the fingerprint.
+    """
+    fp = fingerprint(source.fingerprint, name, config, shard_size)
     out = Path(cache_dir) / name / fp
     if (out / "stats.json").exists():
         return StageOutput(name, _load_shards(out), fp, out, json.loads((out / "stats.json").read_text()))

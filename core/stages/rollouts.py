@@ -46,6 +46,19 @@ def verify_shard(rollouts: Dataset, verifier: Verifier) -> Dataset:
     return rollouts.add_column("verify_status", [o.status for o in outcomes])
 
 
+def summarise_samples(rollouts: Dataset, eos_id: int) -> dict[str, float]:
+    """Count answers cut off by the sampler's length limit (no EOS at the end)."""
+    lengths = [len(ids) for ids in rollouts["response_ids"]]
+    truncated = sum(not ids or ids[-1] != eos_id for ids in rollouts["response_ids"])
+    if truncated:
+        print(
+            f"nsa: sample: {truncated} of {len(lengths)} answers hit the length limit before EOS; "
+            "they are kept as they are (most then have no final answer and score 0)",
+            file=sys.stderr,
+        )
+    return {"answers_truncated": float(truncated), "answer_tokens_mean": sum(lengths) / max(1, len(lengths))}
+
+
 def summarise_verify(rollouts: Dataset) -> dict[str, float]:
     statuses = Counter(rollouts["verify_status"])
     if statuses["empty"] or statuses["no_answer"] or statuses["timeout"]:

@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from nsa.contracts import Outcome
+from nsa.errors import NSAError
 
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
@@ -61,7 +62,7 @@ class MathVerifier:
         outcomes = [Outcome(0.0, "empty")] * len(responses)
         for index, result in zip(todo, checked, strict=True):
             if result == (0.0, _BAD_REFERENCE):
-                raise ValueError(
+                raise NSAError(
                     f"reference answer {references[index]!r} could not be parsed by math-verify; "
                     "fix the answer field of the problem"
                 )
@@ -149,7 +150,10 @@ class _WorkerPool:
         done, _ = wait(warm_up, timeout=_STARTUP_S + 10)
         if len(done) < workers or any(future.exception() for future in done):
             self.executor.shutdown(wait=False, cancel_futures=True)
-            raise RuntimeError("the math-verify worker pool failed to start")
+            raise NSAError(
+                "the math-verify worker pool failed to start; workers are spawned, so a script that "
+                "runs nsa must guard its entry point with `if __name__ == '__main__':`"
+            )
         # Every worker put its pid before reaching the barrier, so these never block.
         self._pids = [pid_queue.get() for _ in range(workers)]
 

@@ -81,3 +81,11 @@ def test_segmenter_that_does_not_tile_keeps_finished_stages(tmp_path, recipe, ca
 def test_empty_answers_are_counted(recipe, capsys):
     main(["prepare", "--config", recipe, '--data.sampler.init_args.answers=["", "\\\\boxed{5}"]'])
     assert "3 empty answers" in capsys.readouterr().err  # one per problem
+
+
+def test_unsupported_precision(recipe, capsys):
+    fails_with(capsys, ["fit", "--config", recipe, "--trainer.precision=16"], "16-mixed", "bf16-mixed")
+
+
+def test_relative_model_path_without_dot(recipe, capsys):
+    fails_with(capsys, ["fit", "--config", recipe, "--model.policy=runs/x/policy"], "runs/x/policy", "does not exist")

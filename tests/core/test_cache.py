@@ -81,3 +81,21 @@ class Plugin:
 def test_describe_uses_public_attributes_only():
     assert describe(Plugin(3)) == {"class": f"{__name__}.Plugin", "k": 3}
     assert fingerprint(Plugin(3)) == fingerprint(Plugin(3)) != fingerprint(Plugin(4))
+
+
+def test_resume_with_another_shard_size_recomputes(tmp_path):
+    """Shards are matched by index: a new shard size must not reuse rows of the old one."""
+    calls: list[int] = []
+
+    def dies_after_three(rows: Dataset) -> Dataset:
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        calls.append(len(rows))
+        return rows.map(lambda r: {"y": r["x"] * 2})
+
+    try:
+        run_stage(tmp_path, "double", source(), {"factor": 2}, dies_after_three, shard_size=1)
+    except RuntimeError:
+        pass
+    result = run_stage(tmp_path, "double", source(), {"factor": 2}, counting_double(calls), shard_size=5)
+    assert result.dataset["y"] == [2 * x for x in range(10)]

@@ -48,3 +48,23 @@ def test_step_is_the_same_however_it_is_split(tmp_path, tiny_model, monkeypatch)
     assert any(not torch.equal(whole[k], start[k]) for k in start)
     for key in whole:
         torch.testing.assert_close(whole[key], split[key], atol=1e-6, rtol=1e-5)
+
+
+def test_every_epoch_runs_all_its_steps(tmp_path, tiny_model, monkeypatch):
+    """8 rows, 4 responses a step: 2 steps an epoch, so 3 epochs make 6 steps.
+
+    The rows are 73 to 88 tokens long; with a 166-token budget two rows share a micro-batch
+    only when both are at most 83, so each epoch's shuffle gives another count of
+    micro-batches (7, 8, 8). An epoch cut at the first epoch's length would lose its last step.
+    """
+    from nsa.batching import plan_epoch
+    from nsa.cli import NSACLI
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=4, tokens_per_micro_batch=166)
+    cli = NSACLI(["fit", "--config", str(recipe), "--trainer.max_steps=-1", "--trainer.max_epochs=3"])
+    rows = cli.datamodule.train_rows
+    lengths = [len(p) + len(r) for p, r in zip(rows["prompt_ids"], rows["response_ids"])]
+    counts = [len(plan_epoch(lengths, [r > 0.5 for r in rows["reward"]], 4, 166, seed)) for seed in range(3)]
+    assert len(set(counts)) > 1  # the premise: epochs differ in length
+    assert cli.trainer.global_step == 6

@@ -71,14 +71,9 @@ def test_consensus_rules_reuse_every_model_stage(tmp_path, tiny_model, rule, exp
     assert first["steps_correct/ArithmeticJudge1"] == 13 and first["steps_correct/ArithmeticJudge2"] == 5
     stats = prepare(recipe, f"--data.consensus.init_args.rule={rule}").stats
     assert stats["steps_correct/consensus"] == expected
-    # sampling, verifying, segmenting and judging ran once; only the labels were recomputed
-    assert [stage_dirs(cache, s) for s in ("sample", "verify", "groups", "segment", "judge")] == [
-        1,
-        1,
-        1,
-        1,
-        2,
-    ]
+    # sampling, verifying, pi_ref, segmenting and judging ran once; only the labels were recomputed
+    reused = ("sample", "verify", "groups", "behaviour", "segment", "judge")
+    assert [stage_dirs(cache, s) for s in reused] == [1, 1, 1, 1, 1, 2]
     assert stage_dirs(cache, "label") == (1 if rule == "all" else 2)
 
 
@@ -88,3 +83,4 @@ def test_changing_a_threshold_rejudges_nothing(tmp_path, tiny_model):
     stats = prepare(tiny_recipe(tmp_path, tiny_model, judges=[raised])).stats
     assert stats["steps_correct/consensus"] == 0
     assert stage_dirs(tmp_path / "cache", "judge") == 1 and stage_dirs(tmp_path / "cache", "label") == 2
+    assert stage_dirs(tmp_path / "cache", "behaviour") == 1

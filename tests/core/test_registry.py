@@ -308,3 +308,8 @@ def test_rewrite_args_misspelt_and_missing_recipe(tmp_path):
         registry.rewrite_args(["--model.loss.class_path", "HalfRTF"], PLUGINS)
     with pytest.raises(registry.NSAError, match="recipe file not found"):
         registry.rewrite_args(["-c", str(tmp_path / "missing.yaml")], PLUGINS)
+
+
+def test_append_to_a_list_slot():
+    out = registry.rewrite_args(["--data.judges+=BCPG"], PLUGINS, frozenset({"--data.judges"}))
+    assert out == ["--data.judges+=nsa.plugins.losses.bcpg.BCPG"]

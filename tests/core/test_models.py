@@ -1,0 +1,31 @@
+"""Policy specs: local folders, packaged GGUF files, hub ids; and their cache identity."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from nsa.errors import NSAError
+from nsa.models import check_policy, policy_identity
+
+
+def test_identity_changes_when_the_weights_change(tmp_path, tiny_model):
+    """Retraining into the same folder must invalidate cached samples and log-probs."""
+    folder = tmp_path / "policy"
+    shutil.copytree(tiny_model, folder)
+    before = policy_identity(str(folder))
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert policy_identity(str(folder)) != before
+    assert policy_identity(str(folder)) == policy_identity(str(folder))
+
+
+def test_hub_ids_and_paths_are_told_apart(tmp_path):
+    check_policy("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B")  # a hub id: checked when loaded
+    for missing in ("./nope", "runs/x/policy", str(tmp_path / "nope")):
+        with pytest.raises(NSAError, match="does not exist"):
+            check_policy(missing)
+    with pytest.raises(NSAError, match="not installed"):
+        check_policy("pkg:no_such_package/model.gguf")
