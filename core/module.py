@@ -20,6 +20,24 @@ from nsa.logprobs import token_logprobs
 from nsa.models import check_policy, load_policy, load_tokenizer, resolve_policy
 
 
+def shard(policy: torch.nn.Module) -> torch.nn.Module:
+    """Under Lightning's FSDP, make each decoder layer and then the whole policy an FSDP unit.
+
+    The training step runs backward inside ``training_step``, i.e. inside the forward of
+    the root FSDP module; the root must therefore own no parameters, or FSDP asserts that
+    its forward has not finished. Outside FSDP's wrapping context ``wrap`` returns the
+    module unchanged.
+    """
+    from torch.distributed.fsdp.wrap import wrap
+
+    layer_names = set(getattr(policy, "_no_split_modules", None) or [])
+    for name, module in list(policy.named_modules()):
+        if type(module).__name__ in layer_names:
+            parent_name, _, child = name.rpartition(".")
+            setattr(policy.get_submodule(parent_name), child, wrap(module))
+    return wrap(policy)
+
+
 def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=5e-7, weight_decay=0.0)
 
@@ -70,6 +88,7 @@ class NSAModule(L.LightningModule):
                 module.p = 0.0  # the policy must compute the same function as pi_ref did, without noise
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
+        self.policy = shard(self.policy)
 
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
@@ -116,9 +135,8 @@ class NSAModule(L.LightningModule):
         self._log_step()
 
     def _clip(self, optimizer) -> None:
-        model = self.trainer.strategy.model
-        if hasattr(model, "clip_grad_norm_"):  # FSDP: only the root module knows the global norm
-            model.clip_grad_norm_(self.max_grad_norm)
+        if hasattr(self.policy, "clip_grad_norm_"):  # FSDP root unit (see shard): it knows the global norm
+            self.policy.clip_grad_norm_(self.max_grad_norm)
         else:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 

@@ -1,11 +1,14 @@
-"""Generate the grade-school math word problems shipped in data/word_problems.jsonl.
+"""Generate the grade-school math word problems shipped in data/ (word_problems.jsonl and easy_word_problems.jsonl).
 
-Stdlib only, so the data set can be rebuilt anywhere the repo is checked out:
+Stdlib only, so the data sets can be rebuilt anywhere the repo is checked out:
 
     python data/make_word_problems.py --seed 0 --n 120 --out data/word_problems.jsonl
+    python data/make_word_problems.py --level easy --seed 0 --n 120 --out data/easy_word_problems.jsonl
 
-Every template picks its numbers so that each intermediate result is a positive integer and
-every division is exact; the final answer is then checked to lie in 1..999.
+`--level multi` (the default) uses 2-3 step templates: each picks its numbers so that every
+intermediate result is a positive integer and every division is exact; the final answer is then
+checked to lie in 1..999. `--level easy` uses one-step templates (one `+`, `-`, `*` or exact
+division on numbers of about 2-20) whose answers are checked to lie in 1..499.
 """
 
 from __future__ import annotations
@@ -186,18 +189,105 @@ TEMPLATES: list[Template] = [
 ]
 
 
-def make_problems(seed: int, n: int) -> list[dict[str, str]]:
-    """Return n distinct problems as {"id", "question", "answer"} dicts, deterministic in seed."""
+# --- easy level: one arithmetic step per problem -------------------------------------------------
+
+# Short first names; the easy templates use names only, so no pronouns are needed.
+EASY_NAMES = [name for name, _ in NAMES] + ["Sam", "Leo", "Ana", "Ben", "Ella", "Tom", "Yuki", "Nia"]
+EASY_OBJECTS = ["apples", "stickers", "marbles", "cookies", "pencils", "crayons", "balloons", "cards", "shells"]
+EASY_MAX_ANSWER = 499
+
+
+def easy_buys_more(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    have, more = rng.randint(2, 20), rng.randint(2, 20)
+    q = f"{name} has {have} {obj} and buys {more} more. How many {obj} does {name} have now?"
+    return q, have + more
+
+
+def easy_gets_more(rng: random.Random) -> tuple[str, int]:
+    name, friend = rng.sample(EASY_NAMES, 2)
+    obj = rng.choice(EASY_OBJECTS)
+    have, more = rng.randint(2, 20), rng.randint(2, 20)
+    q = f"{name} has {have} {obj}. {friend} gives {name} {more} more {obj}. How many {obj} does {name} have now?"
+    return q, have + more
+
+
+def easy_gives_away(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    have = rng.randint(5, 30)
+    given = rng.randint(2, have - 1)
+    q = f"{name} has {have} {obj} and gives away {given}. How many {obj} are left?"
+    return q, have - given
+
+
+def easy_loses(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    had = rng.randint(5, 30)
+    lost = rng.randint(2, had - 1)
+    q = f"{name} had {had} {obj} and lost {lost} of them. How many {obj} does {name} have now?"
+    return q, had - lost
+
+
+def easy_bags_each(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    bags, each = rng.randint(2, 10), rng.randint(2, 12)
+    q = f"{name} has {bags} bags with {each} {obj} in each bag. How many {obj} does {name} have?"
+    return q, bags * each
+
+
+def easy_packs_each(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    packs, each = rng.randint(2, 10), rng.randint(2, 12)
+    q = f"{name} buys {packs} packs of {obj}. Each pack has {each} {obj}. How many {obj} does {name} buy?"
+    return q, packs * each
+
+
+def easy_share(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    # Pick the quotient first so the division is exact.
+    friends, each = rng.randint(2, 8), rng.randint(2, 10)
+    q = f"{name} shares {friends * each} {obj} equally among {friends} friends. How many {obj} does each friend get?"
+    return q, each
+
+
+def easy_fill_boxes(rng: random.Random) -> tuple[str, int]:
+    name, obj = rng.choice(EASY_NAMES), rng.choice(EASY_OBJECTS)
+    size, boxes = rng.randint(2, 10), rng.randint(2, 10)
+    q = f"{name} puts {size * boxes} {obj} into boxes of {size}. How many boxes does {name} fill?"
+    return q, boxes
+
+
+EASY_TEMPLATES: list[Template] = [
+    easy_buys_more,
+    easy_gets_more,
+    easy_gives_away,
+    easy_loses,
+    easy_bags_each,
+    easy_packs_each,
+    easy_share,
+    easy_fill_boxes,
+]
+
+# level -> (templates, id prefix, largest allowed answer)
+LEVELS: dict[str, tuple[list[Template], str, int]] = {
+    "multi": (TEMPLATES, "wp", MAX_ANSWER),
+    "easy": (EASY_TEMPLATES, "easy", EASY_MAX_ANSWER),
+}
+
+
+def make_problems(seed: int, n: int, level: str = "multi") -> list[dict[str, str]]:
+    """Return n distinct problems as {"id", "question", "answer"} dicts, deterministic in seed and level."""
+    templates, prefix, max_answer = LEVELS[level]
     rng = random.Random(seed)
     seen: set[str] = set()
     problems: list[dict[str, str]] = []
     while len(problems) < n:
-        question, answer = rng.choice(TEMPLATES)(rng)
+        question, answer = rng.choice(templates)(rng)
         # Templates with few free numbers can repeat; a duplicate would leak between splits.
-        if question in seen or not 0 < answer <= MAX_ANSWER:
+        if question in seen or not 0 < answer <= max_answer:
             continue
         seen.add(question)
-        problems.append({"id": f"wp-{len(problems):04d}", "question": question, "answer": str(answer)})
+        problems.append({"id": f"{prefix}-{len(problems):04d}", "question": question, "answer": str(answer)})
     return problems
 
 
@@ -208,13 +298,19 @@ def to_jsonl(problems: list[dict[str, str]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--level", choices=sorted(LEVELS), default="multi", help="multi: 2-3 step problems; easy: one step"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=120)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("word_problems.jsonl"))
+    parser.add_argument("--out", type=Path, help="default: data/word_problems.jsonl or data/easy_word_problems.jsonl")
     args = parser.parse_args(argv)
+    out = args.out or Path(__file__).with_name(
+        "word_problems.jsonl" if args.level == "multi" else "easy_word_problems.jsonl"
+    )
     # newline="" keeps "\n" line endings on every platform, so the file is byte-identical.
-    with args.out.open("w", encoding="utf-8", newline="") as fh:
-        fh.write(to_jsonl(make_problems(args.seed, args.n)))
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        fh.write(to_jsonl(make_problems(args.seed, args.n, args.level)))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SHIPPED = DATA / "word_problems.jsonl"
+EASY_SHIPPED = DATA / "easy_word_problems.jsonl"
 SCRIPT = DATA / "make_word_problems.py"
 
 
@@ -74,54 +75,102 @@ SOLVERS = {
 }
 
 
-def _solve(question: str) -> list[Fraction]:
-    hits = [(pat, m) for pat in SOLVERS if (m := re.search(pat, question))]
+# One-step (easy level) templates: the single step is the answer.
+EASY_SOLVERS = {
+    r"^\w+ has (\d+) \w+ and buys (\d+) more\. How many \w+ does \w+ have now\?$": lambda a, b: [F(a + b)],
+    r"^\w+ has (\d+) \w+\. \w+ gives \w+ (\d+) more \w+\. How many \w+ does \w+ have now\?$": lambda a, b: [F(a + b)],
+    r"^\w+ has (\d+) \w+ and gives away (\d+)\. How many \w+ are left\?$": lambda a, b: [F(a - b)],
+    r"^\w+ had (\d+) \w+ and lost (\d+) of them\. How many \w+ does \w+ have now\?$": lambda a, b: [F(a - b)],
+    r"^\w+ has (\d+) bags with (\d+) \w+ in each bag\. How many \w+ does \w+ have\?$": lambda a, b: [F(a * b)],
+    r"^\w+ buys (\d+) packs of \w+\. Each pack has (\d+) \w+\. How many \w+ does \w+ buy\?$": lambda a, b: [F(a * b)],
+    r"^\w+ shares (\d+) \w+ equally among (\d+) friends\. How many \w+ does each friend get\?$": lambda a, b: [F(a, b)],
+    r"^\w+ puts (\d+) \w+ into boxes of (\d+)\. How many boxes does \w+ fill\?$": lambda a, b: [F(a, b)],
+}
+
+# level -> (shipped file, id prefix, solvers, largest allowed answer)
+LEVELS = {
+    "multi": (SHIPPED, "wp", SOLVERS, 999),
+    "easy": (EASY_SHIPPED, "easy", EASY_SOLVERS, 499),
+}
+
+
+def _solve(question: str, solvers: dict = SOLVERS) -> list[Fraction]:
+    hits = [(pat, m) for pat in solvers if (m := re.search(pat, question))]
     assert len(hits) == 1, f"expected exactly one solver to match: {question!r}"
     pat, m = hits[0]
-    return SOLVERS[pat](*map(int, m.groups()))
+    return solvers[pat](*map(int, m.groups()))
+
+
+@pytest.fixture(scope="module", params=sorted(LEVELS))
+def level(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def rows() -> list[dict]:
-    return [json.loads(line) for line in SHIPPED.read_text(encoding="utf-8").splitlines()]
+def rows(level) -> list[dict]:
+    return [json.loads(line) for line in LEVELS[level][0].read_text(encoding="utf-8").splitlines()]
 
 
-def test_shipped_file_shape(rows):
+def test_shipped_file_shape(rows, level):
     assert len(rows) >= 100
     assert len({r["id"] for r in rows}) == len(rows)
     assert len({r["question"] for r in rows}) == len(rows)
+    assert [r["id"] for r in rows] == [f"{LEVELS[level][1]}-{i:04d}" for i in range(len(rows))]
     for r in rows:
         assert set(r) == {"id", "question", "answer"}
         assert isinstance(r["question"], str) and r["question"].strip()
         assert re.fullmatch(r"-?\d+", r["answer"]), r
 
 
-def test_regeneration_is_byte_identical(tmp_path):
+@pytest.mark.parametrize(
+    ("shipped", "level_args"),
+    [
+        # The original command, without --level, must keep writing the multi-step file unchanged.
+        (SHIPPED, []),
+        (SHIPPED, ["--level", "multi"]),
+        (EASY_SHIPPED, ["--level", "easy"]),
+    ],
+)
+def test_regeneration_is_byte_identical(tmp_path, shipped, level_args):
     out = tmp_path / "wp.jsonl"
-    cmd = [sys.executable, str(SCRIPT), "--seed", "0", "--n", "120", "--out", str(out)]
+    cmd = [sys.executable, str(SCRIPT), *level_args, "--seed", "0", "--n", "120", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-    assert out.read_bytes() == SHIPPED.read_bytes()
+    assert out.read_bytes() == shipped.read_bytes()
 
 
-def test_answers_match_independent_recomputation(rows):
+def test_answers_match_independent_recomputation(rows, level):
+    solvers = LEVELS[level][2]
     used = set()
     for r in rows:
-        steps = _solve(r["question"])
+        steps = _solve(r["question"], solvers)
         assert all(s > 0 and s.denominator == 1 for s in steps), (r, steps)
         assert steps[-1] == int(r["answer"]), r
-        used.add(next(p for p in SOLVERS if re.search(p, r["question"])))
+        used.add(next(p for p in solvers if re.search(p, r["question"])))
     # Every template should be represented, otherwise a solver above is silently untested.
-    assert used == set(SOLVERS)
+    assert used == set(solvers)
 
 
-def test_other_seeds_are_small_positive_and_correct():
-    for p in gen.make_problems(seed=7, n=300):
-        assert 0 < int(p["answer"]) < 1000, p
-        assert _solve(p["question"])[-1] == int(p["answer"]), p
+def test_other_seeds_are_small_positive_and_correct(level):
+    _, _, solvers, max_answer = LEVELS[level]
+    for p in gen.make_problems(seed=7, n=300, level=level):
+        assert 0 < int(p["answer"]) <= max_answer, p
+        assert _solve(p["question"], solvers)[-1] == int(p["answer"]), p
 
 
-def test_seed_changes_problems_and_same_seed_repeats():
-    a, b = gen.make_problems(0, 50), gen.make_problems(1, 50)
-    assert gen.make_problems(0, 50) == a
+def test_easy_problems_are_one_step_on_small_numbers():
+    for p in gen.make_problems(seed=3, n=300, level="easy"):
+        assert len(_solve(p["question"], EASY_SOLVERS)) == 1, p
+        # Addends, factors, divisors and quotients stay around 2-20; only minuends and dividends grow.
+        assert all(1 <= int(x) <= 100 for x in re.findall(r"\d+", p["question"])), p
+
+
+def test_seed_changes_problems_and_same_seed_repeats(level):
+    prefix = LEVELS[level][1]
+    a, b = gen.make_problems(0, 50, level=level), gen.make_problems(1, 50, level=level)
+    assert gen.make_problems(0, 50, level=level) == a
     assert [p["question"] for p in a] != [p["question"] for p in b]
-    assert len(a) == 50 and [p["id"] for p in a] == [f"wp-{i:04d}" for i in range(50)]
+    assert len(a) == 50 and [p["id"] for p in a] == [f"{prefix}-{i:04d}" for i in range(50)]
+
+
+def test_default_level_is_multi():
+    assert gen.make_problems(0, 20) == gen.make_problems(0, 20, level="multi")

@@ -210,6 +210,7 @@ def main() -> None:
     for name, step in eager_steps(model, batch, optimizer).items():
         seconds, memory = timed(step, 2, args.steps, device)
         results["runs"][name] = {"s_per_step": seconds, "peak_gib": memory}
+        print(f"{name}: {seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s, peak {memory:.1f} GiB", flush=True)
     del optimizer
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
