@@ -22,3 +22,11 @@ def test_plugins_table_lists_builtins(capsys):
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split() == ["kind", "name", "class_path", "from"]
     assert any(r.split()[:3] == ["losses", "BCPG", "nsa.plugins.losses.bcpg.BCPG"] for r in rows)
+
+
+def test_help_for_one_plugin_by_short_name(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.loss.help", "BCPG"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "--model.loss.beta" in out and "--model.loss.tau" in out
