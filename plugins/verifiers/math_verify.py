@@ -44,7 +44,8 @@ class MathVerifier:
     reference (parsed as LaTeX math, so a plain ``69`` or ``1/2`` works), else 0.0. The status says
     why: ``ok`` (checked), ``empty`` (blank response, never sent to a worker), ``no_answer``
     (math-verify found no answer in it) or ``timeout`` (the check took longer than ``timeout_s``).
-    ``workers`` processes check responses in parallel; the pool lives for one ``verify`` call.
+    ``workers`` processes check responses in parallel. The pool stays warm between calls (each
+    stage shard is one call; starting workers costs seconds) until a check overruns.
     """
 
     def __init__(self, timeout_s: float = 5.0, workers: int = 2) -> None:
@@ -52,13 +53,16 @@ class MathVerifier:
             raise ValueError(f"MathVerifier needs timeout_s > 0 and workers >= 1, got {timeout_s}, {workers}")
         self.timeout_s = timeout_s
         self.workers = workers
+        self._pool: _WorkerPool | None = None
 
     def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]:
         if len(references) != len(responses):
             raise ValueError(f"MathVerifier got {len(references)} references for {len(responses)} responses")
         todo = [index for index, text in enumerate(responses) if text.strip()]
         jobs = [(references[index], responses[index], self.timeout_s) for index in todo]
-        checked = _run_bounded(_check, jobs, self.workers, self.timeout_s + _SLACK_S) if jobs else []
+        checked: list[Any] = []
+        if jobs:
+            checked, self._pool = _run_bounded(_check, jobs, self.workers, self.timeout_s + _SLACK_S, self._pool)
         outcomes = [Outcome(0.0, "empty")] * len(responses)
         for index, result in zip(todo, checked, strict=True):
             if result == (0.0, _BAD_REFERENCE):
@@ -167,21 +171,33 @@ class _WorkerPool:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _run_bounded(task: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int, limit_s: float) -> list[Any]:
-    """Run ``task(*job)`` for each job in worker processes; a job not done in limit_s gives _TIMED_OUT."""
+def _run_bounded(
+    task: Callable[..., Any],
+    jobs: Sequence[tuple[Any, ...]],
+    workers: int,
+    limit_s: float,
+    pool: _WorkerPool | None = None,
+) -> tuple[list[Any], _WorkerPool | None]:
+    """Run ``task(*job)`` for each job in worker processes; a job not done in limit_s gives _TIMED_OUT.
+
+    Reuses ``pool`` when given; returns the results and the pool, still warm, or None when a job
+    overran and the pool had to be killed.
+    """
     results: list[Any] = [_TIMED_OUT] * len(jobs)
     pending = deque(range(len(jobs)))
     while pending:
-        pool = _WorkerPool(min(workers, len(pending)))
+        pool = pool or _WorkerPool(workers)
         overran = True  # also kills the workers if we are interrupted (KeyboardInterrupt)
         try:
             overran = not _drain(pool, task, jobs, pending, results, limit_s)
         except BrokenProcessPool as err:
-            overran = False  # the executor has already reaped its workers: their pids may be reused
+            pool.close(kill=False)  # the executor has already reaped its workers: their pids may be reused
             raise RuntimeError("a math-verify worker died (out of memory?)") from err
         finally:
-            pool.close(kill=overran)
-    return results
+            if overran:
+                pool.close(kill=True)
+                pool = None
+    return results, pool
 
 
 def _drain(

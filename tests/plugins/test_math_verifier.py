@@ -94,7 +94,8 @@ def test_slow_check_times_out_and_the_batch_goes_on() -> None:
 def test_stuck_worker_is_killed_and_a_fresh_pool_finishes_the_rest() -> None:
     # time.sleep sets no alarm, so only the parent's bound can end it: the pool must be killed.
     start = time.monotonic()
-    results = _run_bounded(time.sleep, [(60.0,), (0.0,)], workers=1, limit_s=0.5)
+    results, pool = _run_bounded(time.sleep, [(60.0,), (0.0,)], workers=1, limit_s=0.5)
+    pool.close(kill=False)
     assert results[0] is _TIMED_OUT
     assert results[1] is None  # time.sleep's own result: the second job ran in a fresh pool
     assert time.monotonic() - start < 20.0  # two pool starts, far below the 60 s sleep
@@ -119,3 +120,13 @@ def test_unparseable_reference_is_named() -> None:
 def test_bad_settings_are_refused(timeout_s: float, workers: int) -> None:
     with pytest.raises(ValueError, match="timeout_s > 0 and workers >= 1"):
         MathVerifier(timeout_s=timeout_s, workers=workers)
+
+
+def test_pool_stays_warm_between_calls() -> None:
+    """Each stage shard is one call: the workers started for the first serve the next."""
+    verifier = MathVerifier(workers=1)
+    assert verifier.verify(["5"], ["\\boxed{5}"]) == [OK1]
+    first = verifier._pool
+    assert verifier.verify(["6"], ["\\boxed{5}"]) == [OK0]
+    assert verifier._pool is first and first is not None
+    first.close(kill=False)
