@@ -55,6 +55,11 @@ class MathVerifier:
         self.workers = workers
         self._pool: _WorkerPool | None = None
 
+    def __del__(self) -> None:
+        # idle workers hold torch and math-verify in memory: release them with the verifier
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close(kill=False)
+
     def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]:
         if len(references) != len(responses):
             raise ValueError(f"MathVerifier got {len(references)} references for {len(responses)} responses")

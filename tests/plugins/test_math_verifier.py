@@ -130,3 +130,15 @@ def test_pool_stays_warm_between_calls() -> None:
     assert verifier.verify(["6"], ["\\boxed{5}"]) == [OK0]
     assert verifier._pool is first and first is not None
     first.close(kill=False)
+
+
+def test_dropping_the_verifier_stops_its_workers() -> None:
+    before = set(multiprocessing.active_children())
+    verifier = MathVerifier(workers=1)
+    verifier.verify(["5"], ["\\boxed{5}"])
+    workers = [p for p in multiprocessing.active_children() if p not in before]
+    assert workers
+    del verifier
+    for worker in workers:
+        worker.join(timeout=10.0)
+        assert not worker.is_alive()
