@@ -55,11 +55,17 @@ def plugin_slots() -> frozenset[str]:
     return frozenset(slots)
 
 
-def precision_name(precision: object) -> str:
-    """Trainer precision in Lightning's unified spelling (None means full precision)."""
+def behaviour_precision(precision: object, strategy: object) -> str:
+    """The precision pi_ref's forward must use to match training's numerics.
+
+    Lightning's spelling of ``trainer.precision`` (None means full precision), except that
+    FSDP's bf16-mixed casts the parameters themselves to bf16, which is bf16-true for a forward.
+    """
     from lightning.fabric.connector import _convert_precision_to_unified_args
 
-    return "32-true" if precision is None else str(_convert_precision_to_unified_args(precision))
+    name = "32-true" if precision is None else str(_convert_precision_to_unified_args(precision))
+    fsdp = "fsdp" in str(strategy).lower()
+    return "bf16-true" if fsdp and name == "bf16-mixed" else name
 
 
 DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augmentation.
@@ -97,7 +103,9 @@ class NSACLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.policy", "data.policy")
-        parser.link_arguments("trainer.precision", "data.logprob_precision", compute_fn=precision_name)
+        parser.link_arguments(
+            ("trainer.precision", "trainer.strategy"), "data.logprob_precision", compute_fn=behaviour_precision
+        )
         parser.epilog = plugins_epilog(self.plugins)
 
     def instantiate_classes(self) -> None:

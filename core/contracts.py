@@ -36,7 +36,11 @@ class Outcome(NamedTuple):
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Scores final answers against references: one Outcome per response."""
+    """Scores final answers against references: one Outcome per response.
+
+    A verifier holding resources (a process pool) may also define ``close()``; nsa calls it
+    when the verify stage is done.
+    """
 
     def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]: ...
 
@@ -109,7 +113,7 @@ class LossOutput:
     """A micro-batch's share of the step loss, already divided by the step's count."""
 
     loss: torch.Tensor  # () scalar to minimise
-    metrics: dict[str, torch.Tensor]
+    metrics: dict[str, torch.Tensor]  # means over the micro-batch's responses; averaged over the step
 
 
 @runtime_checkable

@@ -103,6 +103,10 @@ class NSADataModule(L.LightningDataModule):
         self.stages = run(recipe)
 
     def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.reload_dataloaders_every_n_epochs != 1:
+            raise NSAError(
+                "trainer.reload_dataloaders_every_n_epochs must be 1: each epoch plans its own micro-batches"
+            )
         if not self.stages:
             self.prepare_data()  # on ranks that did not prepare: every stage is a cache hit
         self.train_rows = self.stages[-1].dataset

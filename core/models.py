@@ -109,11 +109,19 @@ def load_tokenizer(folder: str):
 
 
 def load_policy(folder: str, dtype: str = "float32"):
-    """The causal LM at ``folder`` in ``dtype``; a one-line error when it can't load."""
+    """The causal LM at ``folder`` in ``dtype``, dropout off; a one-line error when it can't load.
+
+    Dropout is off everywhere (sampling, pi_ref, training): the importance ratios and the
+    behaviour term compare the policy with pi_ref, which must be the same function at step 0.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        config = AutoConfig.from_pretrained(folder)
+        for key, value in list(config.to_dict().items()):
+            if isinstance(value, float) and any(word in key for word in ("dropout", "pdrop", "layerdrop")):
+                setattr(config, key, 0.0)
+        return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=getattr(torch, dtype))
     except OSError as err:
         raise NSAError(f"model '{folder}' could not be loaded: {str(err).splitlines()[0]}") from None

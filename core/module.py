@@ -38,6 +38,18 @@ def shard(policy: torch.nn.Module) -> torch.nn.Module:
     return wrap(policy)
 
 
+def full_state(policy: torch.nn.Module) -> tuple[torch.nn.Module, dict | None]:
+    """The Hugging Face model inside ``policy`` and its full state dict (gathered on rank 0 under FSDP)."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(policy, FSDP):
+        return policy, None
+    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FSDP.state_dict_type(policy, StateDictType.FULL_STATE_DICT, config):
+        return policy.module, policy.state_dict()
+
+
 def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=5e-7, weight_decay=0.0)
 
@@ -82,17 +94,17 @@ class NSAModule(L.LightningModule):
         """Load the policy late, so sharded strategies can wrap it as it is built."""
         if self.policy is not None:
             return
-        self.policy = load_policy(resolve_policy(self.policy_spec)).train()
-        for module in self.policy.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0  # the policy must compute the same function as pi_ref did, without noise
+        self.policy = load_policy(resolve_policy(self.policy_spec)).train()  # dropout off, as for pi_ref
         if self.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.policy = shard(self.policy)
 
     def on_train_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
-            self.policy.save_pretrained(self.export_dir)
+        if not self.export_dir:
+            return
+        model, state = full_state(self.policy)  # collective under FSDP: every rank takes part
+        if self.trainer.is_global_zero:
+            model.save_pretrained(self.export_dir, state_dict=state)
             load_tokenizer(resolve_policy(self.policy_spec)).save_pretrained(self.export_dir)
             print(f"nsa: trained policy saved to {self.export_dir}")
 
@@ -153,8 +165,10 @@ class NSAModule(L.LightningModule):
     def _log_step(self) -> None:
         """One point per optimizer step, whatever the micro-batch split."""
         metrics = {f"train/{k}": v / self._step_rows for k, v in self._step_metrics.items()}
-        self.log("train/loss", self._step_loss, prog_bar=True)
-        self.log_dict(metrics)
+        metrics["train/loss"] = self._step_loss
+        self.log("train/loss", self._step_loss, prog_bar=True, logger=False)
+        for logger in self.loggers:  # x axis: optimizer steps, not Lightning's micro-batch counter
+            logger.log_metrics(metrics, step=self.global_step)
         if self.global_step == 1 and metrics["train/ref_drift"] > 1e-2:
             print(
                 f"nsa: warning: at the first step the policy differs from the stored behaviour log-probs by "

@@ -85,6 +85,7 @@ def run(recipe: Recipe) -> list[StageOutput]:
         rows,
         rollouts.summarise_verify,
     )
+    getattr(recipe.verifier, "close", lambda: None)()
     grouped = stage(
         "groups",
         verified,

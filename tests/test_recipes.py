@@ -51,3 +51,20 @@ def test_behaviour_precision_follows_the_trainer(tmp_path, tiny_model, precision
     if precision:
         args.append(f"--trainer.precision={precision}")
     assert NSACLI(args, run=False).datamodule.logprob_precision == expected
+
+
+@pytest.mark.parametrize(
+    ("precision", "strategy", "expected"),
+    [
+        ("bf16-mixed", "fsdp", "bf16-true"),
+        ("bf16-mixed", "ddp", "bf16-mixed"),
+        (16, "auto", "16-mixed"),
+        ("bf16", {"class_path": "lightning.pytorch.strategies.FSDPStrategy"}, "bf16-true"),
+        (None, "auto", "32-true"),
+    ],
+)
+def test_fsdp_mixed_precision_computes_pi_ref_in_bf16(precision, strategy, expected):
+    """FSDP's bf16-mixed runs the forward on bf16 parameters: pi_ref must too."""
+    from nsa.cli import behaviour_precision
+
+    assert behaviour_precision(precision, strategy) == expected

@@ -141,7 +141,11 @@ def eager_steps(model, batch, optimizer):
 
 
 def lightning_step_time(folder: str, batch, warmup: int, steps: int, device: str) -> tuple[float, float]:
-    """NSAModule under a Trainer: FSDP on one GPU (single device on the CPU smoke test)."""
+    """NSAModule under a Trainer: FSDP on one GPU (single device on the CPU smoke test).
+
+    It also exports the trained policy (a full state dict gathered from the FSDP shards) and
+    checks that the export reloads with every tensor finite and differs from the start.
+    """
     import lightning as L
 
     from nsa.module import NSAModule
@@ -162,7 +166,8 @@ def lightning_step_time(folder: str, batch, warmup: int, steps: int, device: str
 
     cpu_batch = _to(batch, "cpu")
     loader = torch.utils.data.DataLoader([cpu_batch] * (warmup + steps), batch_size=None, collate_fn=lambda b: b)
-    module = NSAModule(folder, BCPG(beta=0.5, tau=1e-3), max_grad_norm=1.0)
+    export = Path(folder) / "trained"
+    module = NSAModule(folder, BCPG(beta=0.5, tau=1e-3), max_grad_norm=1.0, export_dir=str(export))
     timer = Timer()
     trainer = L.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
@@ -178,7 +183,19 @@ def lightning_step_time(folder: str, batch, warmup: int, steps: int, device: str
     )
     trainer.fit(module, train_dataloaders=loader)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    check_export(folder, export)
     return timer.seconds, peak
+
+
+def check_export(start_folder: str, export: Path) -> None:
+    from safetensors.torch import load_file
+
+    start = {k: v for f in Path(start_folder).glob("*.safetensors") for k, v in load_file(f).items()}
+    trained = {k: v for f in export.glob("*.safetensors") for k, v in load_file(f).items()}
+    assert trained.keys() == start.keys(), sorted(set(trained) ^ set(start))[:5]
+    assert all(torch.isfinite(v.float()).all() for v in trained.values())
+    changed = sum(not torch.equal(trained[k].float(), start[k].float()) for k in start)
+    print(f"export: {len(trained)} tensors reload, all finite, {changed} changed by training", flush=True)
 
 
 def main() -> None:

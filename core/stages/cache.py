@@ -97,7 +97,8 @@ def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_siz
 
 
 def _load_shards(out: Path) -> Dataset:
-    parts = [load_from_disk(str(p)) for p in sorted(out.glob("shard-*"))]
+    shards = sorted(out.glob("shard-*"), key=lambda p: int(p.name.removeprefix("shard-")))
+    parts = [load_from_disk(str(p)) for p in shards]
     non_empty = [p for p in parts if len(p)] or parts[:1]
     return concatenate_datasets(non_empty) if len(non_empty) > 1 else non_empty[0]
 

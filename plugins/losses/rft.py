@@ -23,5 +23,6 @@ class RFT:
         length = mask.sum(1).clamp(min=1)  # (B,)
         nll = -(logprobs * mask).sum(1) / length  # (B,)
         loss = (nll * positive).sum() / max(batch.step_positives, 1.0)
-        metrics = {"nll_positive": (nll * positive).sum().detach() / positive.sum().clamp(min=1)}
+        # metrics are means over this micro-batch's responses (the module averages them over the step)
+        metrics = {"nll": nll.mean().detach(), "positive_fraction": positive.mean()}
         return LossOutput(loss, metrics)

@@ -55,10 +55,14 @@ class MathVerifier:
         self.workers = workers
         self._pool: _WorkerPool | None = None
 
-    def __del__(self) -> None:
-        # idle workers hold torch and math-verify in memory: release them with the verifier
+    def close(self) -> None:
+        """Stop the warm workers; nsa calls this when the verify stage is done."""
         if getattr(self, "_pool", None) is not None:
             self._pool.close(kill=False)
+            self._pool = None
+
+    def __del__(self) -> None:
+        self.close()  # idle workers hold torch and math-verify in memory
 
     def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]:
         if len(references) != len(responses):
@@ -67,7 +71,8 @@ class MathVerifier:
         jobs = [(references[index], responses[index], self.timeout_s) for index in todo]
         checked: list[Any] = []
         if jobs:
-            checked, self._pool = _run_bounded(_check, jobs, self.workers, self.timeout_s + _SLACK_S, self._pool)
+            pool, self._pool = self._pool, None  # a failed call must not leave a dead pool behind
+            checked, self._pool = _run_bounded(_check, jobs, self.workers, self.timeout_s + _SLACK_S, pool)
         outcomes = [Outcome(0.0, "empty")] * len(responses)
         for index, result in zip(todo, checked, strict=True):
             if result == (0.0, _BAD_REFERENCE):

@@ -145,11 +145,13 @@ def test_rft_golden() -> None:
 
     loss = 1.5 / step_positives: 1.5 for 1 positive in the step, 0.75 for 2 (the other one
     in another micro-batch). The negative's log-probs (-0.5, -1.5, -3) and the junk off the
-    response play no part.
+    response play no part in the loss. The metrics are means over both rows:
+    nll1 = -(-0.5 - 1.5 - 3) / 3 = 5/3, so nll = (1.5 + 5/3) / 2 = 1.583333; positives 1 of 2.
     """
     out = RFT()(hand_batch(step_positives=1.0), logprobs())
     assert out.loss.item() == pytest.approx(1.5, abs=1e-7)
-    assert out.metrics["nll_positive"].item() == pytest.approx(1.5, abs=1e-7)
+    assert out.metrics["nll"].item() == pytest.approx(1.5833333, abs=1e-6)
+    assert out.metrics["positive_fraction"].item() == 0.5
     assert RFT()(hand_batch(step_positives=2.0), logprobs()).loss.item() == pytest.approx(0.75, abs=1e-7)
 
 
@@ -159,7 +161,7 @@ def test_rft_no_positive_is_zero() -> None:
     batch.reward = torch.tensor([0.0, 0.0])
     out = RFT()(batch, logprobs())
     assert out.loss.item() == 0.0
-    assert math.isfinite(out.metrics["nll_positive"].item())
+    assert math.isfinite(out.metrics["nll"].item()) and out.metrics["positive_fraction"].item() == 0.0
 
 
 # --- gradients do not depend on how a step is cut into micro-batches -------------------------

@@ -143,3 +143,12 @@ def test_dropping_the_verifier_stops_its_workers() -> None:
     for worker in workers:
         worker.join(timeout=10.0)
         assert not worker.is_alive()
+
+
+def test_close_stops_the_workers_and_a_later_call_starts_new_ones() -> None:
+    verifier = MathVerifier(workers=1)
+    verifier.verify(["5"], ["\\boxed{5}"])
+    verifier.close()
+    assert verifier._pool is None
+    assert verifier.verify(["5"], ["\\boxed{5}"]) == [OK1]
+    verifier.close()
