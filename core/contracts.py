@@ -11,7 +11,7 @@ process pool) in ``_private`` attributes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -82,9 +82,9 @@ class StepJudge(Protocol):
 
 @runtime_checkable
 class Consensus(Protocol):
-    """Combines per-judge verdicts (``verdicts[judge][step]``) into one label per step."""
+    """Combines per-judge verdicts (``verdicts[judge_name][step]``) into one label per step."""
 
-    def combine(self, verdicts: Sequence[Sequence[bool | None]]) -> list[bool]: ...
+    def combine(self, verdicts: Mapping[str, Sequence[bool | None]]) -> list[bool]: ...
 
 
 @dataclass

@@ -117,12 +117,14 @@ def label_shard(
     """
     step_labels, masks, judge_tokens = [], [], []
     for row in rollouts:
-        votes = [verdicts(row[f"scores/{n}"], j.threshold) for n, j in zip(names, judges)]
+        votes = {n: verdicts(row[f"scores/{n}"], j.threshold) for n, j in zip(names, judges)}
         label = consensus.combine(votes) if row["spans"] else []
         starts = token_offsets(tokenizer, row["response_ids"]) if row["spans"] else [0] * len(row["response_ids"])
         step_labels.append(label)
         masks.append(token_labels(starts, row["spans"], label))
-        judge_tokens.append([sum(token_labels(starts, row["spans"], [bool(v) for v in vote])) for vote in votes])
+        judge_tokens.append(
+            [sum(token_labels(starts, row["spans"], [bool(v) for v in vote])) for vote in votes.values()]
+        )
     rollouts = rollouts.add_column("step_labels", step_labels)
     rollouts = rollouts.add_column("nsa_mask", masks)
     return rollouts.add_column("judge_tokens_correct", judge_tokens)

@@ -84,3 +84,13 @@ def test_changing_a_threshold_rejudges_nothing(tmp_path, tiny_model):
     assert stats["steps_correct/consensus"] == 0
     assert stage_dirs(tmp_path / "cache", "judge") == 1 and stage_dirs(tmp_path / "cache", "label") == 2
     assert stage_dirs(tmp_path / "cache", "behaviour") == 1
+
+
+def test_single_judge_ablation_reuses_both_judges_scores(tmp_path, tiny_model):
+    """'Strict only' is the second judge alone: 5 steps (hand count above), no model re-run."""
+    recipe = tiny_recipe(tmp_path, tiny_model, judges=[LENIENT, STRICT])
+    prepare(recipe)
+    only = "--data.consensus.init_args.judges=[ArithmeticJudge2]"
+    stats = prepare(recipe, only).stats
+    assert stats["steps_correct/consensus"] == 5
+    assert stage_dirs(tmp_path / "cache", "judge") == 2 and stage_dirs(tmp_path / "cache", "label") == 2

@@ -65,6 +65,11 @@ def test_paragraph_spans_are_plain_int_pairs() -> None:
 T, F, N = True, False, None
 
 
+def named(verdicts: list) -> dict:
+    """verdicts[judge][step] as the label stage passes them: keyed by judge name."""
+    return {f"judge{j}": v for j, v in enumerate(verdicts)}
+
+
 def expected_vote(rule: str, votes: tuple) -> bool:
     yes = sum(v is True for v in votes)
     return {"all": yes == len(votes), "any": yes >= 1, "majority": 2 * yes > len(votes)}[rule]
@@ -76,7 +81,7 @@ def test_vote_truth_tables(rule: str, judges: int) -> None:
     """Every combination of True / False / None across the judges, one step each."""
     steps = list(itertools.product([T, F, N], repeat=judges))
     verdicts = [[step[j] for step in steps] for j in range(judges)]  # verdicts[judge][step]
-    got = Vote(rule).combine(verdicts)
+    got = Vote(rule).combine(named(verdicts))
     assert got == [expected_vote(rule, step) for step in steps]
     assert all(type(v) is bool for v in got)
 
@@ -96,15 +101,25 @@ def test_vote_truth_tables(rule: str, judges: int) -> None:
     ],
 )
 def test_vote_hand_cases(rule: str, verdicts, expected) -> None:
-    assert Vote(rule).combine(verdicts) == expected
+    assert Vote(rule).combine(named(verdicts)) == expected
 
 
 @pytest.mark.parametrize("rule", ["all", "any", "majority"])
 def test_vote_needs_a_judge(rule: str) -> None:
     with pytest.raises(ValueError, match="at least one judge"):
-        Vote(rule).combine([])
+        Vote(rule).combine({})
 
 
 def test_vote_default_is_the_papers_all() -> None:
     assert Vote().rule == "all"
-    assert Vote().combine([[T, T], [T, F]]) == [T, F]
+    assert Vote().combine(named([[T, T], [T, F]])) == [T, F]
+
+
+def test_vote_over_a_chosen_judge_is_the_single_judge_ablation() -> None:
+    """PRM only / LLM only: the other judge's verdicts are there but do not vote."""
+    verdicts = {"PRMJudge": [T, F, N], "LLMJudge": [F, T, T]}
+    assert Vote("all", judges=["PRMJudge"]).combine(verdicts) == [T, F, F]
+    assert Vote("all", judges=["LLMJudge"]).combine(verdicts) == [F, T, T]
+    assert Vote("all").combine(verdicts) == [F, F, F]
+    with pytest.raises(ValueError, match="judges are"):
+        Vote("all", judges=["SaTJudge"]).combine(verdicts)
