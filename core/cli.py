@@ -72,6 +72,7 @@ DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augm
 
   nsa fit --config R       run the data stages (cached) and train
   nsa prepare --config R   run only the data stages and print their statistics
+  nsa judge-eval --file F --judge J   score a step judge on a ProcessBench-style file
   nsa plugins              list the advertised plugins (imports none)"""
 
 
@@ -157,9 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args[:1] == ["plugins"]:
             return print_plugins()
-        args = rewrite_args(args, advertised(), plugin_slots())
+        args = rewrite_args(args, advertised(), plugin_slots() | {"--judge"})
         if args[:1] == ["prepare"]:
             return prepare(args[1:])
+        if args[:1] == ["judge-eval"]:
+            from nsa import judge_eval
+
+            return judge_eval.run(args[1:]) and None
         NSACLI(args=args)
     except (NSAError, argparse.ArgumentError) as err:
         print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)
