@@ -1,0 +1,472 @@
+"""An LLM judge: one request per answer labels every step as correct or not.
+
+The prompt (``llm_judge_prompt.txt`` next to this file, or ``prompt_file``) holds the
+question, the numbered steps, an error taxonomy and the two context rules of the paper:
+error propagation (a step built on an earlier uncorrected error is wrong) and error
+termination (once the error is corrected, later steps can be correct again). Template
+placeholders are ``{question}``, ``{steps}`` and ``{num_steps}``; every other brace is
+literal, so a JSON example can sit in the prompt as is.
+
+Scores are 1.0 (correct), 0.0 (incorrect) and ``None`` (unjudged). The reply is untrusted
+text: JSON anywhere in it (fenced or in prose), a bare list of booleans, or
+``Step 3: incorrect`` lines are read; anything else, or a verdict list of the wrong
+length, leaves that answer's steps unjudged. Nothing is ever "correct" by default.
+
+Backends
+    ``openai``: POST ``{base_url}/chat/completions`` (vLLM, SGLang, llama.cpp, OpenAI)
+    with the standard library, ``concurrency`` requests at a time, retrying connection
+    errors, timeouts, HTTP 429 and 5xx with exponential backoff. The bearer key is read
+    from the environment variable ``api_key_env`` at call time and never stored; it is
+    optional for a server on 127.0.0.1 / localhost. With ``structured_output`` the reply is
+    constrained by a JSON schema; a server that answers 400 to that is asked again
+    without it, and is not asked with it again.
+    ``hf``: ``model`` is a local folder (or ``pkg:`` spec), decoded greedily with its chat
+    template when it has one. Meant for small local judges and tests.
+
+Cache identity: backend, model, base_url, the prompt's hash, max_tokens, temperature,
+structured_output and threshold. Transport knobs (concurrency, retries, timeouts, the key's
+variable name) do not change verdicts, so they are private and re-run nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from nsa.contracts import StepItem
+from nsa.errors import NSAError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = Path(__file__).with_name("llm_judge_prompt.txt")
+_PLACEHOLDER = re.compile(r"\{(question|steps|num_steps)\}")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# HTTP answers that no retry fixes and that mean the judge is misconfigured, not one bad answer.
+_FATAL_STATUS = {401: "unauthorised (check the API key)", 403: "forbidden", 404: "not found (check base_url / model)"}
+_MAX_REPLY_CHARS = 200_000  # bounds the JSON scan on runaway replies
+_MAX_DECODE_TRIES = 500
+
+_SCHEMA: dict[str, Any] = {
+    "name": "step_verdicts",
+    "strict": True,
+    "schema": {
+        "type": "object",
+        "properties": {
+            "verdicts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"step": {"type": "integer"}, "correct": {"type": "boolean"}},
+                    "required": ["step", "correct"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["verdicts"],
+        "additionalProperties": False,
+    },
+}
+
+
+class _Transient(Exception):
+    """A failure worth retrying; ``unreachable`` when no HTTP answer came back at all."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+class _Rejected(Exception):
+    """An HTTP 4xx answer that a retry will not change (``status`` kept for the 400 fallback)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Failed:
+    """The outcome of a request that never got an answer."""
+
+    def __init__(self, unreachable: bool, reason: str) -> None:
+        self.unreachable = unreachable
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------- parsing
+
+_TRUE = {"true", "correct", "yes", "right", "valid", "1"}
+_FALSE = {"false", "incorrect", "no", "wrong", "invalid", "0"}
+_VERDICT_KEYS = ("verdicts", "steps", "labels", "judgements", "judgments", "results")
+_CORRECT_KEYS = ("correct", "is_correct", "verdict", "label")
+_STEP_LINE = re.compile(
+    r"(?im)^[^\w\n]*step\s*(\d+)\b[^\w\n]*(incorrect|correct|wrong|right|true|false|invalid|valid)\b"
+)
+_FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _as_step(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _entries(value: Any) -> list[tuple[int | None, bool | None]] | None:
+    """(step number or None, verdict or None) per entry of a JSON verdict list; None if not one."""
+    if isinstance(value, dict):
+        key = next((k for k in _VERDICT_KEYS if k in value), None)
+        value = value[key] if key else None
+    if not isinstance(value, list) or not value:
+        return None
+    if not all(isinstance(v, (dict, bool)) for v in value):
+        return None
+    out: list[tuple[int | None, bool | None]] = []
+    for entry in value:
+        if isinstance(entry, bool):
+            out.append((None, entry))
+            continue
+        verdict = next((entry[k] for k in _CORRECT_KEYS if k in entry), None)
+        out.append((_as_step(entry.get("step")), _as_bool(verdict)))
+    return out
+
+
+def _json_values(text: str) -> list[Any]:
+    """Every JSON object or array found in ``text``: fenced blocks first, then a left-to-right scan."""
+    values: list[Any] = []
+    for block in _FENCE.findall(text):
+        try:
+            values.append(json.loads(block))
+        except (ValueError, RecursionError):  # deep nesting overflows the C scanner
+            pass
+    decoder, pos, tries = json.JSONDecoder(), 0, 0
+    while tries < _MAX_DECODE_TRIES:
+        match = re.compile(r"[\[{]").search(text, pos)
+        if match is None:
+            break
+        tries += 1
+        try:
+            value, end = decoder.raw_decode(text, match.start())
+        except (ValueError, RecursionError):
+            pos = match.start() + 1
+            continue
+        values.append(value)
+        pos = end  # skip the inside: a nested list is not a separate answer
+    return values
+
+
+def _resolve(entries: list[tuple[int | None, bool | None]], num_steps: int) -> tuple[list[bool] | None, str]:
+    """Verdicts in step order, or None and why (``malformed`` / ``wrong_length``)."""
+    if len(entries) != num_steps:
+        return None, "wrong_length"
+    if any(verdict is None for _, verdict in entries):
+        return None, "malformed"
+    numbers = [step for step, _ in entries]
+    if all(n is None for n in numbers):
+        return [bool(v) for _, v in entries], "ok"
+    if sorted(n for n in numbers if n is not None) != list(range(1, num_steps + 1)):
+        return None, "malformed"  # duplicates, gaps, 0-based, or numbered only in part
+    by_step = {step: verdict for step, verdict in entries}
+    return [bool(by_step[n]) for n in range(1, num_steps + 1)], "ok"
+
+
+def parse_verdicts(reply: str, num_steps: int) -> tuple[list[bool] | None, str]:
+    """Read a judge's reply: per-step verdicts and ``ok``, or None and ``malformed`` / ``wrong_length``.
+
+    The last JSON verdict list in the reply wins (models reason first, answer last); without
+    one, ``Step k: correct/incorrect`` lines are read.
+    """
+    text = reply[-_MAX_REPLY_CHARS:]
+    if "</think>" in text:  # reasoning models: only the part after the thoughts is the answer
+        text = text.rsplit("</think>", 1)[1]
+    candidates = [e for e in map(_entries, _json_values(text)) if e is not None]
+    if candidates:
+        return _resolve(candidates[-1], num_steps)
+    lines = [(int(step), word.lower() in _TRUE) for step, word in _STEP_LINE.findall(text)]
+    if not lines:
+        return None, "malformed"
+    numbered: dict[int, bool] = {}
+    for step, verdict in lines:
+        if numbered.setdefault(step, verdict) != verdict:
+            return None, "malformed"  # the same step called both correct and incorrect
+    return _resolve(list(numbered.items()), num_steps)
+
+
+# ------------------------------------------------------------------------------ judge
+
+
+def _load_prompt(prompt_file: str | None) -> str:
+    path = Path(prompt_file).expanduser() if prompt_file else DEFAULT_PROMPT
+    try:
+        template = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise NSAError(f"LLMJudge prompt_file '{path}' cannot be read: {err.strerror or err}") from None
+    if "{steps}" not in template:
+        raise NSAError(f"LLMJudge prompt_file '{path}' has no {{steps}} placeholder")
+    return template
+
+
+class LLMJudge:
+    """Labels every step of an answer with one LLM request; 1.0 correct, 0.0 incorrect, None unjudged."""
+
+    def __init__(
+        self,
+        backend: Literal["openai", "hf"] = "openai",
+        model: str = "",
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        prompt_file: str | None = None,
+        concurrency: int = 8,
+        retries: int = 3,
+        timeout_s: float = 120.0,
+        max_tokens: int = 2048,
+        temperature: float = 0.0,
+        structured_output: bool = True,
+        threshold: float = 0.5,
+        backoff_s: float = 1.0,
+    ) -> None:
+        if backend not in ("openai", "hf"):
+            raise NSAError(f"LLMJudge backend must be 'openai' or 'hf', got '{backend}'")
+        if backend == "hf" and not model:
+            raise NSAError("LLMJudge backend 'hf' needs model: a local model folder or pkg:<package>/<file>")
+        if concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise NSAError("LLMJudge needs concurrency >= 1, retries >= 0, timeout_s > 0 and backoff_s >= 0")
+        template = _load_prompt(prompt_file)
+        self.backend = backend
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.prompt_sha = hashlib.sha256(template.encode()).hexdigest()[:16]
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.structured_output = structured_output
+        self.threshold = threshold
+        # Private: how requests travel, not what the judge says. The key's value is never stored.
+        self._template = template
+        self._api_key_env = api_key_env
+        self._concurrency = concurrency
+        self._retries = retries
+        self._timeout_s = timeout_s
+        self._backoff_s = backoff_s
+        self._use_schema = structured_output
+        self._stats: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._hf: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lock cannot be pickled and a loaded model should not travel to a child process.
+        return {**vars(self), "_lock": None, "_hf": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------------- public API
+
+    def score(self, items: Sequence[StepItem]) -> list[list[float | None]]:
+        todo = [i for i, item in enumerate(items) if item.spans]
+        out: list[list[float | None]] = [[] for _ in items]
+        if not todo:
+            return out  # nothing to judge: no request at all
+        prompts = [self.render(items[i]) for i in todo]
+        replies = self._openai_replies(prompts) if self.backend == "openai" else self._hf_replies(prompts)
+        for i, reply in zip(todo, replies, strict=True):
+            out[i] = self._scores(reply, len(items[i].spans))
+        self._warn_if_unjudged(len(todo))
+        return out
+
+    def render(self, item: StepItem) -> str:
+        """The prompt for one answer; one pass, so a question containing ``{steps}`` stays literal."""
+        steps = "\n\n".join(
+            f"[Step {k}]\n{item.response[start:end].strip()}" for k, (start, end) in enumerate(item.spans, 1)
+        )
+        values = {"question": item.question.strip(), "steps": steps, "num_steps": str(len(item.spans))}
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self._template)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: requests, failed, malformed, wrong_length, unjudged_steps, retries."""
+        keys = ("requests", "failed", "malformed", "wrong_length", "unjudged_steps", "retries")
+        with self._lock:
+            return {key: self._stats[key] for key in keys}
+
+    # --------------------------------------------------------------------- scoring
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[key] += n
+
+    def _scores(self, reply: str | _Failed, num_steps: int) -> list[float | None]:
+        if isinstance(reply, _Failed):
+            self._count("unjudged_steps", num_steps)
+            return [None] * num_steps
+        verdicts, why = parse_verdicts(reply, num_steps)
+        if verdicts is None:
+            self._count(why)
+            self._count("unjudged_steps", num_steps)
+            return [None] * num_steps
+        return [1.0 if ok else 0.0 for ok in verdicts]
+
+    def _warn_if_unjudged(self, answers: int) -> None:
+        stats = self.stats()
+        if stats["unjudged_steps"]:
+            log.warning("LLMJudge: judged %d answers in this call; running totals %s", answers, stats)
+
+    # ---------------------------------------------------------------------- openai
+
+    def _api_key(self) -> str | None:
+        key = os.environ.get(self._api_key_env)
+        if key or urlparse(self.base_url).hostname in _LOCAL_HOSTS:
+            return key or None
+        raise NSAError(
+            f"LLMJudge needs an API key for {self.base_url}: set the environment variable {self._api_key_env}"
+        )
+
+    def _openai_replies(self, prompts: list[str]) -> list[str | _Failed]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        key = self._api_key()  # read once per call, passed along, never kept
+        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(prompts))) as pool:
+            replies = list(pool.map(lambda prompt: self._request(prompt, key), prompts))
+        failures = [r for r in replies if isinstance(r, _Failed)]
+        if len(failures) == len(replies) and all(f.unreachable for f in failures):
+            # Nothing got through at all: a wrong URL or a server that is down, not bad answers.
+            raise NSAError(f"LLMJudge cannot reach {self.base_url}: {failures[0].reason}; is the server running?")
+        return replies
+
+    def _request(self, prompt: str, key: str | None) -> str | _Failed:
+        """One answer's reply, retried with exponential backoff; a _Failed when every try failed."""
+        self._count("requests")
+        last = _Transient("no attempt made")
+        for attempt in range(self._retries + 1):
+            if attempt:
+                self._count("retries")
+                time.sleep(self._backoff_s * 2 ** (attempt - 1))
+            try:
+                return self._post_with_fallback(prompt, key)
+            except _Transient as err:
+                last = err
+            except _Rejected as err:
+                last = _Transient(str(err))
+                break  # a 4xx about this request: the same request gets the same answer
+        self._count("failed")
+        return _Failed(last.unreachable, str(last))
+
+    def _post_with_fallback(self, prompt: str, key: str | None) -> str:
+        use_schema = self._use_schema
+        try:
+            return self._post(prompt, key, use_schema)
+        except _Rejected as err:
+            if not (use_schema and err.status == 400):
+                raise
+        reply = self._post(prompt, key, False)  # the server may not support response_format
+        if self._use_schema:
+            log.warning("LLMJudge: %s refused response_format json_schema; sending without it", self.base_url)
+            self._use_schema = False
+        return reply
+
+    def _body(self, prompt: str, use_schema: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+        if self.model:  # some servers serve one model and take no name
+            body["model"] = self.model
+        if use_schema:
+            body["response_format"] = {"type": "json_schema", "json_schema": _SCHEMA}
+        return body
+
+    def _post(self, prompt: str, key: str | None, use_schema: bool) -> str:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = json.dumps(self._body(prompt, use_schema)).encode()
+        request = urllib.request.Request(f"{self.base_url}/chat/completions", data, headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            raise self._http_error(err) from None
+        except urllib.error.URLError as err:
+            timed_out = isinstance(err.reason, TimeoutError)
+            raise _Transient(f"{err.reason}", unreachable=not timed_out) from None
+        except TimeoutError:
+            raise _Transient(f"no reply within {self._timeout_s} s") from None
+        except OSError as err:  # reset or dropped connection, http.client errors mid-response
+            raise _Transient(f"{type(err).__name__}: {err}", unreachable=True) from None
+        return _content(raw)
+
+    def _http_error(self, err: Any) -> Exception:
+        status = int(err.code)
+        if status in _FATAL_STATUS:
+            return NSAError(f"LLMJudge: {self.base_url} answered HTTP {status} {_FATAL_STATUS[status]}")
+        if status == 429 or status >= 500:
+            return _Transient(f"HTTP {status}")
+        return _Rejected(status, f"HTTP {status}")
+
+    # -------------------------------------------------------------------------- hf
+
+    def _hf_replies(self, prompts: list[str]) -> list[str | _Failed]:
+        import torch
+
+        model, tokenizer = self._hf_load()
+        replies: list[str | _Failed] = []
+        for prompt in prompts:
+            self._count("requests")
+            ids = self._hf_encode(tokenizer, prompt)
+            # temperature 0 means greedy; generate() rejects temperature=0 with do_sample.
+            greedy = self.temperature <= 0
+            sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature}
+            with torch.no_grad():
+                generated = model.generate(
+                    **ids, max_new_tokens=self.max_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+                )
+            new = generated[0, ids["input_ids"].shape[1] :]
+            replies.append(tokenizer.decode(new, skip_special_tokens=True))
+        return replies
+
+    def _hf_load(self) -> tuple[Any, Any]:
+        if self._hf is None:
+            from nsa.models import load_policy, load_tokenizer, resolve_policy
+
+            folder = resolve_policy(self.model)
+            self._hf = (load_policy(folder).eval(), load_tokenizer(folder))
+        return self._hf
+
+    @staticmethod
+    def _hf_encode(tokenizer: Any, prompt: str) -> Any:
+        if getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        return tokenizer(prompt, return_tensors="pt")
+
+
+def _content(raw: bytes) -> str:
+    """The assistant text of a chat-completions answer; an unreadable answer parses as malformed."""
+    try:
+        message = json.loads(raw)["choices"][0]["message"]
+        content = message.get("content") or ""
+    except (ValueError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return content if isinstance(content, str) else ""

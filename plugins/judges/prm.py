@@ -1,0 +1,294 @@
+"""A discriminative process reward model (PRM) as a step judge: one forward per answer.
+
+The steps of an answer (``item.response[start:end]`` for each span, stripped of surrounding
+whitespace, as the PRMs were trained on bare steps) are laid out after the question, each
+followed by the step marker, and every step is scored in the same forward pass at its
+marker's position. Three conventions:
+
+``qwen-prm`` (Qwen2.5-Math-PRM)
+    The model's chat template with the system prompt of its model card, the question as
+    the user turn and ``<extra_0>``-joined steps (a marker after the last one too) as the
+    assistant turn. Score = softmax(logits)[..., 1] at each marker. Without a chat
+    template the text is ``question + "\\n\\n" + steps``. The real model is remote code:
+    with ``trust_remote_code=True`` it is loaded with ``AutoModel`` (which maps to its
+    ``Qwen2ForProcessRewardModel``); without it, with ``AutoModelForTokenClassification``
+    (a plain ``AutoModel`` would give the base model without the 2-way head).
+
+``math-shepherd``
+    A causal LM. Text ``question + " " + step_1 + tag + "\\n" + step_2 + tag ...`` with the
+    tag token ``ки``. As in the Math-Shepherd model card, the logits AT the tag position
+    (those predicting the token after the tag) give the verdict: score = P(positive_token)
+    renormalised over {positive_token, negative_token}.
+
+``token-classification`` (TRL ``PRMTrainer`` models)
+    The question's ids, then each step's ids followed by ``step_marker``'s ids when one is
+    given (TRL's ``step_separator``, e.g. ``"\\n"``); the label is read at the last token of
+    each step (marker included). Score = softmax(logits)[..., 1]. A step that is empty
+    after stripping, with no marker, has no token and is unjudged (``None``).
+
+Token layout
+    Input ids are built by tokenising each piece separately and concatenating the ids, so
+    the index of every marker is known exactly; decoded text is never searched. The
+    question and the first step are tokenised together for ``qwen-prm`` and
+    ``math-shepherd`` (as one string tokenises, since a special marker splits the text
+    anyway). A marker must be a single token (``qwen-prm``, ``math-shepherd``): the judge
+    raises :class:`~nsa.errors.NSAError` when the model is first loaded if it is not. A
+    SentencePiece tokenizer may give each separately tokenised piece a leading word-start
+    mark that the whole string would not have; byte-level BPE (Qwen) does not.
+
+Long answers
+    Inputs are cut at ``max_length`` tokens. The steps whose score position still fits are
+    scored (for a causal model their scores are those of the full input); the later steps
+    are ``None`` (unjudged) and counted in ``self._truncated_steps`` (cumulative over calls).
+
+Batching
+    Answers are sorted by length and packed greedily so that rows x longest row stays
+    within ``tokens_per_batch`` (a longer answer gets a batch of its own). ``threshold`` is
+    not used here: nsa applies it to the cached scores.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+from nsa.contracts import StepItem
+from nsa.errors import NSAError
+
+Convention = Literal["qwen-prm", "math-shepherd", "token-classification"]
+
+QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+_DEFAULT_MARKERS: dict[str, str | None] = {"qwen-prm": "<extra_0>", "math-shepherd": "ки", "token-classification": None}
+_SENTINEL = "\ue000NSA-STEPS\ue000"  # a private-use string no chat template rewrites
+
+
+class _Encoded(NamedTuple):
+    """One answer's input ids and, per step, the index its score is read at (None: unjudged)."""
+
+    ids: list[int]
+    positions: list[int | None]
+
+
+class PRMJudge:
+    """Scores every step of an answer with a process reward model, all steps in one forward."""
+
+    def __init__(
+        self,
+        model: str,
+        convention: Convention = "qwen-prm",
+        threshold: float = 0.5,
+        step_marker: str | None = None,
+        positive_token: str = "+",
+        negative_token: str = "-",
+        max_length: int = 4096,
+        tokens_per_batch: int = 16384,
+        trust_remote_code: bool = False,
+        dtype: str = "float32",
+        device: str = "auto",
+    ) -> None:
+        if convention not in _DEFAULT_MARKERS:
+            raise NSAError(f"PRM judge: unknown convention '{convention}'; use one of {sorted(_DEFAULT_MARKERS)}")
+        if max_length < 1 or tokens_per_batch < 1:
+            raise NSAError("PRM judge: max_length and tokens_per_batch must be >= 1")
+        self.model = model
+        self.convention = convention
+        self.threshold = threshold
+        self.step_marker = step_marker if step_marker is not None else _DEFAULT_MARKERS[convention]
+        self.positive_token = positive_token
+        self.negative_token = negative_token
+        self.max_length = max_length
+        self.tokens_per_batch = tokens_per_batch
+        self.trust_remote_code = trust_remote_code
+        self.dtype = dtype
+        self.device = device
+        self._model = None
+        self._tokenizer = None
+        self._marker_ids: list[int] = []
+        self._label_ids: list[int] = []  # math-shepherd: [positive, negative] vocabulary ids
+        self._front: list[int] = []  # the BOS id the tokenizer puts before a text, if any
+        self._truncated_steps = 0
+
+    # ------------------------------------------------------------------------- scoring
+
+    def score(self, items: Sequence[StepItem]) -> list[list[float | None]]:
+        results: list[list[float | None]] = [[None] * len(item.spans) for item in items]
+        if not any(item.spans for item in items):
+            return results  # nothing to judge: do not even load the model
+        self._load()
+        encoded = [self._truncate(self._encode(item)) for item in items]
+        for rows in self._batches(encoded):
+            scores = self._forward([encoded[i] for i in rows])
+            for i, row_scores in zip(rows, scores, strict=True):
+                results[i] = row_scores
+        return results
+
+    def _batches(self, encoded: list[_Encoded]) -> list[list[int]]:
+        """Row indices grouped longest first so that rows x longest row <= tokens_per_batch."""
+        todo = [i for i, e in enumerate(encoded) if any(p is not None for p in e.positions)]
+        groups: list[list[int]] = []
+        for i in sorted(todo, key=lambda i: -len(encoded[i].ids)):
+            if groups and (len(groups[-1]) + 1) * len(encoded[groups[-1][0]].ids) <= self.tokens_per_batch:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _forward(self, rows: list[_Encoded]) -> list[list[float | None]]:
+        import torch
+
+        device = self._model.device
+        width = max(len(r.ids) for r in rows)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([r.ids + [pad] * (width - len(r.ids)) for r in rows], device=device)  # (B, T)
+        lengths = torch.tensor([len(r.ids) for r in rows], device=device)  # (B,)
+        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # (B, T) right-padded
+        flat = [(b, p) for b, r in enumerate(rows) for p in r.positions if p is not None]
+        row_index = torch.tensor([b for b, _ in flat], device=device)  # (N,)
+        pos_index = torch.tensor([p for _, p in flat], device=device)  # (N,)
+        with torch.inference_mode():
+            picked = self._picked_logits(ids, mask, row_index, pos_index)  # (N, C) float32
+        probs = iter(self._probabilities(picked).tolist())  # N floats in [0, 1], in `flat` order
+        return [[None if p is None else next(probs) for p in r.positions] for r in rows]
+
+    def _picked_logits(self, ids, mask, row_index, pos_index):
+        """Logits at the scored positions, (N, C) in float32."""
+        import torch
+
+        kwargs = {}
+        if self._keeps_logits():
+            # A causal LM's (B, T, vocab) logits are huge: compute the head only where scores are read.
+            keep, pos_index = torch.unique(pos_index, return_inverse=True)  # (K,), (N,)
+            kwargs["logits_to_keep"] = keep
+        out = self._model(input_ids=ids, attention_mask=mask, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T or K, C)
+        return logits[row_index, pos_index].float()  # (N, C)
+
+    def _keeps_logits(self) -> bool:
+        if self.convention != "math-shepherd":
+            return False
+        return "logits_to_keep" in inspect.signature(self._model.forward).parameters
+
+    def _probabilities(self, picked):
+        """(N, C) logits -> (N,) probability that the step is correct."""
+        if self.convention == "math-shepherd":
+            return picked[:, self._label_ids].softmax(dim=-1)[:, 0]  # P(+) renormalised over {+, -}
+        if picked.shape[-1] < 2:
+            raise NSAError(f"PRM judge: model '{self.model}' has {picked.shape[-1]} label(s); expected 2")
+        return picked.softmax(dim=-1)[:, 1]
+
+    # ------------------------------------------------------------------------ encoding
+
+    def _encode(self, item: StepItem) -> _Encoded:
+        steps = [item.response[start:end].strip() for start, end in item.spans]
+        if not steps:
+            return _Encoded([], [])
+        head, joiner, tail = self._frame(item.question)
+        if self.convention == "token-classification":
+            ids = self._tokens(head, first=True)  # TRL tokenises the prompt on its own
+        else:
+            ids, steps = [], [head + steps[0], *steps[1:]]  # one string, as the model cards do
+        positions: list[int | None] = []
+        for k, step in enumerate(steps):
+            ids += self._tokens(step if k == 0 else joiner + step, first=not ids) + self._marker_ids
+            positions.append(len(ids) - 1 if ids and (self._marker_ids or step) else None)
+        return _Encoded(ids + self._tokens(tail), positions)
+
+    def _frame(self, question: str) -> tuple[str, str, str]:
+        """(text before the first step, text before each later step, text after the last marker)."""
+        if self.convention == "math-shepherd":
+            return question + " ", "\n", ""
+        if self.convention == "token-classification":
+            return question, "", ""
+        if getattr(self._tokenizer, "chat_template", None):
+            messages = [
+                {"role": "system", "content": QWEN_SYSTEM},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": _SENTINEL},
+            ]
+            text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+            if isinstance(text, str) and text.count(_SENTINEL) == 1:
+                head, tail = text.split(_SENTINEL)
+                return head, "", tail
+        return question + "\n\n", "", ""
+
+    def _tokens(self, text: str, first: bool = False) -> list[int]:
+        """Ids of one piece; the first piece of an input gets the tokenizer's BOS, once."""
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if first and self._front and ids[:1] != self._front:
+            return self._front + ids  # a chat template may already have written the BOS
+        return ids
+
+    def _truncate(self, enc: _Encoded) -> _Encoded:
+        if len(enc.ids) <= self.max_length:
+            return enc
+        kept = [p if p is not None and p < self.max_length else None for p in enc.positions]
+        self._truncated_steps += sum(p is not None for p in enc.positions) - sum(p is not None for p in kept)
+        return _Encoded(enc.ids[: self.max_length], kept)
+
+    # ------------------------------------------------------------------------- loading
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from nsa.models import load_tokenizer, resolve_policy
+
+        folder = resolve_policy(self.model)
+        tokenizer = load_tokenizer(folder)
+        self._tokenizer = tokenizer
+        bos = tokenizer.bos_token_id
+        self._front = [bos] if bos is not None and bos in tokenizer("", add_special_tokens=True)["input_ids"] else []
+        # Check the tokens before the (slow) model load so a wrong marker fails at once.
+        if self.step_marker is None:
+            self._marker_ids = []
+        elif self.convention == "token-classification":
+            self._marker_ids = self._marker_separator()
+        else:
+            self._marker_ids = [self._single_token(self.step_marker, "step marker", "step_marker")]
+        if self.convention == "math-shepherd":
+            self._label_ids = [
+                self._single_token(self.positive_token, "positive token", "positive_token"),
+                self._single_token(self.negative_token, "negative token", "negative_token"),
+            ]
+        self._model = self._load_model(folder)
+
+    def _marker_separator(self) -> list[int]:
+        # TRL allows a multi-token step separator and labels its last token.
+        ids = self._tokenizer(self.step_marker, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise NSAError(f"PRM judge: step_marker {self.step_marker!r} tokenises to nothing for '{self.model}'")
+        return ids
+
+    def _single_token(self, text: str, what: str, option: str) -> int:
+        """The one vocabulary id of ``text``, or a one-line error saying how to fix it."""
+        tokenizer = self._tokenizer
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
+            return ids[0]
+        vocab_id = tokenizer.convert_tokens_to_ids(text)  # e.g. a tag a SentencePiece splits off a word-start mark
+        if isinstance(vocab_id, int) and vocab_id != tokenizer.unk_token_id:
+            return vocab_id
+        raise NSAError(
+            f"PRM judge: the tokenizer of model '{self.model}' has no single token for the {what} {text!r} "
+            f"(it tokenises to {len(ids)} tokens); set the judge's {option} option to the token this "
+            f"'{self.convention}' model was trained with"
+        )
+
+    def _load_model(self, folder: str):
+        import torch
+        import transformers
+
+        names = {
+            "qwen-prm": "AutoModel" if self.trust_remote_code else "AutoModelForTokenClassification",
+            "math-shepherd": "AutoModelForCausalLM",
+            "token-classification": "AutoModelForTokenClassification",
+        }
+        auto = getattr(transformers, names[self.convention])
+        try:
+            model = auto.from_pretrained(
+                folder, trust_remote_code=self.trust_remote_code, dtype=getattr(torch, self.dtype)
+            )
+        except (OSError, ValueError) as err:
+            raise NSAError(f"PRM judge: model '{self.model}' could not be loaded: {str(err).splitlines()[0]}") from None
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        return model.to(device).eval()

@@ -1,0 +1,219 @@
+"""PRMJudge on tiny random models of each convention's architecture, built locally (no hub).
+
+Each score is checked against a reference forward run here on ids built the way the model
+card (or TRL) builds them, with the positions picked by hand.
+
+The ``qwen-prm`` model is a stand-in: Qwen2.5-Math-PRM is remote code
+(``Qwen2ForProcessRewardModel``) that cannot be fetched offline, so a tiny
+``LlamaForTokenClassification(num_labels=2)`` plays it, with ``<extra_0>`` as a special
+token and a ChatML-like template. Without ``trust_remote_code`` the judge loads it through
+``AutoModelForTokenClassification``, the same code path a local token-classification PRM uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nsa.contracts import StepItem, StepJudge
+from nsa.errors import NSAError
+from nsa.plugins.judges.prm import QWEN_SYSTEM, PRMJudge
+from tests.tiny import build_tokenizer
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build(
+    folder: Path, kind: str, special: tuple[str, ...] = (), tokens: tuple[str, ...] = (), template: str | None = None
+):
+    """A tiny random 2-layer Llama of ``kind`` ('causal' or 'token') with the given extra tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(special)})
+    tokenizer.add_tokens(list(tokens))
+    if template:
+        tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        num_labels=2,
+    )
+    (LlamaForCausalLM if kind == "causal" else LlamaForTokenClassification)(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("prm")
+    return {
+        "token-classification": build(root / "tc", "token"),
+        "qwen-prm": build(root / "qwen", "token", special=("<extra_0>",), template=CHAT_TEMPLATE),
+        "math-shepherd": build(root / "shepherd", "causal", tokens=("ки",)),
+    }
+
+
+def item(question: str, steps: list[str]) -> StepItem:
+    """An answer whose spans tile the text; steps are joined by a blank line inside the spans."""
+    response, spans = "", []
+    for k, step in enumerate(steps):
+        text = step + ("\n\n" if k < len(steps) - 1 else "")
+        spans.append((len(response), len(response) + len(text)))
+        response += text
+    return StepItem(question, response, spans)
+
+
+ITEMS = [
+    item("Tom has 12 boxes of 7 apples. He eats 15. How many are left?", ["12 * 7 = 84", "84 - 15 = 69", "69"]),
+    item("What is 3 + 4?", ["3 + 4 = 7"]),
+    item("Sara reads 5 pages a day for 6 days. How many pages?", ["5 * 6 = 30", "She reads 30.", "\\boxed{30}", "ok"]),
+]
+
+
+def reference(convention: str, folder: str, it: StepItem) -> list[float]:
+    """Scores by hand: ids as the model card / TRL builds them, the model run directly."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    steps = [it.response[s:e].strip() for s, e in it.spans]
+    if convention == "qwen-prm":
+        messages = [
+            {"role": "system", "content": QWEN_SYSTEM},
+            {"role": "user", "content": it.question},
+            {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
+        ]
+        ids = tok.encode(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
+        positions = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<extra_0>")]
+    elif convention == "math-shepherd":
+        ids = tok.encode(f"{it.question} " + "\n".join(s + "ки" for s in steps), add_special_tokens=False)
+        positions = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("ки")]
+    else:  # TRL PRMTrainer: prompt ids, then each step's ids; label on each step's last token
+        ids = tok.encode(it.question, add_special_tokens=False)
+        positions = []
+        for s in steps:
+            ids += tok.encode(s, add_special_tokens=False)
+            positions.append(len(ids) - 1)
+    auto = AutoModelForCausalLM if convention == "math-shepherd" else AutoModelForTokenClassification
+    model = auto.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, positions]  # (S, C)
+    if convention == "math-shepherd":
+        plus, minus = tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")
+        return logits[:, [plus, minus]].softmax(-1)[:, 0].tolist()
+    return logits.softmax(-1)[:, 1].tolist()
+
+
+def count_forwards(judge: PRMJudge) -> list[int]:
+    """Loads the judge's model and counts its forward calls."""
+    judge._load()
+    calls = [0]
+    judge._model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+CONVENTIONS = ["token-classification", "qwen-prm", "math-shepherd"]
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_scores_match_reference_in_one_forward(models, convention):
+    judge = PRMJudge(models[convention], convention=convention, device="cpu")
+    calls = count_forwards(judge)
+    scores = judge.score(ITEMS)
+    assert calls[0] == 1  # every step of every answer in one batch, one forward
+    for it, got in zip(ITEMS, scores, strict=True):
+        assert len(got) == len(it.spans)
+        assert all(0.0 <= s <= 1.0 for s in got)
+        assert got == pytest.approx(reference(convention, models[convention], it), abs=1e-5)
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_threshold_does_not_change_scores(models, convention):
+    low = PRMJudge(models[convention], convention=convention, threshold=0.1).score(ITEMS)
+    high = PRMJudge(models[convention], convention=convention, threshold=0.9).score(ITEMS)
+    assert low == high  # same model, same inputs: bit-identical
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_token_budget_batching_gives_same_scores(models, convention):
+    together = PRMJudge(models[convention], convention=convention).score(ITEMS)
+    judge = PRMJudge(models[convention], convention=convention, tokens_per_batch=1)
+    calls = count_forwards(judge)
+    alone = judge.score(ITEMS)
+    assert calls[0] == len(ITEMS)
+    for a, b in zip(together, alone, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_long_answer_scores_the_prefix_and_counts_the_rest(models, convention):
+    it = ITEMS[2]
+    full = PRMJudge(models[convention], convention=convention)
+    [full_scores] = full.score([it])
+    positions = full._encode(it).positions
+    judge = PRMJudge(models[convention], convention=convention, max_length=positions[1] + 1)
+    [scores] = judge.score([it])
+    assert scores[:2] == pytest.approx(full_scores[:2], abs=1e-5)
+    assert scores[2:] == [None, None]
+    assert judge._truncated_steps == 2
+
+
+@pytest.mark.parametrize(
+    ("convention", "model", "options"),
+    [
+        ("qwen-prm", "token-classification", {}),  # no <extra_0> in this tokenizer
+        ("math-shepherd", "token-classification", {}),  # no ки tag
+        ("math-shepherd", "math-shepherd", {"positive_token": "good"}),  # not one token
+    ],
+)
+def test_missing_marker_is_a_one_line_error(models, convention, model, options):
+    judge = PRMJudge(models[model], convention=convention, **options)
+    with pytest.raises(NSAError, match=r"no single token .* set the judge's \w+ option"):
+        judge.score(ITEMS)
+
+
+def test_empty_steps_and_empty_input(models):
+    judge = PRMJudge(models["qwen-prm"], convention="qwen-prm")
+    assert judge.score([]) == []
+    assert judge.score([StepItem("q", "", [])]) == [[]]
+    scores = judge.score([StepItem("q", "", []), ITEMS[1]])
+    assert scores[0] == [] and len(scores[1]) == 1
+
+
+def test_token_classification_with_separator(models):
+    """With TRL's step separator the label is read at the separator after each step."""
+    judge = PRMJudge(models["token-classification"], convention="token-classification", step_marker="\n")
+    [scores] = judge.score([ITEMS[0]])
+    enc = judge._encode(ITEMS[0])
+    newline = judge._tokenizer.encode("\n", add_special_tokens=False)[-1]
+    assert [enc.ids[p] for p in enc.positions] == [newline] * 3
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_qwen_prm_without_chat_template_uses_plain_text(models):
+    judge = PRMJudge(models["qwen-prm"], convention="qwen-prm")
+    judge._load()
+    judge._tokenizer.chat_template = None
+    assert judge._frame("Q?") == ("Q?\n\n", "", "")
+    assert len(judge.score([ITEMS[0]])[0]) == 3
+
+
+def test_is_a_step_judge():
+    from jsonargparse._typehints import implements_protocol
+
+    assert implements_protocol(PRMJudge, StepJudge)
