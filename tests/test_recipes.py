@@ -39,6 +39,9 @@ def test_math_recipe_is_the_papers_setup(capsys):
     assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "fsdp"
     assert config["model"]["optimizer"]["init_args"]["lr"] == 5e-7
     assert config["data"]["responses_per_step"] == 512
+    judges = [j["class_path"].rsplit(".", 1)[1] for j in config["data"]["judges"]]
+    assert judges == ["PRMJudge", "LLMJudge"] and config["data"]["consensus"]["init_args"]["rule"] == "all"
+    assert config["data"]["judges"][0]["init_args"]["threshold"] == 0.5  # lambda
 
 
 @pytest.mark.parametrize(("precision", "expected"), [(None, "32-true"), ("bf16-mixed", "bf16-mixed")])
