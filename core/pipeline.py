@@ -121,7 +121,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
     """Each judge's scores are cached on their own; the label stage combines them."""
     names = judge_names(recipe.judges)
     combined = segmented.dataset
-    fps = []
+    fps, judge_stats = [], {}
     for name, judge in zip(names, recipe.judges):
         judged = run_stage(
             recipe.cache_dir,
@@ -130,9 +130,11 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
             scoring_identity(judge),
             functools.partial(steps.judge_shard, judge=judge),
             rows,
+            functools.partial(_judge_counters, judge=judge),
         )
         combined = combined.add_column(f"scores/{name}", judged.dataset["scores"])
         fps.append(judged.fingerprint)
+        judge_stats.update({f"judge/{name}/{k}": v for k, v in judged.stats.items()})
     source = StageOutput("judged", combined, fingerprint(segmented.fingerprint, fps), segmented.path, {})
     config = {
         "names": names,
@@ -140,7 +142,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
         "consensus": recipe.consensus,
         "tokenizer": policy,
     }
-    return run_stage(
+    labelled = run_stage(
         recipe.cache_dir,
         "label",
         source,
@@ -155,6 +157,17 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
         rows,
         functools.partial(steps.summarise_labels, names=names, judges=recipe.judges),
     )
+    labelled.stats = {**labelled.stats, **judge_stats}
+    return labelled
+
+
+def _judge_counters(data: Dataset, judge: StepJudge) -> dict[str, float]:
+    """A judge's own counters (an LLM judge's malformed or late replies), if it keeps any.
+
+    They cover the shards judged in this process; shards reused after a kill are not recounted.
+    """
+    counters = getattr(judge, "stats", None)
+    return {k: float(v) for k, v in counters().items()} if callable(counters) else {}
 
 
 def _summarise_segments(data: Dataset) -> dict[str, float]:

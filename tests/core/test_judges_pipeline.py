@@ -94,6 +94,7 @@ def test_rule_threshold_and_ablation_changes_call_no_judge_again(tmp_path, tiny_
     stats = prepare(recipe)
     assert len(Judge.requests) == 6 and "Error propagation" in Judge.requests[0]
     assert stats["steps_correct/LLMJudge"] == 13 and stats["steps_unjudged/LLMJudge"] == 0
+    assert stats["judge/LLMJudge/requests"] == 6 and stats["judge/LLMJudge/malformed"] == 0
     assert stats["steps_correct/PRMJudge"] + stats["steps_unjudged/PRMJudge"] <= 14
     assert stats["steps_correct/consensus"] <= min(stats["steps_correct/PRMJudge"], 13)
 
