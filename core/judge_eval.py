@@ -40,8 +40,14 @@ def as_step_item(item: dict) -> StepItem:
     return StepItem(item["problem"], "\n\n".join(item["steps"]), spans)
 
 
-def first_wrong(scores: list[float | None], threshold: float) -> int:
-    """Index of the first step scored below threshold; unjudged steps are not evidence."""
+def first_wrong(scores: list[float | None], threshold: float) -> int | None:
+    """Index of the first step scored below threshold; unjudged steps are not evidence.
+
+    An item with no judged step at all (an LLM reply that failed) predicts nothing: a miss,
+    as ProcessBench counts an unparsable reply.
+    """
+    if scores and all(s is None for s in scores):
+        return None
     return next((k for k, s in enumerate(scores) if s is not None and s < threshold), -1)
 
 
@@ -60,9 +66,11 @@ def judge_eval(file: str, judge: StepJudge) -> dict[str, float]:
     acc_err = sum(erroneous) / max(1, len(erroneous))
     acc_ok = sum(correct) / max(1, len(correct))
     f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
+    unjudged = float(sum(p is None for p in predicted))
     result = {"items": float(len(items)), "acc_erroneous": acc_err, "acc_correct": acc_ok, "f1": f1}
+    result["unjudged_items"] = unjudged
     print(f"{type(judge).__name__} on {file}: {len(erroneous)} erroneous, {len(correct)} correct items")
-    print(f"  accuracy on erroneous {acc_err:.1%}  on correct {acc_ok:.1%}  F1 {f1:.1%}")
+    print(f"  accuracy on erroneous {acc_err:.1%}  on correct {acc_ok:.1%}  F1 {f1:.1%}  (unjudged {unjudged:g})")
     return result
 
 

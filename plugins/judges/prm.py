@@ -98,10 +98,11 @@ class PRMJudge:
         self.positive_token = positive_token
         self.negative_token = negative_token
         self.max_length = max_length
-        self.tokens_per_batch = tokens_per_batch
+        # how the work is batched and placed changes no score: kept out of the cache identity
+        self._tokens_per_batch = tokens_per_batch
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype
-        self.device = device
+        self._device = device
         self._model = None
         self._tokenizer = None
         self._marker_ids: list[int] = []
@@ -128,7 +129,7 @@ class PRMJudge:
         todo = [i for i, e in enumerate(encoded) if any(p is not None for p in e.positions)]
         groups: list[list[int]] = []
         for i in sorted(todo, key=lambda i: -len(encoded[i].ids)):
-            if groups and (len(groups[-1]) + 1) * len(encoded[groups[-1][0]].ids) <= self.tokens_per_batch:
+            if groups and (len(groups[-1]) + 1) * len(encoded[groups[-1][0]].ids) <= self._tokens_per_batch:
                 groups[-1].append(i)
             else:
                 groups.append([i])
@@ -285,10 +286,19 @@ class PRMJudge:
         }
         auto = getattr(transformers, names[self.convention])
         try:
-            model = auto.from_pretrained(
-                folder, trust_remote_code=self.trust_remote_code, dtype=getattr(torch, self.dtype)
+            model, info = auto.from_pretrained(
+                folder,
+                trust_remote_code=self.trust_remote_code,
+                dtype=getattr(torch, self.dtype),
+                output_loading_info=True,
             )
         except (OSError, ValueError) as err:
             raise NSAError(f"PRM judge: model '{self.model}' could not be loaded: {str(err).splitlines()[0]}") from None
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        if info.get("missing_keys"):
+            # a head transformers initialised at random would score noise, silently
+            raise NSAError(
+                f"PRM judge: model '{self.model}' has no weights for {sorted(info['missing_keys'])[:3]} under "
+                f"{names[self.convention]}; Qwen2.5-Math-PRM needs trust_remote_code: true"
+            )
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self._device == "auto" else self._device
         return model.to(device).eval()

@@ -63,7 +63,7 @@ class SaTSegmenter:
         self.min_chars = min_chars
         self.keep_paragraphs = keep_paragraphs
         self.max_chars_per_step = max_chars_per_step
-        self.device = device
+        self._device = device  # where SaT runs changes no boundary: not part of the cache identity
         self.tokenizer = tokenizer
         self._sat: Any = None
 
@@ -71,7 +71,7 @@ class SaTSegmenter:
         if not text:
             return []
         if self._sat is None:
-            self._sat = load_sat(self.model, self.tokenizer, self.device)
+            self._sat = load_sat(self.model, self.tokenizer, self._device)
         sentences = self._sat.split(text, threshold=self.threshold)
         return _steps_from_sentences(text, sentences, self.min_chars, self.keep_paragraphs, self.max_chars_per_step)
 

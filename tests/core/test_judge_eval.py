@@ -23,7 +23,8 @@ def test_arithmetic_judge_metrics_match_the_hand_count(capsys):
     F1 = 2 * 0.6 * 1.0 / (0.6 + 1.0) = 0.75.
     """
     result = run(["--file", FILE, "--judge", "nsa.plugins.judges.arithmetic.ArithmeticJudge"])
-    assert result == {"items": 18.0, "acc_erroneous": 0.6, "acc_correct": 1.0, "f1": pytest.approx(0.75)}
+    expected = {"items": 18.0, "acc_erroneous": 0.6, "acc_correct": 1.0, "f1": pytest.approx(0.75), "unjudged_items": 0}
+    assert result == expected
     assert "F1 75.0%" in capsys.readouterr().out
 
 
@@ -41,3 +42,4 @@ def test_steps_tile_the_joined_text_and_unjudged_is_not_wrong():
     item = as_step_item({"problem": "p", "steps": ["a = 1", "b", "c"]})
     assert "".join(item.response[s:e] for s, e in item.spans) == item.response == "a = 1\n\nb\n\nc"
     assert first_wrong([1.0, None, 0.2], 0.5) == 2 and first_wrong([None, 1.0], 0.5) == -1
+    assert first_wrong([None, None], 0.5) is None  # a failed reply is a miss, never "all correct"

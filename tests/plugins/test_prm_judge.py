@@ -217,3 +217,29 @@ def test_is_a_step_judge():
     from jsonargparse._typehints import implements_protocol
 
     assert implements_protocol(PRMJudge, StepJudge)
+
+
+def test_a_missing_head_is_an_error_not_noise(tmp_path):
+    """A base model without a classification head would get a random one from transformers:
+    for Qwen2.5-Math-PRM loaded without its remote code that is exactly what happens."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    from tests.tiny import build_tokenizer
+
+    folder = tmp_path / "headless"
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=2,
+    )
+    LlamaModel(config).save_pretrained(folder)
+    judge = PRMJudge(str(folder), convention="token-classification")
+    with pytest.raises(NSAError, match="trust_remote_code"):
+        judge.score([StepItem("q", "a\n\nb", [(0, 3), (3, 4)])])
