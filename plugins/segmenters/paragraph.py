@@ -10,7 +10,8 @@ import re
 
 from nsa.contracts import Span
 
-BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+# a blank line, also with Windows line ends ("\r\n\r\n"), and the whitespace after it
+BLANK_LINES = re.compile(r"\n[ \t\r]*\n\s*")
 
 
 class ParagraphSegmenter:

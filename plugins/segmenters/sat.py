@@ -22,15 +22,14 @@ the folders.
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nsa.contracts import Span
 from nsa.errors import NSAError
+from nsa.plugins.segmenters.paragraph import BLANK_LINES
 
-BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 DEFAULT_TOKENIZER = "facebookAI/xlm-roberta-base"
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model")
 

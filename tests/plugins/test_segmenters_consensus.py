@@ -123,3 +123,8 @@ def test_vote_over_a_chosen_judge_is_the_single_judge_ablation() -> None:
     assert Vote("all").combine(verdicts) == [F, F, F]
     with pytest.raises(ValueError, match="judges are"):
         Vote("all", judges=["SaTJudge"]).combine(verdicts)
+
+
+def test_windows_line_ends_make_paragraphs_too() -> None:
+    text = "a\r\n\r\nb\r\n \r\nc"
+    assert ParagraphSegmenter().split(text) == [(0, 5), (5, 11), (11, 12)]
