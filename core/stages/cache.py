@@ -37,7 +37,7 @@ def describe(obj: Any) -> Any:
 
 
 # Bump when a stage's code changes what it writes, so old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: CRLF paragraphs, linear token offsets
 
 
 def fingerprint(*parts: Any) -> str:
