@@ -8,18 +8,23 @@ placeholders are ``{question}``, ``{steps}`` and ``{num_steps}``; every other br
 literal, so a JSON example can sit in the prompt as is.
 
 Scores are 1.0 (correct), 0.0 (incorrect) and ``None`` (unjudged). The reply is untrusted
-text: JSON anywhere in it (fenced or in prose), a bare list of booleans, or
-``Step 3: incorrect`` lines are read; anything else, or a verdict list of the wrong
-length, leaves that answer's steps unjudged. Nothing is ever "correct" by default.
+text: the last JSON verdict list in it (fenced or in prose, found scanning back from the
+end), a bare list of booleans, or ``Step 3: incorrect`` lines (the verdict word alone) are
+read; anything else, a verdict list of the wrong length, a reply cut off at max_tokens or
+one still inside ``<think>`` leaves that answer's steps unjudged. Nothing is ever "correct"
+by default.
 
 Backends
     ``openai``: POST ``{base_url}/chat/completions`` (vLLM, SGLang, llama.cpp, OpenAI)
     with the standard library, ``concurrency`` requests at a time, retrying connection
-    errors, timeouts, HTTP 429 and 5xx with exponential backoff. The bearer key is read
-    from the environment variable ``api_key_env`` at call time and never stored; it is
-    optional for a server on 127.0.0.1 / localhost. With ``structured_output`` the reply is
-    constrained by a JSON schema; a server that answers 400 to that is asked again
-    without it, and is not asked with it again.
+    errors, timeouts, broken HTTP answers, HTTP 429 and 5xx with exponential backoff (or the
+    server's ``Retry-After``, at most 60 s). When more than ``max_failed_fraction`` of one
+    call's requests still fail, the call raises instead of returning mostly unjudged steps.
+    Redirects are not followed. The bearer key is read from the environment variable
+    ``api_key_env`` at call time and never stored; it is optional for a server on
+    127.0.0.1 / localhost, and never sent over plain http to any other host. With
+    ``structured_output`` the reply is constrained by a JSON schema; a server that answers
+    400 to that is asked again without it, and is not asked with it again.
     ``hf``: ``model`` is a local folder (or ``pkg:`` spec), decoded greedily with its chat
     template when it has one. Meant for small local judges and tests.
 
@@ -31,12 +36,15 @@ variable name) do not change verdicts, so they are private and re-run nothing.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +62,10 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # HTTP answers that no retry fixes and that mean the judge is misconfigured, not one bad answer.
 _FATAL_STATUS = {401: "unauthorised (check the API key)", 403: "forbidden", 404: "not found (check base_url / model)"}
 _MAX_REPLY_CHARS = 200_000  # bounds the JSON scan on runaway replies
-_MAX_DECODE_TRIES = 500
+# Characters the backward JSON scan may decode in all before it calls the reply malformed.
+# Prose and LaTeX braces fail at once; only pathological nesting spends this.
+_MAX_DECODE_WORK = 4_000_000
+_MAX_RETRY_AFTER_S = 60.0
 
 _SCHEMA: dict[str, Any] = {
     "name": "step_verdicts",
@@ -81,9 +92,10 @@ _SCHEMA: dict[str, Any] = {
 class _Transient(Exception):
     """A failure worth retrying; ``unreachable`` when no HTTP answer came back at all."""
 
-    def __init__(self, message: str, unreachable: bool = False) -> None:
+    def __init__(self, message: str, unreachable: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.retry_after = retry_after
 
 
 class _Rejected(Exception):
@@ -92,6 +104,13 @@ class _Rejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect, so a 3xx comes back as an HTTPError (and the key goes nowhere else)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
 
 
 class _Failed:
@@ -108,10 +127,12 @@ _TRUE = {"true", "correct", "yes", "right", "valid", "1"}
 _FALSE = {"false", "incorrect", "no", "wrong", "invalid", "0"}
 _VERDICT_KEYS = ("verdicts", "steps", "labels", "judgements", "judgments", "results")
 _CORRECT_KEYS = ("correct", "is_correct", "verdict", "label")
+# The verdict word must be the whole rest of the line (punctuation and markup aside, no "?"),
+# so "Step 1: Right triangle ..." or "Step 2: Correct? No, it is wrong" are not verdicts.
 _STEP_LINE = re.compile(
-    r"(?im)^[^\w\n]*step\s*(\d+)\b[^\w\n]*(incorrect|correct|wrong|right|true|false|invalid|valid)\b"
+    r"(?im)^[^\w\n]*step\s*(\d+)\b[^\w\n]*(incorrect|correct|wrong|right|true|false|invalid|valid)[^\w\n?]*$"
 )
-_FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_JSON_START = re.compile(r"[\[{]")
 
 
 def _as_bool(value: Any) -> bool | None:
@@ -149,28 +170,34 @@ def _entries(value: Any) -> list[tuple[int | None, bool | None]] | None:
     return out
 
 
-def _json_values(text: str) -> list[Any]:
-    """Every JSON object or array found in ``text``: fenced blocks first, then a left-to-right scan."""
-    values: list[Any] = []
-    for block in _FENCE.findall(text):
+def _last_json_verdicts(text: str) -> tuple[list[tuple[int | None, bool | None]] | None, bool]:
+    """The verdict-shaped JSON value ending last in ``text`` (the outermost on a tie), and whether
+    the scan finished.
+
+    Every ``[`` / ``{`` is tried as a start, from the end back to the beginning, so no amount of
+    text after an earlier draft can hide the final answer, and a list nested in a verdict entry
+    never wins over the verdict list around it. The scan stops (unfinished: the caller calls the
+    reply malformed, never falls back to an earlier value) once it has decoded
+    ``_MAX_DECODE_WORK`` characters, which only pathological nesting reaches.
+    """
+    decoder, work = json.JSONDecoder(), 0
+    best: tuple[int, list[tuple[int | None, bool | None]]] | None = None
+    for start in reversed([m.start() for m in _JSON_START.finditer(text)]):
+        if work > _MAX_DECODE_WORK:
+            return None, False
         try:
-            values.append(json.loads(block))
-        except (ValueError, RecursionError):  # deep nesting overflows the C scanner
-            pass
-    decoder, pos, tries = json.JSONDecoder(), 0, 0
-    while tries < _MAX_DECODE_TRIES:
-        match = re.compile(r"[\[{]").search(text, pos)
-        if match is None:
-            break
-        tries += 1
-        try:
-            value, end = decoder.raw_decode(text, match.start())
-        except (ValueError, RecursionError):
-            pos = match.start() + 1
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as err:
+            work += err.pos - start + 1
             continue
-        values.append(value)
-        pos = end  # skip the inside: a nested list is not a separate answer
-    return values
+        except (ValueError, RecursionError):  # deep nesting overflows the C scanner; huge ints
+            work += len(text) - start
+            continue
+        work += end - start
+        entries = _entries(value)
+        if entries is not None and (best is None or end >= best[0]):
+            best = (end, entries)
+    return (best[1] if best else None), True
 
 
 def _resolve(entries: list[tuple[int | None, bool | None]], num_steps: int) -> tuple[list[bool] | None, str]:
@@ -192,14 +219,18 @@ def parse_verdicts(reply: str, num_steps: int) -> tuple[list[bool] | None, str]:
     """Read a judge's reply: per-step verdicts and ``ok``, or None and ``malformed`` / ``wrong_length``.
 
     The last JSON verdict list in the reply wins (models reason first, answer last); without
-    one, ``Step k: correct/incorrect`` lines are read.
+    one, ``Step k: correct/incorrect`` lines are read. A reply still inside ``<think>`` is malformed.
     """
+    if reply.rfind("<think>") > reply.rfind("</think>"):
+        return None, "malformed"  # the thoughts never ended: whatever follows is not an answer
     text = reply[-_MAX_REPLY_CHARS:]
     if "</think>" in text:  # reasoning models: only the part after the thoughts is the answer
         text = text.rsplit("</think>", 1)[1]
-    candidates = [e for e in map(_entries, _json_values(text)) if e is not None]
-    if candidates:
-        return _resolve(candidates[-1], num_steps)
+    entries, finished = _last_json_verdicts(text)
+    if not finished:
+        return None, "malformed"
+    if entries is not None:
+        return _resolve(entries, num_steps)
     lines = [(int(step), word.lower() in _TRUE) for step, word in _STEP_LINE.findall(text)]
     if not lines:
         return None, "malformed"
@@ -242,6 +273,7 @@ class LLMJudge:
         structured_output: bool = True,
         threshold: float = 0.5,
         backoff_s: float = 1.0,
+        max_failed_fraction: float = 0.5,
     ) -> None:
         if backend not in ("openai", "hf"):
             raise NSAError(f"LLMJudge backend must be 'openai' or 'hf', got '{backend}'")
@@ -249,6 +281,8 @@ class LLMJudge:
             raise NSAError("LLMJudge backend 'hf' needs model: a local model folder or pkg:<package>/<file>")
         if concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise NSAError("LLMJudge needs concurrency >= 1, retries >= 0, timeout_s > 0 and backoff_s >= 0")
+        if not 0.0 <= max_failed_fraction <= 1.0:
+            raise NSAError(f"LLMJudge max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         template = _load_prompt(prompt_file)
         self.backend = backend
         self.model = model
@@ -265,6 +299,7 @@ class LLMJudge:
         self._retries = retries
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
+        self._max_failed_fraction = max_failed_fraction
         self._use_schema = structured_output
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -332,7 +367,16 @@ class LLMJudge:
 
     def _api_key(self) -> str | None:
         key = os.environ.get(self._api_key_env)
-        if key or urlparse(self.base_url).hostname in _LOCAL_HOSTS:
+        url = urlparse(self.base_url)
+        local = url.hostname in _LOCAL_HOSTS
+        if url.scheme == "http" and not local:
+            if key:
+                raise NSAError(
+                    f"LLMJudge will not send the API key in {self._api_key_env} over plain http to {url.hostname}: "
+                    f"use an https base_url, or unset {self._api_key_env} for a server that needs no key"
+                )
+            return None
+        if key or local:
             return key or None
         raise NSAError(
             f"LLMJudge needs an API key for {self.base_url}: set the environment variable {self._api_key_env}"
@@ -348,6 +392,12 @@ class LLMJudge:
         if len(failures) == len(replies) and all(f.unreachable for f in failures):
             # Nothing got through at all: a wrong URL or a server that is down, not bad answers.
             raise NSAError(f"LLMJudge cannot reach {self.base_url}: {failures[0].reason}; is the server running?")
+        if len(failures) > self._max_failed_fraction * len(replies):
+            # Committing a shard of mostly unjudged steps would hide the outage; fail so a rerun resumes.
+            raise NSAError(
+                f"LLMJudge: {len(failures)} of {len(replies)} requests to {self.base_url} failed "
+                f"(last error {failures[-1].reason}); nothing of this shard was kept, rerun to resume"
+            )
         return replies
 
     def _request(self, prompt: str, key: str | None) -> str | _Failed:
@@ -357,7 +407,8 @@ class LLMJudge:
         for attempt in range(self._retries + 1):
             if attempt:
                 self._count("retries")
-                time.sleep(self._backoff_s * 2 ** (attempt - 1))
+                wait = last.retry_after if last.retry_after is not None else self._backoff_s * 2 ** (attempt - 1)
+                time.sleep(wait)
             try:
                 return self._post_with_fallback(prompt, key)
             except _Transient as err:
@@ -394,16 +445,15 @@ class LLMJudge:
         return body
 
     def _post(self, prompt: str, key: str | None, use_schema: bool) -> str:
-        import urllib.error
-        import urllib.request
-
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         data = json.dumps(self._body(prompt, use_schema)).encode()
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data, headers, method="POST")
+        # No redirects: following one would resend the Authorization header to wherever it points.
+        opener = urllib.request.build_opener(_NoRedirect())
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+            with opener.open(request, timeout=self._timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as err:
             raise self._http_error(err) from None
@@ -412,16 +462,25 @@ class LLMJudge:
             raise _Transient(f"{err.reason}", unreachable=not timed_out) from None
         except TimeoutError:
             raise _Transient(f"no reply within {self._timeout_s} s") from None
-        except OSError as err:  # reset or dropped connection, http.client errors mid-response
+        except OSError as err:  # reset or dropped connection
             raise _Transient(f"{type(err).__name__}: {err}", unreachable=True) from None
+        except http.client.HTTPException as err:  # IncompleteRead, BadStatusLine, LineTooLong: not OSErrors
+            raise _Transient(f"{type(err).__name__}: {err!r}"[:300]) from None
         return _content(raw)
 
     def _http_error(self, err: Any) -> Exception:
         status = int(err.code)
         if status in _FATAL_STATUS:
             return NSAError(f"LLMJudge: {self.base_url} answered HTTP {status} {_FATAL_STATUS[status]}")
+        if 300 <= status < 400:
+            where = err.headers.get("Location", "?") if err.headers else "?"
+            return NSAError(
+                f"LLMJudge: {self.base_url} answered HTTP {status} redirecting to {where}; redirects are not "
+                "followed (they would resend the API key), set base_url to the final address"
+            )
         if status == 429 or status >= 500:
-            return _Transient(f"HTTP {status}")
+            after = _retry_after(err.headers) if status in (429, 503) else None
+            return _Transient(f"HTTP {status}", retry_after=after)
         return _Rejected(status, f"HTTP {status}")
 
     # -------------------------------------------------------------------------- hf
@@ -442,7 +501,9 @@ class LLMJudge:
                     **ids, max_new_tokens=self.max_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
                 )
             new = generated[0, ids["input_ids"].shape[1] :]
-            replies.append(tokenizer.decode(new, skip_special_tokens=True))
+            cut_off = len(new) >= self.max_tokens and int(new[-1]) != tokenizer.eos_token_id
+            # A reply cut off at max_tokens is not an answer (like finish_reason "length").
+            replies.append("" if cut_off else tokenizer.decode(new, skip_special_tokens=True))
         return replies
 
     def _hf_load(self) -> tuple[Any, Any]:
@@ -462,11 +523,26 @@ class LLMJudge:
         return tokenizer(prompt, return_tensors="pt")
 
 
-def _content(raw: bytes) -> str:
-    """The assistant text of a chat-completions answer; an unreadable answer parses as malformed."""
+def _retry_after(headers: Any) -> float | None:
+    """A ``Retry-After`` header given in seconds, capped at 60 s; None when absent or an HTTP date."""
+    value = headers.get("Retry-After") if headers is not None else None
     try:
-        message = json.loads(raw)["choices"][0]["message"]
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not seconds >= 0:  # negative or NaN
+        return None
+    return min(seconds, _MAX_RETRY_AFTER_S)
+
+
+def _content(raw: bytes) -> str:
+    """The assistant text of a chat-completions answer; an unreadable or cut-off answer parses as malformed."""
+    try:
+        choice = json.loads(raw)["choices"][0]
+        message = choice["message"]
         content = message.get("content") or ""
+        if choice.get("finish_reason") == "length":
+            return ""  # cut off at max_tokens: the verdict may be missing or a draft
     except (ValueError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
         return ""
     return content if isinstance(content, str) else ""

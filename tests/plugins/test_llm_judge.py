@@ -46,6 +46,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.mode = "good"
+        self.redirect_to = ""  # where mode "redirect" points
         self.requests: list[tuple[dict, dict]] = []  # (headers, body) per request received
         self.stop = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -59,19 +60,43 @@ class FakeServer:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
+            def do_GET(self) -> None:  # only a followed redirect would ask this
+                server.requests.append((dict(self.headers), {}))
+                self._send(200, "[true]")
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append((dict(self.headers), body))
+                first = len(server.requests) == 1
+                if server.mode == "bad_status_once" and first:
+                    self.wfile.write(b"NOT-HTTP garbage\r\n\r\n")
+                    return
+                if server.mode == "incomplete_once" and first:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [')  # then close: IncompleteRead on the client
+                    return
+                if server.mode == "retry_after_once" and first:
+                    self._send(429, "", {"Retry-After": "1"})
+                    return
+                if server.mode == "redirect":
+                    self._send(302, "", {"Location": server.redirect_to + "/chat/completions"})
+                    return
                 status, text = server.answer(self.path, body)
-                self._send(status, text)
+                finish = "length" if server.mode == "length" else "stop"
+                self._send(status, text, finish=finish)
 
-            def _send(self, status: int, text: str | None) -> None:
+            def _send(self, status: int, text: str | None, headers: dict | None = None, finish: str = "stop") -> None:
                 if text is None:
                     return  # drop the connection without an answer
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
+                choice = {"message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                payload = json.dumps({"choices": [choice]})
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
                     self.end_headers()
                     self.wfile.write(payload.encode())
                 except OSError:
@@ -199,7 +224,7 @@ def test_bad_replies_are_unjudged_and_counted(server, mode, counter):
 
 def test_slow_reply_times_out_and_is_unjudged(server):
     server.mode = "slow"
-    j = judge(server, timeout_s=0.5, retries=0)
+    j = judge(server, timeout_s=0.5, retries=0, max_failed_fraction=1.0)
     start = time.monotonic()
     assert j.score([item("a", "b")]) == [[None, None]]
     assert time.monotonic() - start < 1.8
@@ -262,7 +287,25 @@ def test_prompt_file_changes_identity_and_is_rendered_literally(server, tmp_path
         ('{"verdicts": [{"step": 2, "correct": false}, {"step": 1, "correct": true}]}', ([True, False], "ok")),
         ("Sure:\n[true, false]", ([True, False], "ok")),
         ('<think>{"verdicts": [true]}</think> [false, false]', ([False, False], "ok")),
-        ("Step 1: correct\nStep 2: **incorrect** (calculation error)", ([True, False], "ok")),
+        ("Step 1: correct\nStep 2: **incorrect**.", ([True, False], "ok")),
+        ("**Step 1:** Right!\n- Step 2 - wrong", ([True, False], "ok")),
+        ("Step 1: correct\nStep 2: **incorrect** (calculation error)", (None, "wrong_length")),
+        ("Step 1: correct\nStep 2: Correct? No, it is wrong", (None, "wrong_length")),
+        ("Step 1: Right triangle, so a^2 + b^2 = c^2\nStep 2: True to form, we add", (None, "malformed")),
+        ("Step 1: correct\nStep 2: correct?", (None, "wrong_length")),
+        ("<think>draft [true, true]</think> [false, true] <think>no wait", (None, "malformed")),
+        ("<think>Step 1: correct\nStep 2: correct\n[true, true]", (None, "malformed")),
+        # a list nested inside a verdict entry never wins over the verdict list around it
+        (
+            '{"verdicts": [{"step": 1, "correct": false, "see": [true, true]}, {"step": 2, "correct": true}]}',
+            ([False, True], "ok"),
+        ),
+        (
+            '{"verdicts": [{"step": 1, "correct": true}, {"step": 2, "correct": false, "see": [true, true]}]}',
+            ([True, False], "ok"),
+        ),
+        ('{"verdicts": [false, true], "notes": [true, true]}', ([False, True], "ok")),
+        ("Draft: [true, true]\n```json\n[false, true]\n```\nas \\frac{1}{2}", ([False, True], "ok")),
         ("Step 1: correct\nStep 1: incorrect\nStep 2: correct", (None, "malformed")),
         ('{"verdicts": [{"step": 1, "correct": "maybe"}, {"step": 2, "correct": true}]}', (None, "malformed")),
         ('{"verdicts": [{"step": 1, "correct": true}, {"step": 1, "correct": true}]}', (None, "malformed")),
@@ -283,3 +326,103 @@ def test_hf_backend_on_random_model_is_unjudged_not_a_crash(tiny_model, tmp_path
     j = LLMJudge(backend="hf", model=tiny_model, prompt_file=str(prompt), max_tokens=16)
     assert j.score([item("12 * 7 = 84", "84 - 15 = 69"), item()]) == [[None, None], []]
     assert j.stats()["malformed"] == 1 and j.stats()["unjudged_steps"] == 2
+
+
+# ------------------------------------------------------------------- review fixes
+
+
+def latex(braces: int) -> str:
+    """Prose with ``braces`` LaTeX braces, none of them JSON."""
+    return " ".join(["so \\frac{a}{b} ="] * (braces // 2))
+
+
+def test_draft_then_many_latex_braces_does_not_hide_the_final_verdict():
+    draft = json.dumps({"verdicts": [{"step": k, "correct": True} for k in (1, 2, 3)]})
+    reply = f"Draft: {draft}\nChecking again: {latex(780)}\nFinal: [true, false, false]"
+    assert reply.count("{") >= 780 + 4
+    assert parse_verdicts(reply, 3) == ([True, False, False], "ok")
+
+
+def test_final_verdict_followed_by_many_latex_braces_is_still_found():
+    reply = f"[true, true, true]\n{latex(2000)}\n[true, false, false]\nBecause {latex(2000)}."
+    assert parse_verdicts(reply, 3) == ([True, False, False], "ok")
+
+
+def test_pathological_nesting_is_malformed_and_fast():
+    start = time.monotonic()
+    assert parse_verdicts("[true, true] " + "[1," * 60_000, 2) == (None, "malformed")
+    # the scan gives up inside the nesting: malformed, never the earlier all-true draft
+    assert parse_verdicts("[true, true] " + "[" * 100_000 + " [false, true]", 2) == (None, "malformed")
+    assert time.monotonic() - start < 5.0
+
+
+def test_reply_cut_off_at_max_tokens_is_malformed(server):
+    server.mode = "length"
+    j = judge(server)
+    assert j.score([item("a", "b")]) == [[None, None]]
+    assert j.stats()["malformed"] == 1 and j.stats()["failed"] == 0
+
+
+@pytest.mark.parametrize("mode", ["bad_status_once", "incomplete_once"])
+def test_broken_http_answer_is_retried(server, mode):
+    server.mode = mode
+    j = judge(server)
+    assert j.score([item("a", "b WRONG")]) == [[1.0, 0.0]]
+    assert len(server.requests) == 2 and j.stats()["retries"] == 1 and j.stats()["failed"] == 0
+
+
+@pytest.mark.parametrize("mode", ["bad_status_once", "incomplete_once"])
+def test_broken_http_answer_every_time_fails_the_call_not_the_process(server, mode):
+    server.mode = mode
+    j = judge(server, retries=0)
+    with pytest.raises(NSAError, match="1 of 1 requests"):
+        j.score([item("a")])
+
+
+def test_retry_after_is_honoured(server):
+    server.mode = "retry_after_once"
+    j = judge(server, backoff_s=0.01)
+    start = time.monotonic()
+    assert j.score([item("a WRONG")]) == [[0.0]]
+    assert time.monotonic() - start >= 0.9 and j.stats()["retries"] == 1
+
+
+def test_retry_after_parsing_is_capped():
+    from nsa.plugins.judges.llm import _retry_after
+
+    assert _retry_after({"Retry-After": "3600"}) == 60.0
+    assert _retry_after({"Retry-After": "2.5"}) == 2.5
+    assert _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert _retry_after({"Retry-After": "-1"}) is None and _retry_after({}) is None and _retry_after(None) is None
+
+
+def test_too_many_failures_raise_below_limit_stay_unjudged(server):
+    server.mode = "drop"
+    items = [item("a DROP"), item("b DROP"), item("c WRONG")]
+    with pytest.raises(NSAError, match=r"2 of 3 requests to .* failed .*rerun to resume"):
+        judge(server, retries=0).score(items)
+    assert judge(server, retries=0, max_failed_fraction=0.7).score(items) == [[None], [None], [0.0]]
+    assert judge(server, retries=0).score([item("a DROP"), item("b"), item("c")]) == [[None], [1.0], [1.0]]
+    with pytest.raises(NSAError, match="max_failed_fraction"):
+        judge(server, max_failed_fraction=1.5)
+    assert "max_failed_fraction" not in {k for k in vars(judge(server)) if not k.startswith("_")}
+
+
+def test_redirect_is_not_followed_and_key_not_resent(server, monkeypatch):
+    monkeypatch.setenv("NSA_TEST_JUDGE_KEY", "sk-secret-123")
+    with FakeServer() as other:
+        server.mode, server.redirect_to = "redirect", other.url
+        with pytest.raises(NSAError, match="302"):
+            judge(server, api_key_env="NSA_TEST_JUDGE_KEY").score([item("a")])
+        assert other.requests == []
+
+
+def test_key_never_sent_over_plain_http_to_remote_host(monkeypatch):
+    monkeypatch.setenv("NSA_TEST_JUDGE_KEY", "sk-secret-123")
+    j = LLMJudge(base_url="http://judge.example.com/v1", api_key_env="NSA_TEST_JUDGE_KEY")
+    with pytest.raises(NSAError, match="plain http"):
+        j.score([item("a")])
+    assert LLMJudge(base_url="https://judge.example.com/v1", api_key_env="NSA_TEST_JUDGE_KEY")._api_key()
+    assert LLMJudge(base_url="http://[::1]:8000/v1", api_key_env="NSA_TEST_JUDGE_KEY")._api_key()
+    monkeypatch.delenv("NSA_TEST_JUDGE_KEY")
+    assert LLMJudge(base_url="http://judge.example.com/v1", api_key_env="NSA_TEST_JUDGE_KEY")._api_key() is None
