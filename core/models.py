@@ -49,7 +49,7 @@ def policy_identity(spec: str) -> dict:
     and log-probs. A hub id is keyed by name alone (offline, its revision is unknown)."""
     if spec.startswith(PKG_PREFIX):
         files = [_package_file(spec)]
-    elif _looks_like_path(spec):
+    elif _looks_like_path(spec) and Path(spec).expanduser().is_dir():
         folder = Path(spec).expanduser()
         files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
     else:

@@ -53,6 +53,7 @@ from urllib.parse import urlparse
 
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
+from nsa.models import policy_identity
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,8 @@ class LLMJudge:
         template = _load_prompt(prompt_file)
         self.backend = backend
         self.model = model
+        # for the hf backend, new weights in the same folder re-judge; a server's model is named only
+        self.model_files = policy_identity(model)["files"] if backend == "hf" else {}
         self.base_url = base_url.rstrip("/")
         self.prompt_sha = hashlib.sha256(template.encode()).hexdigest()[:16]
         self.max_tokens = max_tokens

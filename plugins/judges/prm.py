@@ -55,6 +55,7 @@ from typing import Literal, NamedTuple
 
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
+from nsa.models import policy_identity
 
 Convention = Literal["qwen-prm", "math-shepherd", "token-classification"]
 
@@ -92,6 +93,8 @@ class PRMJudge:
         if max_length < 1 or tokens_per_batch < 1:
             raise NSAError("PRM judge: max_length and tokens_per_batch must be >= 1")
         self.model = model
+        # size and mtime of a local folder's files: new weights in the same folder re-score
+        self.model_files = policy_identity(model)["files"]
         self.convention = convention
         self.threshold = threshold
         self.step_marker = step_marker if step_marker is not None else _DEFAULT_MARKERS[convention]

@@ -28,6 +28,7 @@ from typing import Any
 
 from nsa.contracts import Span
 from nsa.errors import NSAError
+from nsa.models import policy_identity
 from nsa.plugins.segmenters.paragraph import BLANK_LINES
 
 DEFAULT_TOKENIZER = "facebookAI/xlm-roberta-base"
@@ -58,6 +59,7 @@ class SaTSegmenter:
         if max_chars_per_step is not None and max_chars_per_step < 1:
             raise NSAError(f"SaTSegmenter max_chars_per_step must be >= 1 or null, got {max_chars_per_step}")
         self.model = model
+        self.model_files = policy_identity(model)["files"]  # new weights in the same folder re-segment
         self.threshold = threshold
         self.min_chars = min_chars
         self.keep_paragraphs = keep_paragraphs

@@ -29,3 +29,16 @@ def test_hub_ids_and_paths_are_told_apart(tmp_path):
             check_policy(missing)
     with pytest.raises(NSAError, match="not installed"):
         check_policy("pkg:no_such_package/model.gguf")
+
+
+def test_a_judge_is_rescored_when_its_local_weights_change(tmp_path, tiny_model):
+    """A PRM retrained into the same folder must not reuse the cached scores of the old one."""
+    from nsa.pipeline import scoring_identity
+    from nsa.plugins.judges.prm import PRMJudge
+
+    folder = tmp_path / "prm"
+    shutil.copytree(tiny_model, folder)
+    before = scoring_identity(PRMJudge(str(folder), convention="token-classification"))
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert scoring_identity(PRMJudge(str(folder), convention="token-classification")) != before
