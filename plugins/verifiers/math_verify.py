@@ -56,9 +56,13 @@ class MathVerifier:
         self._pool: _WorkerPool | None = None
 
     def close(self) -> None:
-        """Stop the warm workers; nsa calls this when the verify stage is done."""
+        """Stop the warm workers; nsa calls this when the verify stage is done.
+
+        Between calls every worker is idle, so killing is safe, and unlike a polite shutdown
+        it does not wait for each worker to tear torch down.
+        """
         if getattr(self, "_pool", None) is not None:
-            self._pool.close(kill=False)
+            self._pool.close(kill=True)
             self._pool = None
 
     def __del__(self) -> None:
