@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         if args[:1] == ["judge-eval"]:
             from nsa import judge_eval
 
-            return judge_eval.run(args[1:]) and None
+            judge_eval.run(args[1:])
+            return
         NSACLI(args=args)
     except (NSAError, argparse.ArgumentError) as err:
         print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)

@@ -38,14 +38,11 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-def build_model(folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random Llama and its tokenizer in ``folder``; returns the folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_config(tokenizer, **overrides):
+    """A 2-layer Llama config (hidden 64) sized to ``tokenizer``; ``overrides`` change any field."""
+    from transformers import LlamaConfig
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -56,6 +53,17 @@ def build_model(folder: Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.eos_token_id,
+        num_labels=2,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def build_model(folder: Path, seed: int = 0, head: str = "LlamaForCausalLM", **overrides) -> Path:
+    """Save a tiny random Llama (``head``: a transformers class name) and its tokenizer in ``folder``."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(folder)
+    torch.manual_seed(seed)
+    getattr(transformers, head)(tiny_config(tokenizer, **overrides)).save_pretrained(folder)
     return folder

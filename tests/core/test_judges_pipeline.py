@@ -20,29 +20,12 @@ import pytest
 
 from nsa.cli import NSACLI
 from tests.recipe import tiny_recipe
-from tests.tiny import build_tokenizer
+from tests.tiny import build_model
 
 
 @pytest.fixture(scope="module")
 def tiny_prm(tmp_path_factory) -> str:
-    import torch
-    from transformers import LlamaConfig, LlamaForTokenClassification
-
-    folder = tmp_path_factory.mktemp("tiny-prm")
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=2,
-        pad_token_id=0,
-    )
-    LlamaForTokenClassification(config).save_pretrained(folder)
-    return str(folder)
+    return str(build_model(tmp_path_factory.mktemp("tiny-prm"), seed=1, head="LlamaForTokenClassification"))
 
 
 class Judge(BaseHTTPRequestHandler):

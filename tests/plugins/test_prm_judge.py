@@ -20,7 +20,7 @@ import torch
 from nsa.contracts import StepItem, StepJudge
 from nsa.errors import NSAError
 from nsa.plugins.judges.prm import QWEN_SYSTEM, PRMJudge
-from tests.tiny import build_tokenizer
+from tests.tiny import build_model, build_tokenizer, tiny_config
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -32,7 +32,7 @@ def build(
     folder: Path, kind: str, special: tuple[str, ...] = (), tokens: tuple[str, ...] = (), template: str | None = None
 ):
     """A tiny random 2-layer Llama of ``kind`` ('causal' or 'token') with the given extra tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
+    from transformers import LlamaForCausalLM, LlamaForTokenClassification
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder)
@@ -42,19 +42,7 @@ def build(
         tokenizer.chat_template = template
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        num_labels=2,
-    )
+    config = tiny_config(tokenizer, max_position_embeddings=1024)
     (LlamaForCausalLM if kind == "causal" else LlamaForTokenClassification)(config).save_pretrained(folder)
     return str(folder)
 
@@ -222,24 +210,7 @@ def test_is_a_step_judge():
 def test_a_missing_head_is_an_error_not_noise(tmp_path):
     """A base model without a classification head would get a random one from transformers:
     for Qwen2.5-Math-PRM loaded without its remote code that is exactly what happens."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
-
-    from tests.tiny import build_tokenizer
-
-    folder = tmp_path / "headless"
-    tokenizer = build_tokenizer(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=2,
-    )
-    LlamaModel(config).save_pretrained(folder)
+    folder = build_model(tmp_path / "headless", head="LlamaModel", num_hidden_layers=1)
     judge = PRMJudge(str(folder), convention="token-classification")
     with pytest.raises(NSAError, match="trust_remote_code"):
         judge.score([StepItem("q", "a\n\nb", [(0, 3), (3, 4)])])
