@@ -73,6 +73,9 @@ class StepJudge(Protocol):
 
     ``threshold`` turns a score into a verdict (correct when score >= threshold). It is
     applied after the scores are cached, so changing it re-runs no model.
+
+    A judge holding a model (or a vLLM process) may also define ``close()``; nsa calls it
+    when that judge's stage is done, so its memory is free for the next judge and training.
     """
 
     threshold: float

@@ -132,6 +132,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
             rows,
             functools.partial(_judge_counters, judge=judge),
         )
+        getattr(judge, "close", lambda: None)()  # a judge's model or vLLM process goes before the next
         combined = combined.add_column(f"scores/{name}", judged.dataset["scores"])
         fps.append(judged.fingerprint)
         judge_stats.update({f"judge/{name}/{k}": v for k, v in judged.stats.items()})

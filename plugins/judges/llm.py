@@ -27,6 +27,10 @@ Backends
     400 to that is asked again without it, and is not asked with it again.
     ``hf``: ``model`` is a local folder (or ``pkg:`` spec), decoded greedily with its chat
     template when it has one. Meant for small local judges and tests.
+    ``vllm``: the vLLM offline engine in a child process (:mod:`nsa.vllm_worker`), placed
+    and sized by ``engine``: the same prompt ids as ``hf``, every answer of a shard in one
+    ``generate`` call, structured output through vLLM's JSON-schema decoding. ``close()``
+    ends the process when the stage is done.
 
 Cache identity: backend, model, base_url, the prompt's hash, max_tokens, temperature,
 structured_output and threshold. Transport knobs (concurrency, retries, timeouts, the key's
@@ -54,6 +58,7 @@ from urllib.parse import urlparse
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
 from nsa.models import policy_identity
+from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +73,28 @@ _MAX_REPLY_CHARS = 200_000  # bounds the JSON scan on runaway replies
 _MAX_DECODE_WORK = 4_000_000
 _MAX_RETRY_AFTER_S = 60.0
 
-_SCHEMA: dict[str, Any] = {
-    "name": "step_verdicts",
-    "strict": True,
-    "schema": {
+
+def _schema(num_steps: int | None) -> dict[str, Any]:
+    """The JSON schema of a reply: one ``{"step", "correct"}`` object per step. Given the step
+    count, exactly that many, numbered 1..n, so a constrained decoder cannot stop early or
+    ramble on (a length the parser would refuse anyway)."""
+    step: dict[str, Any] = {"type": "integer"}
+    verdicts: dict[str, Any] = {"type": "array"}
+    if num_steps:
+        step.update(minimum=1, maximum=num_steps)
+        verdicts.update(minItems=num_steps, maxItems=num_steps)
+    verdicts["items"] = {
         "type": "object",
-        "properties": {
-            "verdicts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"step": {"type": "integer"}, "correct": {"type": "boolean"}},
-                    "required": ["step", "correct"],
-                    "additionalProperties": False,
-                },
-            }
-        },
+        "properties": {"step": step, "correct": {"type": "boolean"}},
+        "required": ["step", "correct"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"verdicts": verdicts},
         "required": ["verdicts"],
         "additionalProperties": False,
-    },
-}
+    }
 
 
 class _Transient(Exception):
@@ -261,7 +268,7 @@ class LLMJudge:
 
     def __init__(
         self,
-        backend: Literal["openai", "hf"] = "openai",
+        backend: Literal["openai", "hf", "vllm"] = "openai",
         model: str = "",
         base_url: str = "http://127.0.0.1:8000/v1",
         api_key_env: str = "OPENAI_API_KEY",
@@ -275,11 +282,15 @@ class LLMJudge:
         threshold: float = 0.5,
         backoff_s: float = 1.0,
         max_failed_fraction: float = 0.5,
+        engine: VLLMEngine = DEFAULT_ENGINE,
+        dtype: str = "auto",
     ) -> None:
-        if backend not in ("openai", "hf"):
-            raise NSAError(f"LLMJudge backend must be 'openai' or 'hf', got '{backend}'")
-        if backend == "hf" and not model:
-            raise NSAError("LLMJudge backend 'hf' needs model: a local model folder or pkg:<package>/<file>")
+        if backend not in ("openai", "hf", "vllm"):
+            raise NSAError(f"LLMJudge backend must be 'openai', 'hf' or 'vllm', got '{backend}'")
+        if backend != "openai" and not model:
+            raise NSAError(f"LLMJudge backend '{backend}' needs model: a model folder, hub id or pkg:<package>/<file>")
+        if backend == "vllm" and not available():
+            raise NSAError("LLMJudge backend 'vllm' needs vllm installed (pip install vllm); or use backend: openai")
         if concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise NSAError("LLMJudge needs concurrency >= 1, retries >= 0, timeout_s > 0 and backoff_s >= 0")
         if not 0.0 <= max_failed_fraction <= 1.0:
@@ -287,14 +298,15 @@ class LLMJudge:
         template = _load_prompt(prompt_file)
         self.backend = backend
         self.model = model
-        # for the hf backend, new weights in the same folder re-judge; a server's model is named only
-        self.model_files = policy_identity(model)["files"] if backend == "hf" else {}
+        # for a local model, new weights in the same folder re-judge; a server's model is named only
+        self.model_files = policy_identity(model)["files"] if backend != "openai" else {}
         self.base_url = base_url.rstrip("/")
         self.prompt_sha = hashlib.sha256(template.encode()).hexdigest()[:16]
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.structured_output = structured_output
         self.threshold = threshold
+        self.dtype = dtype  # vllm backend: the engine's weights dtype ("auto": the model's own)
         # Private: how requests travel, not what the judge says. The key's value is never stored.
         self._template = template
         self._api_key_env = api_key_env
@@ -307,10 +319,13 @@ class LLMJudge:
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._hf: tuple[Any, Any] | None = None
+        self._engine = engine
+        self._worker: VLLMWorker | None = None
+        self._worker_tokenizer: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         # A lock cannot be pickled and a loaded model should not travel to a child process.
-        return {**vars(self), "_lock": None, "_hf": None}
+        return {**vars(self), "_lock": None, "_hf": None, "_worker": None, "_worker_tokenizer": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         vars(self).update(state)
@@ -323,8 +338,9 @@ class LLMJudge:
         out: list[list[float | None]] = [[] for _ in items]
         if not todo:
             return out  # nothing to judge: no request at all
-        prompts = [self.render(items[i]) for i in todo]
-        replies = self._openai_replies(prompts) if self.backend == "openai" else self._hf_replies(prompts)
+        requests = [(self.render(items[i]), len(items[i].spans)) for i in todo]
+        backends = {"openai": self._openai_replies, "hf": self._hf_replies, "vllm": self._vllm_replies}
+        replies = backends[self.backend](requests)
         for i, reply in zip(todo, replies, strict=True):
             out[i] = self._scores(reply, len(items[i].spans))
         self._warn_if_unjudged(len(todo))
@@ -337,6 +353,12 @@ class LLMJudge:
         )
         values = {"question": item.question.strip(), "steps": steps, "num_steps": str(len(item.spans))}
         return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self._template)
+
+    def close(self) -> None:
+        """Frees a local model (hf) or ends the vLLM process; a later ``score`` starts it again."""
+        if self._worker is not None:
+            self._worker.close()
+        self._worker = self._worker_tokenizer = self._hf = None
 
     def stats(self) -> dict[str, int]:
         """Counters since construction: requests, failed, malformed, wrong_length, unjudged_steps, retries."""
@@ -385,12 +407,12 @@ class LLMJudge:
             f"LLMJudge needs an API key for {self.base_url}: set the environment variable {self._api_key_env}"
         )
 
-    def _openai_replies(self, prompts: list[str]) -> list[str | _Failed]:
+    def _openai_replies(self, requests: list[tuple[str, int]]) -> list[str | _Failed]:
         from concurrent.futures import ThreadPoolExecutor
 
         key = self._api_key()  # read once per call, passed along, never kept
-        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(prompts))) as pool:
-            replies = list(pool.map(lambda prompt: self._request(prompt, key), prompts))
+        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(requests))) as pool:
+            replies = list(pool.map(lambda request: self._request(*request, key=key), requests))
         failures = [r for r in replies if isinstance(r, _Failed)]
         if len(failures) == len(replies) and all(f.unreachable for f in failures):
             # Nothing got through at all: a wrong URL or a server that is down, not bad answers.
@@ -403,7 +425,7 @@ class LLMJudge:
             )
         return replies
 
-    def _request(self, prompt: str, key: str | None) -> str | _Failed:
+    def _request(self, prompt: str, num_steps: int | None = None, key: str | None = None) -> str | _Failed:
         """One answer's reply, retried with exponential backoff; a _Failed when every try failed."""
         self._count("requests")
         last = _Transient("no attempt made")
@@ -413,7 +435,7 @@ class LLMJudge:
                 wait = last.retry_after if last.retry_after is not None else self._backoff_s * 2 ** (attempt - 1)
                 time.sleep(wait)
             try:
-                return self._post_with_fallback(prompt, key)
+                return self._post_with_fallback(prompt, key, num_steps)
             except _Transient as err:
                 last = err
             except _Rejected as err:
@@ -422,10 +444,10 @@ class LLMJudge:
         self._count("failed")
         return _Failed(last.unreachable, str(last))
 
-    def _post_with_fallback(self, prompt: str, key: str | None) -> str:
+    def _post_with_fallback(self, prompt: str, key: str | None, num_steps: int | None) -> str:
         use_schema = self._use_schema
         try:
-            return self._post(prompt, key, use_schema)
+            return self._post(prompt, key, use_schema, num_steps)
         except _Rejected as err:
             if not (use_schema and err.status == 400):
                 raise
@@ -435,7 +457,7 @@ class LLMJudge:
             self._use_schema = False
         return reply
 
-    def _body(self, prompt: str, use_schema: bool) -> dict[str, Any]:
+    def _body(self, prompt: str, use_schema: bool, num_steps: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": self.max_tokens,
@@ -444,14 +466,15 @@ class LLMJudge:
         if self.model:  # some servers serve one model and take no name
             body["model"] = self.model
         if use_schema:
-            body["response_format"] = {"type": "json_schema", "json_schema": _SCHEMA}
+            schema = {"name": "step_verdicts", "strict": True, "schema": _schema(num_steps)}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
 
-    def _post(self, prompt: str, key: str | None, use_schema: bool) -> str:
+    def _post(self, prompt: str, key: str | None, use_schema: bool, num_steps: int | None = None) -> str:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(self._body(prompt, use_schema)).encode()
+        data = json.dumps(self._body(prompt, use_schema, num_steps)).encode()
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data, headers, method="POST")
         # No redirects: following one would resend the Authorization header to wherever it points.
         opener = urllib.request.build_opener(_NoRedirect())
@@ -488,12 +511,12 @@ class LLMJudge:
 
     # -------------------------------------------------------------------------- hf
 
-    def _hf_replies(self, prompts: list[str]) -> list[str | _Failed]:
+    def _hf_replies(self, requests: list[tuple[str, int]]) -> list[str | _Failed]:
         import torch
 
         model, tokenizer = self._hf_load()
         replies: list[str | _Failed] = []
-        for prompt in prompts:
+        for prompt, _ in requests:  # free-form: generate() has no JSON-schema decoding
             self._count("requests")
             ids = self._hf_encode(tokenizer, prompt)
             # temperature 0 means greedy; generate() rejects temperature=0 with do_sample.
@@ -524,6 +547,34 @@ class LLMJudge:
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return tokenizer(text, return_tensors="pt", add_special_tokens=False)
         return tokenizer(prompt, return_tensors="pt")
+
+    # ------------------------------------------------------------------------ vllm
+
+    def _vllm_replies(self, requests: list[tuple[str, int]]) -> list[str | _Failed]:
+        if self._worker is None:
+            from nsa.models import load_tokenizer, resolve_policy
+
+            folder = resolve_policy(self.model)
+            self._worker_tokenizer = load_tokenizer(folder)
+            # JSON without free whitespace: a weak model would otherwise fill max_tokens with it
+            options = {
+                "dtype": self.dtype,
+                "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+            }
+            self._worker = VLLMWorker("LLMJudge", folder, options, self._engine)
+        tokenizer = self._worker_tokenizer
+        sampling = [self._sampling(num_steps) for _, num_steps in requests]
+        self._count("requests", len(requests))
+        ids = [self._hf_encode(tokenizer, prompt)["input_ids"][0].tolist() for prompt, _ in requests]
+        replies = self._worker.generate(ids, sampling)
+        # a reply cut off at max_tokens is not an answer, as with the other backends
+        return ["" if finish == "length" else text for text, finish in replies]
+
+    def _sampling(self, num_steps: int) -> dict[str, Any]:
+        sampling: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        if self.structured_output:
+            sampling["json_schema"] = _schema(num_steps)
+        return sampling
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -45,6 +45,17 @@ Batching
     Answers are sorted by length and packed greedily so that rows x longest row stays
     within ``tokens_per_batch`` (a longer answer gets a batch of its own). ``threshold`` is
     not used here: nsa applies it to the cached scores.
+
+Backends
+    ``hf``: transformers, in this process, batched as above.
+    ``vllm``: vLLM's pooling runner in a child process (:mod:`nsa.vllm_worker`), which
+    batches by itself; ``engine`` places and sizes it. The same ids go in and the class
+    probabilities at the same positions come out. ``token-classification`` and
+    ``qwen-prm`` read the model's own 2-way head; ``math-shepherd`` turns the causal LM
+    into a 2-way classifier over the rows (negative_token, positive_token) of its LM head
+    (vLLM's ``classifier_from_token``), whose softmax is P(+) renormalised over {+, -},
+    exactly the hf score. ``close()`` ends the child (and frees an hf model) once the stage
+    is done.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from typing import Literal, NamedTuple
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
 from nsa.models import policy_identity
+from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 
 Convention = Literal["qwen-prm", "math-shepherd", "token-classification"]
 
@@ -87,9 +99,15 @@ class PRMJudge:
         trust_remote_code: bool = False,
         dtype: str = "float32",
         device: str = "auto",
+        backend: Literal["hf", "vllm"] = "hf",
+        engine: VLLMEngine = DEFAULT_ENGINE,
     ) -> None:
         if convention not in _DEFAULT_MARKERS:
             raise NSAError(f"PRM judge: unknown convention '{convention}'; use one of {sorted(_DEFAULT_MARKERS)}")
+        if backend not in ("hf", "vllm"):
+            raise NSAError(f"PRM judge: backend must be 'hf' or 'vllm', got '{backend}'")
+        if backend == "vllm" and not available():
+            raise NSAError("PRM judge: backend 'vllm' needs vllm installed (pip install vllm); or use backend: hf")
         if max_length < 1 or tokens_per_batch < 1:
             raise NSAError("PRM judge: max_length and tokens_per_batch must be >= 1")
         self.model = model
@@ -105,8 +123,11 @@ class PRMJudge:
         self._tokens_per_batch = tokens_per_batch
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype
+        self.backend = backend  # the kernels differ in the last digits: scores are keyed by backend
+        self._engine = engine
         self._device = device
         self._model = None
+        self._worker: VLLMWorker | None = None
         self._tokenizer = None
         self._marker_ids: list[int] = []
         self._label_ids: list[int] = []  # math-shepherd: [positive, negative] vocabulary ids
@@ -121,11 +142,33 @@ class PRMJudge:
             return results  # nothing to judge: do not even load the model
         self._load()
         encoded = [self._truncate(self._encode(item)) for item in items]
+        if self._worker is not None:
+            todo = [i for i, e in enumerate(encoded) if any(p is not None for p in e.positions)]
+            for i, row_scores in zip(todo, self._vllm_scores([encoded[i] for i in todo]), strict=True):
+                results[i] = row_scores
+            return results
         for rows in self._batches(encoded):
             scores = self._forward([encoded[i] for i in rows])
             for i, row_scores in zip(rows, scores, strict=True):
                 results[i] = row_scores
         return results
+
+    def close(self) -> None:
+        """Frees the model (hf) or ends the vLLM process; a later ``score`` loads it again."""
+        if self._worker is not None:
+            self._worker.close()
+        self._model = self._worker = None
+
+    def _vllm_scores(self, rows: list[_Encoded]) -> list[list[float | None]]:
+        picked = [[p for p in r.positions if p is not None] for r in rows]
+        probs = self._worker.encode([r.ids for r in rows], picked)  # per row: (S_i, C)
+        out = []
+        for r, row_probs in zip(rows, probs, strict=True):
+            if row_probs and len(row_probs[0]) < 2:
+                raise NSAError(f"PRM judge: model '{self.model}' has {len(row_probs[0])} label(s); expected 2")
+            scores = iter(p[1] for p in row_probs)  # class 1: correct (math-shepherd: the positive token)
+            out.append([None if p is None else next(scores) for p in r.positions])
+        return out
 
     def _batches(self, encoded: list[_Encoded]) -> list[list[int]]:
         """Row indices grouped longest first so that rows x longest row <= tokens_per_batch."""
@@ -233,7 +276,7 @@ class PRMJudge:
     # ------------------------------------------------------------------------- loading
 
     def _load(self) -> None:
-        if self._model is not None:
+        if self._model is not None or self._worker is not None:
             return
         from nsa.models import load_tokenizer, resolve_policy
 
@@ -254,7 +297,25 @@ class PRMJudge:
                 self._single_token(self.positive_token, "positive token", "positive_token"),
                 self._single_token(self.negative_token, "negative token", "negative_token"),
             ]
-        self._model = self._load_model(folder)
+        if self.backend == "vllm":
+            self._worker = self._vllm_worker(folder)
+        else:
+            self._model = self._load_model(folder)
+
+    def _vllm_worker(self, folder: str) -> VLLMWorker:
+        """The vLLM pooling engine for this convention; its process starts on the first score."""
+        options = {
+            "runner": "pooling",
+            "pooler_task": "token_classify",
+            "dtype": self.dtype,
+            "max_model_len": self.max_length,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.convention == "math-shepherd":
+            labels = self._tokenizer.convert_ids_to_tokens(self._label_ids[::-1])  # [negative, positive]
+            options["convert"] = "classify"
+            options["hf_overrides"] = {"classifier_from_token": labels, "method": "no_post_processing"}
+        return VLLMWorker("PRM judge", folder, options, self._engine)
 
     def _marker_separator(self) -> list[int]:
         # TRL allows a multi-token step separator and labels its last token.

@@ -169,6 +169,9 @@ def test_good_replies_label_each_step_and_request_carries_prompt(server, monkeyp
     assert "Error propagation" in prompt and "Error termination" in prompt
     assert headers["Authorization"] == "Bearer sk-secret-123"
     assert body["model"] == "judge" and body["response_format"]["type"] == "json_schema"
+    verdicts = body["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]
+    assert verdicts["minItems"] == verdicts["maxItems"] == 3  # exactly one verdict per step
+    assert verdicts["items"]["properties"]["step"] == {"type": "integer", "minimum": 1, "maximum": 3}
     assert j.stats() == {
         "requests": 2,
         "failed": 0,

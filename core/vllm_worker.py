@@ -1,0 +1,185 @@
+"""A vLLM engine in a child process of its own, for the stages that run on vLLM.
+
+Why a child: the engine's GPU (or CPU KV-cache) memory is freed when the stage ends, before
+training starts, and vLLM's in-process changes (it pins torch's thread count and patches
+``torch.set_num_threads``) never reach the process that trains. Inside the child the engine
+runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so there is one child, not two.
+
+The parent sends plain Python data (token ids, chat messages, numbers) through a pipe and
+gets plain data back; nothing of vLLM is imported in the parent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nsa.errors import NSAError
+
+
+@dataclass(frozen=True)
+class VLLMEngine:
+    """How a vLLM engine is placed and sized; none of it changes a score or a reply.
+
+    ``kv_cache_memory_bytes`` None lets vLLM size the cache from ``gpu_memory_utilization``
+    (on the CPU build, from ``VLLM_CPU_KVCACHE_SPACE`` GiB, which nsa sets to 1 unless it is set).
+    ``enforce_eager`` skips CUDA graphs and compilation: slower steps, faster start.
+    """
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None
+    enforce_eager: bool = False
+
+
+DEFAULT_ENGINE = VLLMEngine()  # frozen: safe as a shared default
+
+
+class VLLMWorker:
+    """One engine, ``LLM(model, **options)``, started lazily in a spawned child; ``close`` ends it."""
+
+    def __init__(self, who: str, model: str, options: dict[str, Any], engine: VLLMEngine) -> None:
+        self._who = who
+        self._model = model
+        self._options = {**options, **asdict(engine)}
+        self._process = None
+        self._conn = None
+
+    def encode(self, prompts: list[list[int]], positions: list[list[int]]) -> list[list[list[float]]]:
+        """Per prompt, the pooler's class probabilities at the given token positions."""
+        return self._call("encode", prompts, positions)
+
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Per prompt (token ids), the first completion's (text, finish reason).
+
+        ``sampling`` holds, per prompt, ``SamplingParams`` fields plus ``json_schema`` for
+        structured output.
+        """
+        return self._call("generate", prompts, sampling)
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        try:
+            self._conn.send(("stop", ()))
+        except OSError:
+            pass  # the child is already gone
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+        self._process = self._conn = None
+
+    def _call(self, op: str, *args: Any) -> Any:
+        self._start()
+        self._conn.send((op, args))
+        status, value = self._receive()
+        if status == "error":
+            raise NSAError(f"{self._who}: vLLM failed on model '{self._model}': {value}")
+        return value
+
+    def _start(self) -> None:
+        if self._process is not None:
+            return
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, self._model, self._options), daemon=True)
+        self._process.start()
+        child.close()  # only the child holds its end now: its death reads as EOF here
+        status, value = self._receive()
+        if status == "error":
+            self.close()
+            raise NSAError(f"{self._who}: vLLM could not start model '{self._model}': {value}")
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process else None
+            self._process = self._conn = None
+            raise NSAError(
+                f"{self._who}: the vLLM process for model '{self._model}' died (exit code {code}); "
+                "out of memory? lower kv_cache_memory_bytes or gpu_memory_utilization"
+            ) from None
+
+
+def available() -> bool:
+    """Whether vllm is installed, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+# ------------------------------------------------------------------------------ child
+
+
+def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        llm = _engine(model, options)
+    except Exception as err:  # noqa: BLE001 - any start failure goes back as one line
+        conn.send(("error", _one_line(err)))
+        return
+    conn.send(("ok", None))
+    ops = {"encode": _encode, "generate": _generate}
+    while True:
+        op, args = conn.recv()
+        if op == "stop":
+            return
+        try:
+            conn.send(("ok", ops[op](llm, *args)))
+        except Exception as err:  # noqa: BLE001 - the parent decides; the engine stays up
+            conn.send(("error", _one_line(err)))
+
+
+def _engine(model: str, options: dict[str, Any]) -> Any:
+    from vllm import LLM
+
+    options = dict(options)
+    pooler = options.pop("pooler_task", None)
+    if pooler is not None:
+        from vllm.config import PoolerConfig
+
+        options["pooler_config"] = PoolerConfig(task=pooler)
+    return LLM(model, **options)
+
+
+def _encode(llm: Any, prompts: list[list[int]], positions: list[list[int]]) -> list[list[list[float]]]:
+    from vllm.inputs import TokensPrompt
+
+    outputs = llm.encode(
+        [TokensPrompt(prompt_token_ids=ids) for ids in prompts], pooling_task="token_classify", use_tqdm=False
+    )
+    # data: (T, C) class probabilities per prompt token; only the scored rows travel back
+    return [out.outputs.data[pos].float().tolist() for out, pos in zip(outputs, positions, strict=True)]
+
+
+def _generate(llm: Any, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    from vllm.inputs import TokensPrompt
+
+    requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
+    outputs = llm.generate(requests, [_sampling_params(fields) for fields in sampling], use_tqdm=False)
+    return [(out.outputs[0].text, str(out.outputs[0].finish_reason)) for out in outputs]
+
+
+def _sampling_params(fields: dict[str, Any]) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    fields = dict(fields)
+    schema = fields.pop("json_schema", None)
+    if schema is not None:
+        fields["structured_outputs"] = StructuredOutputsParams(json=schema)
+    return SamplingParams(**fields)
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message`` on one line (pydantic and vLLM errors span several; their links go)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = "; ".join(line for line in lines if not line.startswith("For further information"))
+    return f"{type(err).__name__}: {text}"[:500]

