@@ -141,11 +141,12 @@ def _engine(model: str, options: dict[str, Any]) -> Any:
     from vllm import LLM
 
     options = dict(options)
-    pooler = options.pop("pooler_task", None)
-    if pooler is not None:
+    if options.pop("token_scores", False):
         from vllm.config import PoolerConfig
 
-        options["pooler_config"] = PoolerConfig(task=pooler)
+        # every token's class probabilities; Qwen2ForProcessRewardModel's own default (STEP)
+        # would keep only the marker rows, and a converted causal LM's would keep the last
+        options["pooler_config"] = PoolerConfig(task="token_classify", tok_pooling_type="ALL")
     return LLM(model, **options)
 
 

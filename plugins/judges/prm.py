@@ -51,7 +51,8 @@ Backends
     ``vllm``: vLLM's pooling runner in a child process (:mod:`nsa.vllm_worker`), which
     batches by itself; ``engine`` places and sizes it. The same ids go in and the class
     probabilities at the same positions come out. ``token-classification`` and
-    ``qwen-prm`` read the model's own 2-way head; ``math-shepherd`` turns the causal LM
+    ``qwen-prm`` read the model's own 2-way head (vLLM implements Qwen2.5-Math-PRM's
+    ``Qwen2ForProcessRewardModel`` itself: no remote code); ``math-shepherd`` turns the causal LM
     into a 2-way classifier over the rows (negative_token, positive_token) of its LM head
     (vLLM's ``classifier_from_token``), whose softmax is P(+) renormalised over {+, -},
     exactly the hf score. ``close()`` ends the child (and frees an hf model) once the stage
@@ -306,7 +307,7 @@ class PRMJudge:
         """The vLLM pooling engine for this convention; its process starts on the first score."""
         options = {
             "runner": "pooling",
-            "pooler_task": "token_classify",
+            "token_scores": True,
             "dtype": self.dtype,
             "max_model_len": self.max_length,
             "trust_remote_code": self.trust_remote_code,

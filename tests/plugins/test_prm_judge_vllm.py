@@ -11,6 +11,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from nsa.errors import NSAError
 from nsa.plugins.judges.prm import PRMJudge
@@ -76,3 +77,65 @@ def test_vllm_backend_is_in_the_cache_identity(models):  # noqa: F811 - pytest f
     hf = describe(PRMJudge(models["qwen-prm"], convention="qwen-prm"))
     vllm = describe(vllm_judge(models["qwen-prm"], "qwen-prm"))
     assert json.dumps(hf, sort_keys=True, default=str) != json.dumps(vllm, sort_keys=True, default=str)
+
+
+def build_qwen_prm(folder) -> str:
+    """A tiny checkpoint of Qwen2.5-Math-PRM's real architecture, ``Qwen2ForProcessRewardModel``
+    (a Qwen2 body, then score = Linear(h, h) -> ReLU -> Linear(h, 2)), saved under the weight
+    names of the hub checkpoint. transformers has no class for it (remote code); vLLM has."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2Model
+
+    from tests.plugins.test_prm_judge import CHAT_TEMPLATE
+    from tests.tiny import build_tokenizer
+
+    folder.mkdir(parents=True)
+    tokenizer = build_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra_0>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    body = Qwen2Model(config)
+    head = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 2))
+    weights = {f"model.{k}": v.contiguous() for k, v in body.state_dict().items()}
+    weights |= {f"score.{k}": v.contiguous() for k, v in head.state_dict().items()}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    fields = {**config.to_dict(), "architectures": ["Qwen2ForProcessRewardModel"], "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(fields))
+    torch.save({"body": body.state_dict(), "head": head.state_dict(), "config": config}, folder / "reference.pt")
+    return str(folder)
+
+
+def test_vllm_runs_the_real_qwen_prm_architecture(tmp_path):
+    """The reference is the architecture written out by hand: softmax(head(body(ids)))[:, 1] at
+    each ``<extra_0>``. The ids are the judge's own (their layout is tested on the hf backend)."""
+    from transformers import Qwen2Model
+
+    folder = build_qwen_prm(tmp_path / "qwen-prm")
+    judge = vllm_judge(folder, "qwen-prm")
+    try:
+        scores = judge.score(ITEMS)
+        encoded = [judge._truncate(judge._encode(it)) for it in ITEMS]
+    finally:
+        judge.close()
+    saved = torch.load(f"{folder}/reference.pt", weights_only=False)
+    body = Qwen2Model(saved["config"]).eval()
+    body.load_state_dict(saved["body"])
+    head = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 2))
+    head.load_state_dict(saved["head"])
+    marker = judge._marker_ids[0]
+    for enc, got in zip(encoded, scores, strict=True):
+        assert [enc.ids[p] for p in enc.positions] == [marker] * len(got)
+        with torch.no_grad():
+            probs = head(body(torch.tensor([enc.ids])).last_hidden_state)[0].softmax(-1)[:, 1]  # (T,)
+        assert got == pytest.approx(probs[enc.positions].tolist(), abs=1e-4)
