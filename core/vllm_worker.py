@@ -122,7 +122,7 @@ def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         llm = _engine(model, options)
-    except Exception as err:  # noqa: BLE001 - any start failure goes back as one line
+    except Exception as err:  # any start failure goes back as one line
         conn.send(("error", _one_line(err)))
         return
     conn.send(("ok", None))
@@ -133,7 +133,7 @@ def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
             return
         try:
             conn.send(("ok", ops[op](llm, *args)))
-        except Exception as err:  # noqa: BLE001 - the parent decides; the engine stays up
+        except Exception as err:  # the parent decides; the engine stays up
             conn.send(("error", _one_line(err)))
 
 

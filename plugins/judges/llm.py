@@ -497,7 +497,8 @@ class LLMJudge:
     def _http_error(self, err: Any) -> Exception:
         status = int(err.code)
         if status in _FATAL_STATUS:
-            return NSAError(f"LLMJudge: {self.base_url} answered HTTP {status} {_FATAL_STATUS[status]}")
+            said = _server_message(err)
+            return NSAError(f"LLMJudge: {self.base_url} answered HTTP {status} {_FATAL_STATUS[status]}{said}")
         if 300 <= status < 400:
             where = err.headers.get("Location", "?") if err.headers else "?"
             return NSAError(
@@ -507,7 +508,7 @@ class LLMJudge:
         if status == 429 or status >= 500:
             after = _retry_after(err.headers) if status in (429, 503) else None
             return _Transient(f"HTTP {status}", retry_after=after)
-        return _Rejected(status, f"HTTP {status}")
+        return _Rejected(status, f"HTTP {status}{_server_message(err)}")
 
     # -------------------------------------------------------------------------- hf
 
@@ -575,6 +576,22 @@ class LLMJudge:
         if self.structured_output:
             sampling["json_schema"] = _schema(num_steps)
         return sampling
+
+
+def _server_message(err: Any) -> str:
+    """``: <the server's own error message>``, one line of at most 200 characters, or ''."""
+    try:
+        raw = err.read(4096).decode("utf-8", "replace")
+    except Exception:  # a body we cannot read adds nothing
+        return ""
+    try:
+        body = json.loads(raw)
+        error = body.get("error", body) if isinstance(body, dict) else body
+        text = error.get("message", raw) if isinstance(error, dict) else str(error)
+    except (ValueError, AttributeError):
+        text = raw
+    text = " ".join(str(text).split())[:200]
+    return f": {text}" if text else ""
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -15,10 +15,10 @@ marker's position. Three conventions:
     (a plain ``AutoModel`` would give the base model without the 2-way head).
 
 ``math-shepherd``
-    A causal LM. Text ``question + " " + step_1 + tag + "\\n" + step_2 + tag ...`` with the
-    tag token ``ки``. As in the Math-Shepherd model card, the logits AT the tag position
-    (those predicting the token after the tag) give the verdict: score = P(positive_token)
-    renormalised over {positive_token, negative_token}.
+    A causal LM. Text ``question + " " + step_1 + " " + tag + "\\n" + step_2 + " " + tag ...``
+    with the tag ``ки`` (the card's ``"...per day. ки\\nStep 2: ..."``). As in the card, the
+    logits AT the tag position (those predicting the token after the tag) give the verdict:
+    score = P(positive_token) renormalised over {positive_token, negative_token}.
 
 ``token-classification`` (TRL ``PRMTrainer`` models)
     The question's ids, then each step's ids followed by ``step_marker``'s ids when one is
@@ -27,19 +27,20 @@ marker's position. Three conventions:
     after stripping, with no marker, has no token and is unjudged (``None``).
 
 Token layout
-    Input ids are built by tokenising each piece separately and concatenating the ids, so
-    the index of every marker is known exactly; decoded text is never searched. The
-    question and the first step are tokenised together for ``qwen-prm`` and
-    ``math-shepherd`` (as one string tokenises, since a special marker splits the text
-    anyway). A marker must be a single token (``qwen-prm``, ``math-shepherd``): the judge
-    raises :class:`~nsa.errors.NSAError` when the model is first loaded if it is not. A
-    SentencePiece tokenizer may give each separately tokenised piece a leading word-start
-    mark that the whole string would not have; byte-level BPE (Qwen) does not.
+    ``qwen-prm`` and ``math-shepherd``: the whole text is tokenised at once, as the model
+    cards do, and each score is read at the token covering the first character of that
+    step's marker (found through the tokenizer's character offsets, never by searching
+    decoded text). If that token is not the marker's own (it merged with a neighbour), the
+    step is unjudged and counted in ``stats()["unmarked_steps"]``. A marker must be a single
+    token: the judge raises :class:`~nsa.errors.NSAError` when the model is first loaded if
+    it is not. ``token-classification``: as TRL's ``PRMTrainer``, the question and each step
+    are tokenised apart and their ids concatenated, the separator's ids after each step.
 
 Long answers
     Inputs are cut at ``max_length`` tokens. The steps whose score position still fits are
     scored (for a causal model their scores are those of the full input); the later steps
-    are ``None`` (unjudged) and counted in ``self._truncated_steps`` (cumulative over calls).
+    are ``None`` (unjudged) and counted in ``stats()["truncated_steps"]`` (cumulative over
+    calls; nsa logs it as ``judge/PRMJudge/truncated_steps``).
 
 Batching
     Answers are sorted by length and packed greedily so that rows x longest row stays
@@ -134,6 +135,9 @@ class PRMJudge:
         self._label_ids: list[int] = []  # math-shepherd: [positive, negative] vocabulary ids
         self._front: list[int] = []  # the BOS id the tokenizer puts before a text, if any
         self._truncated_steps = 0
+        self._unmarked_steps = 0
+        # Math-Shepherd's card writes "step ки\nstep ки": the tag follows a space
+        self._marker_space = " " if convention == "math-shepherd" else ""
 
     # ------------------------------------------------------------------------- scoring
 
@@ -153,6 +157,10 @@ class PRMJudge:
             for i, row_scores in zip(rows, scores, strict=True):
                 results[i] = row_scores
         return results
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: steps cut off by max_length, steps whose marker merged away."""
+        return {"truncated_steps": self._truncated_steps, "unmarked_steps": self._unmarked_steps}
 
     def close(self) -> None:
         """Frees the model (hf) or ends the vLLM process; a later ``score`` loads it again."""
@@ -231,16 +239,39 @@ class PRMJudge:
         steps = [item.response[start:end].strip() for start, end in item.spans]
         if not steps:
             return _Encoded([], [])
-        head, joiner, tail = self._frame(item.question)
         if self.convention == "token-classification":
-            ids = self._tokens(head, first=True)  # TRL tokenises the prompt on its own
-        else:
-            ids, steps = [], [head + steps[0], *steps[1:]]  # one string, as the model cards do
-        positions: list[int | None] = []
-        for k, step in enumerate(steps):
-            ids += self._tokens(step if k == 0 else joiner + step, first=not ids) + self._marker_ids
+            return self._encode_pieces(item.question, steps)
+        return self._encode_text(item.question, steps)
+
+    def _encode_pieces(self, question: str, steps: list[str]) -> _Encoded:
+        """TRL's layout: the prompt's ids, then each step's ids and the separator's, apart."""
+        ids, positions = self._tokens(question, first=True), []
+        for step in steps:
+            ids += self._tokens(step, first=not ids) + self._marker_ids
             positions.append(len(ids) - 1 if ids and (self._marker_ids or step) else None)
-        return _Encoded(ids + self._tokens(tail), positions)
+        return _Encoded(ids, positions)
+
+    def _encode_text(self, question: str, steps: list[str]) -> _Encoded:
+        """The model card's layout: one string, tokenised whole (a SentencePiece tokenizer
+        gives a piece tokenised alone a word-start mark the whole string does not have). Each
+        score is read at the token covering the first character of the inserted marker; a
+        marker merged into another token leaves its step unjudged (counted)."""
+        head, joiner, tail = self._frame(question)
+        text, marks = head, []
+        for k, step in enumerate(steps):
+            text += (joiner if k else "") + step + self._marker_space
+            marks.append(len(text))  # the marker's first character
+            text += self.step_marker
+        encoding = self._tokenizer(text + tail, add_special_tokens=False, return_offsets_mapping=True)
+        ids, cover = encoding["input_ids"], {}
+        for i, (start, end) in enumerate(encoding["offset_mapping"]):
+            for char in range(start, end):
+                cover.setdefault(char, i)
+        positions = [cover.get(mark) for mark in marks]
+        positions = [p if p is not None and ids[p] == self._marker_ids[0] else None for p in positions]
+        self._unmarked_steps += positions.count(None)
+        front = self._front if self._front and ids[:1] != self._front else []
+        return _Encoded(front + ids, [None if p is None else p + len(front) for p in positions])
 
     def _frame(self, question: str) -> tuple[str, str, str]:
         """(text before the first step, text before each later step, text after the last marker)."""
@@ -292,7 +323,8 @@ class PRMJudge:
         elif self.convention == "token-classification":
             self._marker_ids = self._marker_separator()
         else:
-            self._marker_ids = [self._single_token(self.step_marker, "step marker", "step_marker")]
+            self._single_token(self.step_marker, "step marker", "step_marker")  # one token, or a clear error
+            self._marker_ids = [self._marker_in_context()]
         if self.convention == "math-shepherd":
             self._label_ids = [
                 self._single_token(self.positive_token, "positive token", "positive_token"),
@@ -317,6 +349,11 @@ class PRMJudge:
             options["convert"] = "classify"
             options["hf_overrides"] = {"classifier_from_token": labels, "method": "no_post_processing"}
         return VLLMWorker("PRM judge", folder, options, self._engine)
+
+    def _marker_in_context(self) -> int:
+        """The id the marker gets inside a text (after a space for Math-Shepherd: a SentencePiece
+        tokenizer's word-start form, as the card's ``tokenizer.encode("ки")[-1]``)."""
+        return self._tokenizer("1." + self._marker_space + self.step_marker, add_special_tokens=False)["input_ids"][-1]
 
     def _marker_separator(self) -> list[int]:
         # TRL allows a multi-token step separator and labels its last token.

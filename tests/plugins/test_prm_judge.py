@@ -89,7 +89,8 @@ def reference(convention: str, folder: str, it: StepItem) -> list[float]:
         ids = tok.encode(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
         positions = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<extra_0>")]
     elif convention == "math-shepherd":
-        ids = tok.encode(f"{it.question} " + "\n".join(s + "ки" for s in steps), add_special_tokens=False)
+        # the card: f"{question} {output}", output = "Step 1: ... ки\nStep 2: ... ки"
+        ids = tok.encode(f"{it.question} " + "\n".join(s + " ки" for s in steps), add_special_tokens=False)
         positions = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("ки")]
     else:  # TRL PRMTrainer: prompt ids, then each step's ids; label on each step's last token
         ids = tok.encode(it.question, add_special_tokens=False)
