@@ -21,10 +21,11 @@ marker's position. Three conventions:
     score = P(positive_token) renormalised over {positive_token, negative_token}.
 
 ``token-classification`` (TRL ``PRMTrainer`` models)
-    The question's ids, then each step's ids followed by ``step_marker``'s ids when one is
-    given (TRL's ``step_separator``, e.g. ``"\\n"``); the label is read at the last token of
-    each step (marker included). Score = softmax(logits)[..., 1]. A step that is empty
-    after stripping, with no marker, has no token and is unjudged (``None``).
+    As TRL's ``PRMTrainer.tokenize_row``: the BOS id when the tokenizer has one, the
+    question's ids, then each step's ids followed by ``step_marker``'s ids (TRL's
+    ``step_separator``, default ``"\\n"`` as in TRL; ``""`` for none); the label is read at the
+    last token of each step (separator included). Score = softmax(logits)[..., 1]. A step
+    that is empty after stripping, with no separator, has no token and is unjudged (``None``).
 
 Token layout
     ``qwen-prm`` and ``math-shepherd``: the whole text is tokenised at once, as the model
@@ -74,7 +75,8 @@ from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 Convention = Literal["qwen-prm", "math-shepherd", "token-classification"]
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-_DEFAULT_MARKERS: dict[str, str | None] = {"qwen-prm": "<extra_0>", "math-shepherd": "ки", "token-classification": None}
+# token-classification: TRL PRMConfig's default step_separator
+_DEFAULT_MARKERS = {"qwen-prm": "<extra_0>", "math-shepherd": "ки", "token-classification": "\n"}
 _SENTINEL = "\ue000NSA-STEPS\ue000"  # a private-use string no chat template rewrites
 
 
@@ -244,10 +246,12 @@ class PRMJudge:
         return self._encode_text(item.question, steps)
 
     def _encode_pieces(self, question: str, steps: list[str]) -> _Encoded:
-        """TRL's layout: the prompt's ids, then each step's ids and the separator's, apart."""
-        ids, positions = self._tokens(question, first=True), []
+        """TRL's layout: BOS if the tokenizer has one, the prompt's ids, then each step's ids and
+        the separator's, all tokenised apart."""
+        bos = self._tokenizer.bos_token_id
+        ids, positions = ([] if bos is None else [bos]) + self._tokens(question), []
         for step in steps:
-            ids += self._tokens(step, first=not ids) + self._marker_ids
+            ids += self._tokens(step) + self._marker_ids
             positions.append(len(ids) - 1 if ids and (self._marker_ids or step) else None)
         return _Encoded(ids, positions)
 
@@ -291,12 +295,8 @@ class PRMJudge:
                 return head, "", tail
         return question + "\n\n", "", ""
 
-    def _tokens(self, text: str, first: bool = False) -> list[int]:
-        """Ids of one piece; the first piece of an input gets the tokenizer's BOS, once."""
-        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-        if first and self._front and ids[:1] != self._front:
-            return self._front + ids  # a chat template may already have written the BOS
-        return ids
+    def _tokens(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _truncate(self, enc: _Encoded) -> _Encoded:
         if len(enc.ids) <= self.max_length:
@@ -318,10 +318,8 @@ class PRMJudge:
         bos = tokenizer.bos_token_id
         self._front = [bos] if bos is not None and bos in tokenizer("", add_special_tokens=True)["input_ids"] else []
         # Check the tokens before the (slow) model load so a wrong marker fails at once.
-        if self.step_marker is None:
-            self._marker_ids = []
-        elif self.convention == "token-classification":
-            self._marker_ids = self._marker_separator()
+        if self.convention == "token-classification":
+            self._marker_ids = self._marker_separator() if self.step_marker else []
         else:
             self._single_token(self.step_marker, "step marker", "step_marker")  # one token, or a clear error
             self._marker_ids = [self._marker_in_context()]

@@ -92,11 +92,12 @@ def reference(convention: str, folder: str, it: StepItem) -> list[float]:
         # the card: f"{question} {output}", output = "Step 1: ... ки\nStep 2: ... ки"
         ids = tok.encode(f"{it.question} " + "\n".join(s + " ки" for s in steps), add_special_tokens=False)
         positions = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("ки")]
-    else:  # TRL PRMTrainer: prompt ids, then each step's ids; label on each step's last token
-        ids = tok.encode(it.question, add_special_tokens=False)
+    else:  # TRL PRMTrainer: [BOS] + prompt ids, then each step's ids + "\n"'s; label on the last
+        ids = [] if tok.bos_token_id is None else [tok.bos_token_id]
+        ids += tok.encode(it.question, add_special_tokens=False)
         positions = []
         for s in steps:
-            ids += tok.encode(s, add_special_tokens=False)
+            ids += tok.encode(s, add_special_tokens=False) + tok.encode("\n", add_special_tokens=False)
             positions.append(len(ids) - 1)
     auto = AutoModelForCausalLM if convention == "math-shepherd" else AutoModelForTokenClassification
     model = auto.from_pretrained(folder).eval()
@@ -194,6 +195,21 @@ def test_token_classification_with_separator(models):
     assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
 
 
+def test_token_classification_follows_trl_bos_and_separator(models):
+    """TRL prepends the BOS whenever the tokenizer has one (even one it would not add itself)
+    and ends each step with the default separator "\n"; "" means no separator."""
+    judge = PRMJudge(models["token-classification"], convention="token-classification")
+    judge._load()
+    judge._tokenizer.bos_token = "<|endoftext|>"
+    bos, newline = judge._tokenizer.bos_token_id, judge._tokenizer.encode("\n", add_special_tokens=False)
+    enc = judge._encode(ITEMS[1])
+    assert enc.ids[0] == bos and enc.ids[-len(newline) :] == newline and enc.positions == [len(enc.ids) - 1]
+    bare = PRMJudge(models["token-classification"], convention="token-classification", step_marker="")
+    bare._load()
+    step = bare._tokenizer.encode("3 + 4 = 7", add_special_tokens=False)
+    assert bare._encode(ITEMS[1]).ids[-len(step) :] == step
+
+
 def test_qwen_prm_without_chat_template_uses_plain_text(models):
     judge = PRMJudge(models["qwen-prm"], convention="qwen-prm")
     judge._load()
@@ -215,3 +231,48 @@ def test_a_missing_head_is_an_error_not_noise(tmp_path):
     judge = PRMJudge(str(folder), convention="token-classification")
     with pytest.raises(NSAError, match="trust_remote_code"):
         judge.score([StepItem("q", "a\n\nb", [(0, 3), (3, 4)])])
+
+
+def build_sentencepiece_style(folder: Path) -> str:
+    """A tiny Llama whose tokenizer works like Mistral's (Math-Shepherd's base): Metaspace, a
+    word-start mark on every text it encodes, so a piece tokenised alone differs from the same
+    piece inside the whole string."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tests.tiny import corpus
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    texts = corpus() + ["\u043a\u0438 + -"] * 500  # so that "▁ки", "▁+" and "▁-" become tokens
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+    folder.mkdir(parents=True)
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config(fast)).save_pretrained(folder)
+    return str(folder)
+
+
+def test_math_shepherd_ids_are_the_cards_on_a_sentencepiece_tokenizer(tmp_path):
+    """The card encodes f"{question} {output}" whole, output = "step ки\\nstep ки..."; on a
+    Metaspace tokenizer, tokenising the pieces apart would give other ids (checked here)."""
+    from transformers import AutoTokenizer
+
+    folder = build_sentencepiece_style(tmp_path / "sp")
+    tok = AutoTokenizer.from_pretrained(folder)
+    judge = PRMJudge(folder, convention="math-shepherd")
+    judge._load()
+    tag = tok.convert_ids_to_tokens(judge._marker_ids)[0]
+    assert tag == "\u2581\u043a\u0438"  # "▁ки": the tag's word-start form, as the card's encode("ки")[-1]
+    for it in ITEMS:
+        steps = [it.response[s:e].strip() for s, e in it.spans]
+        card = tok.encode(f"{it.question} " + "\n".join(s + " \u043a\u0438" for s in steps), add_special_tokens=False)
+        pieces = tok.encode(f"{it.question} ", add_special_tokens=False)
+        for k, s in enumerate(steps):
+            pieces += tok.encode(("\n" if k else "") + s + " \u043a\u0438", add_special_tokens=False)
+        enc = judge._encode(it)
+        assert enc.ids == card and pieces != card
+        assert [enc.ids[p] for p in enc.positions] == judge._marker_ids * len(steps)
+    assert judge.stats() == {"truncated_steps": 0, "unmarked_steps": 0}
