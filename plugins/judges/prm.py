@@ -41,7 +41,7 @@ Long answers
     Inputs are cut at ``max_length`` tokens. The steps whose score position still fits are
     scored (for a causal model their scores are those of the full input); the later steps
     are ``None`` (unjudged) and counted in ``stats()["truncated_steps"]`` (cumulative over
-    calls; nsa logs it as ``judge/PRMJudge/truncated_steps``).
+    calls; nsa logs it as ``data/judge/PRMJudge/truncated_steps``).
 
 Batching
     Answers are sorted by length and packed greedily so that rows x longest row stays
