@@ -139,3 +139,29 @@ def test_vllm_runs_the_real_qwen_prm_architecture(tmp_path):
         with torch.no_grad():
             probs = head(body(torch.tensor([enc.ids])).last_hidden_state)[0].softmax(-1)[:, 1]  # (T,)
         assert got == pytest.approx(probs[enc.positions].tolist(), abs=1e-4)
+
+
+def test_pipeline_judges_on_vllm_like_hf_and_ends_the_process(tmp_path, tiny_model):
+    """The judge stage of ``nsa prepare`` with the PRM on vLLM: the same verdicts as on
+    transformers (14 steps of the hand-counted tiny pipeline), its counters in the stage
+    statistics, and no vLLM process left once the stage is done."""
+    from multiprocessing import active_children
+
+    from nsa.vllm_worker import _serve
+    from tests.core.test_judges_pipeline import prepare
+    from tests.recipe import tiny_recipe
+    from tests.tiny import build_model
+
+    prm = str(build_model(tmp_path / "prm", seed=1, head="LlamaForTokenClassification"))
+    args = {"model": prm, "convention": "token-classification", "max_length": 512}
+    engine = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
+    judge = {"class_path": "nsa.plugins.judges.prm.PRMJudge", "init_args": args}
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "vllm").mkdir()
+    hf = prepare(tiny_recipe(tmp_path / "hf", tiny_model, judges=[judge]))
+    judge["init_args"] = {**args, "backend": "vllm", "engine": engine}
+    on_vllm = prepare(tiny_recipe(tmp_path / "vllm", tiny_model, judges=[judge]))
+    assert on_vllm["steps_correct/PRMJudge"] == hf["steps_correct/PRMJudge"]
+    assert on_vllm["steps_unjudged/PRMJudge"] == hf["steps_unjudged/PRMJudge"] == 0
+    assert on_vllm["judge/PRMJudge/truncated_steps"] == 0
+    assert not [p for p in active_children() if getattr(p, "_target", None) is _serve]
