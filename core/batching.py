@@ -125,6 +125,7 @@ def collate(items: list[tuple[dict, Slot]], pad_id: int) -> PolicyBatch:
         nsa_mask=_pad([p + list(r["nsa_mask"]) for p, r in zip(prompts, rows)], False).bool(),
         reward=torch.tensor([r["reward"] for r in rows], dtype=torch.float32),
         reward_mean=torch.tensor([r["reward_mean"] for r in rows], dtype=torch.float32),
+        reward_std=torch.tensor([r["reward_std"] for r in rows], dtype=torch.float32),
         ref_token_logprobs=_pad([[0.0] * len(p) + list(r["ref_logprobs"]) for p, r in zip(prompts, rows)], 0.0).float(),
         step_responses=float(slots[0].step_responses),
         step_positives=float(slots[0].step_positives),

@@ -104,6 +104,7 @@ class PolicyBatch:
     nsa_mask: torch.Tensor  # (B, T) bool: tokens in a consensus-correct step of a negative
     reward: torch.Tensor  # (B,) float: outcome reward r_i
     reward_mean: torch.Tensor  # (B,) float: group mean reward rbar
+    reward_std: torch.Tensor  # (B,) float: group reward standard deviation (sample), for GRPO
     ref_token_logprobs: torch.Tensor  # (B, T) float32: log pi_ref per token, 0 off-response
     step_responses: float  # responses in the whole optimizer step (all micro-batches, ranks)
     step_positives: float  # of which have reward > 0.5

@@ -16,6 +16,7 @@ from nsa.pipeline import Recipe, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import load_problems
+from nsa.stages.rollouts import with_group_std
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
@@ -109,7 +110,7 @@ class NSADataModule(L.LightningDataModule):
             )
         if not self.stages:
             self.prepare_data()  # on ranks that did not prepare: every stage is a cache hit
-        self.train_rows = self.stages[-1].dataset
+        self.train_rows = with_group_std(self.stages[-1].dataset)
         if not len(self.train_rows):
             raise NSAError("no training rows left after filtering; see the stage statistics above")
         self.pad_id = load_tokenizer(resolve_policy(self.policy)).pad_token_id

@@ -85,6 +85,7 @@ def make_batch(config, rows: int, length: int, device: str):
         nsa_mask=nsa_mask,
         reward=reward,
         reward_mean=torch.full((rows,), 0.5),
+        reward_std=torch.full((rows,), 0.5),
         ref_token_logprobs=torch.full((rows, length), -11.9),
         step_responses=float(rows),
         step_positives=float(rows // 2),

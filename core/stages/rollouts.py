@@ -75,6 +75,18 @@ def summarise_verify(rollouts: Dataset) -> dict[str, float]:
     }
 
 
+def with_group_std(rows: Dataset) -> Dataset:
+    """Adds each group's sample standard deviation of rewards (GRPO's advantage scale).
+
+    Computed when training starts, not stored in a stage, so caches made before it stay valid.
+    """
+    by_group: dict[str, list[float]] = {}
+    for group, reward in zip(rows["group"], rows["reward"]):
+        by_group.setdefault(group, []).append(reward)
+    std = {g: statistics.stdev(r) if len(r) > 1 else 0.0 for g, r in by_group.items()}
+    return rows.add_column("reward_std", [std[g] for g in rows["group"]])
+
+
 def filter_groups(rollouts: Dataset) -> Dataset:
     """Add the group mean reward and drop groups whose answers are all right or all wrong."""
     by_group: dict[str, list[float]] = {}

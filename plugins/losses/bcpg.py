@@ -12,6 +12,10 @@ BCPG-NSA uses beta = 0.5, tau = 1e-3.
 
 The mean over responses runs over the whole optimizer step (``batch.step_responses``),
 so the gradient is the same however the step is cut into micro-batches.
+
+``per_token_behaviour`` swaps the behaviour term for the per-token variant the paper leaves
+open, tau/2 sum_j (log pi(y_ij) - log pi_ref(y_ij))^2: it bounds every token's drift
+instead of letting drifts of opposite signs cancel within a response.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from nsa.contracts import LossOutput, PolicyBatch
 class BCPG:
     """BCPG(-NSA) loss = -J. ``beta`` weighs mined steps of negatives; ``tau`` the behaviour term."""
 
-    def __init__(self, beta: float = 0.5, tau: float = 1e-3) -> None:
+    def __init__(self, beta: float = 0.5, tau: float = 1e-3, per_token_behaviour: bool = False) -> None:
         if not -1.0 <= beta <= 1.0:
             raise ValueError(f"BCPG beta must lie in [-1, 1], got {beta}")
         self.beta = beta
         self.tau = tau
+        self.per_token_behaviour = per_token_behaviour
 
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput:
         mask = batch.response_mask.float()  # (B, T)
@@ -38,8 +43,10 @@ class BCPG:
         advantage = (batch.reward - batch.reward_mean).unsqueeze(1)  # (B, 1)
         length = mask.sum(1).clamp(min=1)  # (B,) |y_i|
         policy_term = (weights * advantage * logprobs).sum(1)  # (B,)
-        seq_logratio = ((logprobs - batch.ref_token_logprobs) * mask).sum(1)  # (B,)
-        behaviour_term = 0.5 * self.tau * seq_logratio.square()  # (B,)
+        token_logratio = (logprobs - batch.ref_token_logprobs) * mask  # (B, T)
+        seq_logratio = token_logratio.sum(1)  # (B,)
+        drift = token_logratio.square().sum(1) if self.per_token_behaviour else seq_logratio.square()  # (B,)
+        behaviour_term = 0.5 * self.tau * drift  # (B,)
         objective = (policy_term - behaviour_term) / length  # (B,)
         loss = -objective.sum() / batch.step_responses
         metrics = {

@@ -12,7 +12,9 @@ from nsa.contracts import PolicyBatch
 from nsa.logprobs import token_logprobs
 from nsa.models import load_policy
 from nsa.plugins.losses.bcpg import BCPG
+from nsa.plugins.losses.grpo import GRPOOffline
 from nsa.plugins.losses.rft import RFT
+from nsa.plugins.losses.topr import TOPR
 
 # Two responses to one question, T = 4, right-padded:
 #   row 0 (positive, r=1): prompt [5] + response [6, 7] + pad [0]
@@ -31,6 +33,7 @@ def hand_batch(step_responses: float = 2.0, step_positives: float = 1.0, nsa_on_
         nsa_mask=torch.tensor(nsa),
         reward=torch.tensor([1.0, 0.0]),
         reward_mean=torch.tensor([0.5, 0.5]),
+        reward_std=torch.tensor([0.5, 0.5]),
         ref_token_logprobs=torch.tensor(REF),
         step_responses=step_responses,
         step_positives=step_positives,
@@ -129,6 +132,81 @@ def test_bcpg_behaviour_term_vanishes_at_the_reference() -> None:
     assert torch.allclose(lp.grad, expected, atol=1e-7)
 
 
+def test_bcpg_per_token_behaviour_golden() -> None:
+    """tau/2 sum_j (lp_ij - ref_ij)^2 instead of the squared sum (beta = 0.5, tau = 1e-3):
+
+    row 0: 0^2 + (-1)^2 = 1          -> 0.0005     (as the sequence form: one nonzero token)
+    row 1: 0.5^2 + 0^2 + (-2)^2 = 4.25 -> 0.002125 (sequence form: (-1.5)^2 = 2.25 -> 0.001125)
+    obj0 = (-1.5 - 0.0005) / 2 = -0.75025;  obj1 = (1.75 + 0.375 - 0.002125) / 3 = 0.707625
+    loss = -(-0.75025 + 0.707625) / 2 = 0.0213125
+    """
+    out = BCPG(beta=0.5, tau=1e-3, per_token_behaviour=True)(hand_batch(), logprobs())
+    assert out.loss.item() == pytest.approx(0.0213125, abs=1e-7)
+
+
+def test_grpo_offline_golden() -> None:
+    """A_i = (r_i - 0.5) / (0.5 + 0) = +1, -1 (eps = 0); rho = exp(lp - ref); epsilon = 0.2.
+
+    Row 0 (A = +1): logratio (0, -1), rho (1, e^-1 = 0.36787944), clip (1, 0.8)
+      min(rho A, clip A) = (1, 0.36787944)            -> sum 1.36787944 / 2 = 0.68393972
+    Row 1 (A = -1): logratio (0.5, 0, -2), rho (1.64872127, 1, 0.13533528), clip (1.2, 1, 0.8)
+      min(-rho, -clip) = (-1.64872127, -1, -0.8)      -> sum -3.44872127 / 3 = -1.14957376
+    loss = -(0.68393972 - 1.14957376) / 2 = 0.23281702
+    With kl_coef 0.1, k3 = e^-lr + lr - 1 per token:
+      row 0: (0, e - 2 = 0.71828183)                   -> 0.71828183 / 2 = 0.35914091
+      row 1: (e^-0.5 - 0.5 = 0.10653066, 0, e^2 - 3 = 4.38905610) -> 4.49558676 / 3 = 1.49852892
+      loss = -((0.68393972 - 0.03591409) + (-1.14957376 - 0.14985289)) / 2 = 0.32570051
+    Clip fraction: row 0 holds 1 of 2 tokens (0.368 < 0.8), row 1 2 of 3 -> (0.5 + 0.6667) / 2.
+    """
+    out = GRPOOffline(epsilon=0.2, eps=0.0)(hand_batch(), logprobs())
+    assert out.loss.item() == pytest.approx(0.23281702, abs=1e-7)
+    assert out.metrics["clip_fraction"].item() == pytest.approx(0.58333333, abs=1e-7)
+    with_kl = GRPOOffline(epsilon=0.2, kl_coef=0.1, eps=0.0)(hand_batch(), logprobs())
+    assert with_kl.loss.item() == pytest.approx(0.32570051, abs=1e-7)
+
+
+def test_grpo_offline_gradient_stops_outside_the_clip() -> None:
+    """d loss / d lp_ij = -A_i rho_ij / (|y_i| G) where the unclipped term is the min, else 0.
+
+    row 0, t=1: rho 1 (inside):    -1 * 1 / 4          = -0.25
+    row 0, t=2: rho 0.368, A > 0, min is rho A (unclipped side) -> -0.36787944 / 4 = -0.09196986
+    row 1, t=1: rho 1.649, A < 0, min is -rho (unclipped side)  -> +1.64872127 / 6 = 0.27478688
+    row 1, t=2: rho 1 (inside):    +1 / 6              = 0.16666667
+    row 1, t=3: rho 0.135, A < 0, min is -0.8 (the clip) -> 0
+    """
+    lp = logprobs().requires_grad_(True)
+    GRPOOffline(epsilon=0.2, eps=0.0)(hand_batch(), lp).loss.backward()
+    expected = torch.tensor([[0.0, -0.25, -0.09196986, 0.0], [0.0, 0.27478688, 0.16666667, 0.0]])
+    assert torch.allclose(lp.grad, expected, atol=1e-7)
+
+
+def test_topr_golden() -> None:
+    """R = +1 (positive), -1 (negative); the negative's weight is min(1, pi/pi_ref), no gradient.
+
+    Row 0: w = 1, mean lp = (-1 - 2) / 2 = -1.5             -> w R mean = -1.5
+    Row 1: seq logratio = 0.5 + 0 - 2 = -1.5, w = e^-1.5 = 0.22313016
+           mean lp = (-0.5 - 1.5 - 3) / 3 = -1.66666667     -> w R mean = 0.37188360
+    loss = -(-1.5 + 0.37188360) / 2 = 0.56405820
+    Gradient: row 0 -1/(2*2) = -0.25 per token; row 1 +0.22313016/(3*2) = 0.03718836 per token.
+    """
+    lp = logprobs().requires_grad_(True)
+    out = TOPR()(hand_batch(), lp)
+    assert out.loss.item() == pytest.approx(0.56405820, abs=1e-7)
+    assert out.metrics["negative_ratio"].item() == pytest.approx(0.22313016, abs=1e-7)
+    out.loss.backward()
+    expected = torch.tensor([[0.0, -0.25, -0.25, 0.0], [0.0, 0.03718836, 0.03718836, 0.03718836]])
+    assert torch.allclose(lp.grad, expected, atol=1e-7)
+
+
+def test_topr_ratio_is_capped_at_one() -> None:
+    """A negative the policy likes more than pi_ref did (logratio > 0) weighs 1, not e^x."""
+    batch = hand_batch()
+    batch.ref_token_logprobs = batch.ref_token_logprobs - 5.0  # pi / pi_ref = e^15 on row 1
+    out = TOPR()(batch, logprobs())
+    assert out.metrics["negative_ratio"].item() == 1.0
+    assert out.loss.item() == pytest.approx(-(-1.5 + 1.66666667) / 2, abs=1e-7)
+
+
 @pytest.mark.parametrize("beta", [1.5, -1.01, 2.0, math.nan])
 def test_bcpg_rejects_beta_outside_range(beta: float) -> None:
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -189,6 +267,7 @@ def rows() -> list[dict]:
                 "response_ids": response,
                 "reward": reward,
                 "reward_mean": mean,
+                "reward_std": 0.7 if group == "a" else 0.6,
                 "nsa_mask": [bool(m) for m in nsa],
                 "ref_logprobs": ref,
             }
@@ -211,8 +290,8 @@ def policy(tiny_model):
 
 @pytest.mark.parametrize(
     "loss",
-    [BCPG(beta=0.5, tau=0.1), BCPG(beta=-0.5, tau=1e-3), RFT()],
-    ids=["bcpg-nsa", "bcpg-negative-beta", "rft"],
+    [BCPG(beta=0.5, tau=0.1), BCPG(beta=-0.5, tau=1e-3, per_token_behaviour=True), RFT(), GRPOOffline(), TOPR()],
+    ids=["bcpg-nsa", "bcpg-per-token", "rft", "grpo-offline", "topr"],
 )
 def test_grad_full_batch_equals_summed_micro_batches(policy, loss) -> None:
     """One step of 5 ragged rows: one micro-batch vs five of one row, step counts (5, 2) kept.
