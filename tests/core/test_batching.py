@@ -103,6 +103,7 @@ def row(prompt, response, nsa, ref, reward=0.0, mean=0.5, group="g") -> dict:
         "ref_logprobs": ref,
         "reward": reward,
         "reward_mean": mean,
+        "reward_std": 0.5,
         "group": group,
     }
 
@@ -146,9 +147,21 @@ def test_collate_masks_in_input_coordinates(batch) -> None:
 
 def test_collate_rewards_and_step_facts(batch) -> None:
     assert batch.reward.tolist() == [1.0, 0.0, 0.0]
-    assert batch.reward_mean.tolist() == [0.5, 0.5, 0.25]
+    assert batch.reward_mean.tolist() == [0.5, 0.5, 0.25] and batch.reward_std.tolist() == [0.5] * 3
     assert batch.reward.dtype == batch.reward_mean.dtype == torch.float32
     assert (batch.step_responses, batch.step_positives, batch.last_in_step) == (7.0, 3.0, False)
     assert batch.question_ids == ["q1", "q2", "q3"]
     last = collate([(row([1], [2], [False], [-1.0]), Slot(0, 1, 0, True))], pad_id=0)
     assert last.last_in_step is True
+
+
+def test_group_std_is_the_sample_std_of_each_group() -> None:
+    """GRPO's scale: group a rewards (1, 0) -> sqrt(0.5 / 1) = 0.70710678;
+    group b (1, 0, 0): mean 1/3, squares 4/9 + 1/9 + 1/9 = 2/3, / (3 - 1) -> sqrt(1/3) = 0.57735027."""
+    from datasets import Dataset
+
+    from nsa.stages.rollouts import with_group_std
+
+    rows = Dataset.from_dict({"group": ["a", "b", "a", "b", "b"], "reward": [1.0, 1.0, 0.0, 0.0, 0.0]})
+    std = with_group_std(rows)["reward_std"]
+    assert std == pytest.approx([0.70710678, 0.57735027, 0.70710678, 0.57735027, 0.57735027], abs=1e-7)
