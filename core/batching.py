@@ -5,6 +5,11 @@ and each step is sorted by length and packed greedily into micro-batches whose p
 (rows x longest row) stays within ``tokens_per_micro_batch``. Every micro-batch knows how
 many responses its step holds, so a loss can divide by the step's count and gradients do
 not depend on how the step is split.
+
+For a pairwise loss (``pairs``: DPO) the unit of planning is a pair, a correct and an
+incorrect answer to the same question, drawn anew each epoch (each answer in at most one
+pair; the rest sit the epoch out). A pair is never split across micro-batches, and each
+row's ``Slot.partner`` names the other row.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from nsa.contracts import PolicyBatch
+from nsa.errors import NSAError
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class Slot:
     step_responses: int
     step_positives: int
     last_in_step: bool
+    partner: int = -1  # the row of its pair (pairwise losses), -1 when it has none
 
 
 def plan_epoch(
@@ -34,28 +41,55 @@ def plan_epoch(
     responses_per_step: int,
     tokens_per_micro_batch: int,
     seed: int,
+    groups: Sequence[str] | None = None,
 ) -> list[list[Slot]]:
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
+    """Micro-batches of one epoch; with ``groups`` (question ids), of (correct, incorrect) pairs."""
+    rng = random.Random(seed)
+    if groups is None:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        units: list[tuple[int, ...]] = [(i,) for i in order]
+    else:
+        units = draw_pairs(groups, positive, rng)
+        rng.shuffle(units)
+    per_step = max(1, responses_per_step // (1 if groups is None else 2))
     micro_batches: list[list[Slot]] = []
-    for start in range(0, len(order), responses_per_step):
-        step = sorted(order[start : start + responses_per_step], key=lambda i: -lengths[i])
-        groups = _pack(step, lengths, tokens_per_micro_batch)
-        n_pos = sum(positive[i] for i in step)
-        for g, rows in enumerate(groups):
-            last = g == len(groups) - 1
-            micro_batches.append([Slot(i, len(step), n_pos, last) for i in rows])
+    for start in range(0, len(units), per_step):
+        step = sorted(units[start : start + per_step], key=lambda u: -max(lengths[i] for i in u))
+        rows = [i for unit in step for i in unit]
+        n_pos = sum(positive[i] for i in rows)
+        partner = {u[k]: u[1 - k] for u in step if len(u) == 2 for k in (0, 1)}
+        groups_of_step = _pack(step, lengths, tokens_per_micro_batch)
+        for g, packed in enumerate(groups_of_step):
+            last = g == len(groups_of_step) - 1
+            micro_batches.append([Slot(i, len(rows), n_pos, last, partner.get(i, -1)) for i in packed])
     return micro_batches
 
 
-def _pack(rows: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Greedy packing of rows sorted longest first: padded size = count x first length."""
+def draw_pairs(groups: Sequence[str], positive: Sequence[bool], rng: random.Random) -> list[tuple[int, int]]:
+    """(correct, incorrect) rows of the same question, each row in at most one pair."""
+    by_group: dict[str, tuple[list[int], list[int]]] = {}
+    for i, group in enumerate(groups):
+        by_group.setdefault(group, ([], []))[0 if positive[i] else 1].append(i)
+    pairs: list[tuple[int, int]] = []
+    for group in sorted(by_group):  # a fixed order, so the seed alone decides the draw
+        correct, wrong = by_group[group]
+        rng.shuffle(correct)
+        rng.shuffle(wrong)
+        pairs += zip(correct, wrong)
+    return pairs
+
+
+def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Greedy packing of units sorted longest first: padded size = rows x first unit's longest row."""
     groups: list[list[int]] = []
-    for i in rows:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget:
-            groups[-1].append(i)
+    width = 0
+    for unit in units:
+        if groups and (len(groups[-1]) + len(unit)) * width <= budget:
+            groups[-1].extend(unit)
         else:
-            groups.append([i])
+            width = max(lengths[i] for i in unit)
+            groups.append(list(unit))
     return groups
 
 
@@ -70,7 +104,7 @@ class _Epoch:
 
 
 class StepBatchSampler:
-    """Yields micro-batches of Slots; a new seeded plan every epoch."""
+    """Yields micro-batches of Slots; a new seeded plan every epoch (``groups``: pairs)."""
 
     def __init__(
         self,
@@ -79,14 +113,16 @@ class StepBatchSampler:
         responses_per_step: int,
         tokens: int,
         seed: int,
+        groups: Sequence[str] | None = None,
     ) -> None:
         self.lengths, self.positive = list(lengths), list(positive)
         self.responses_per_step, self.tokens, self.seed = responses_per_step, tokens, seed
+        self.groups = None if groups is None else list(groups)
         self.sampler = _Epoch()
 
     def _plan(self) -> list[list[Slot]]:
         seed = self.seed + self.sampler.epoch
-        return plan_epoch(self.lengths, self.positive, self.responses_per_step, self.tokens, seed)
+        return plan_epoch(self.lengths, self.positive, self.responses_per_step, self.tokens, seed, self.groups)
 
     def __iter__(self) -> Iterator[list[Slot]]:
         return iter(self._plan())
@@ -113,6 +149,14 @@ def _pad(rows: list[list], value) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows])  # (B, T)
 
 
+def _partners(slots: list[Slot]) -> torch.Tensor:
+    """(B,) each row's partner as an index into this micro-batch, -1 when it has none."""
+    local = {slot.row: k for k, slot in enumerate(slots)}
+    if any(slot.partner >= 0 and slot.partner not in local for slot in slots):
+        raise NSAError("a DPO pair was split across micro-batches; this is a planning bug, please report it")
+    return torch.tensor([local.get(slot.partner, -1) for slot in slots], dtype=torch.long)
+
+
 def collate(items: list[tuple[dict, Slot]], pad_id: int) -> PolicyBatch:
     """Right-padded prompt+response tensors; masks and ref log-probs in input coordinates."""
     rows, slots = [r for r, _ in items], [s for _, s in items]
@@ -130,5 +174,6 @@ def collate(items: list[tuple[dict, Slot]], pad_id: int) -> PolicyBatch:
         step_responses=float(slots[0].step_responses),
         step_positives=float(slots[0].step_positives),
         last_in_step=slots[-1].last_in_step,
+        partner=_partners(slots),
         question_ids=[r["group"] for r in rows],
     )

@@ -55,6 +55,17 @@ def plugin_slots() -> frozenset[str]:
     return frozenset(slots)
 
 
+def loss_pairs(loss: object) -> bool:
+    """Whether the loss trains on (correct, incorrect) pairs: its class attribute ``pairs``."""
+    import importlib
+
+    class_path = getattr(loss, "class_path", None)
+    if class_path is None:  # an instantiated loss
+        return bool(getattr(loss, "pairs", False))
+    module, _, name = class_path.rpartition(".")
+    return bool(getattr(getattr(importlib.import_module(module), name), "pairs", False))
+
+
 def behaviour_precision(precision: object, strategy: object) -> str:
     """The precision pi_ref's forward must use to match training's numerics.
 
@@ -104,6 +115,7 @@ class NSACLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.policy", "data.policy")
+        parser.link_arguments("model.loss", "data.pairs", compute_fn=loss_pairs)
         parser.link_arguments(
             ("trainer.precision", "trainer.strategy"), "data.logprob_precision", compute_fn=behaviour_precision
         )

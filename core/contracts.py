@@ -110,6 +110,7 @@ class PolicyBatch:
     step_positives: float  # of which have reward > 0.5
     last_in_step: bool  # the optimizer steps after this micro-batch
     question_ids: list[str]
+    partner: torch.Tensor  # (B,) long: row of this response's pair in the micro-batch, -1 if none
 
 
 @dataclass
@@ -127,6 +128,10 @@ class PolicyLoss(Protocol):
     The loss must be this micro-batch's exact share of the optimizer step's objective:
     normalise by ``batch.step_responses`` (or ``step_positives``), never by the
     micro-batch's own size, so gradients do not depend on how the step is split.
+
+    A pairwise loss sets the class attribute ``pairs = True``: the data module then plans
+    (correct, incorrect) pairs of the same question, never split across micro-batches, and
+    ``batch.partner`` links each row to its pair (``step_responses`` = 2 x the step's pairs).
     """
 
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput: ...

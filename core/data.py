@@ -43,6 +43,7 @@ class NSADataModule(L.LightningDataModule):
         logprob_precision: precision of the pi_ref forward, linked from ``trainer.precision``.
         logprob_batch_size: responses per pi_ref forward.
         seed: shuffling seed (the sampler has its own).
+        pairs: plan (correct, incorrect) pairs of one question (linked from the loss's ``pairs``).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class NSADataModule(L.LightningDataModule):
         logprob_precision: str = "32-true",
         logprob_batch_size: int = 8,
         seed: int = 0,
+        pairs: bool = False,
     ) -> None:
         super().__init__()
         if not judges:
@@ -82,6 +84,7 @@ class NSADataModule(L.LightningDataModule):
         self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
         self.cache_dir, self.shard_size, self.seed = cache_dir, shard_size, seed
         self.logprob_precision, self.logprob_batch_size = logprob_precision, logprob_batch_size
+        self.pairs = pairs
         self.stages: list[StageOutput] = []
 
     def prepare_data(self) -> None:
@@ -129,7 +132,10 @@ class NSADataModule(L.LightningDataModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         lengths = [len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])]
         positive = [r > 0.5 for r in self.train_rows["reward"]]
-        sampler = StepBatchSampler(lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed)
+        groups = self.train_rows["group"] if self.pairs else None
+        sampler = StepBatchSampler(
+            lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups
+        )
         # Lightning reads the length before it sets the epoch: plan for the current one now
         sampler.sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
         return torch.utils.data.DataLoader(

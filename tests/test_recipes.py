@@ -33,7 +33,7 @@ def test_recipe_parses_and_uses_full_class_paths(capsys, recipe):
 def test_math_recipe_is_the_papers_setup(capsys):
     config = resolved(capsys, Path(__file__).parents[1] / "recipes" / "math.yaml")
     assert config["model"]["policy"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"
-    assert config["model"]["loss"]["init_args"] == {"beta": 0.5, "tau": 0.001}
+    assert config["model"]["loss"]["init_args"] == {"beta": 0.5, "tau": 0.001, "per_token_behaviour": False}
     sampler = config["data"]["sampler"]["init_args"]
     assert sampler["num_samples"] == 32 and sampler["temperature"] == 0.7
     assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "fsdp"

@@ -91,6 +91,7 @@ def make_batch(config, rows: int, length: int, device: str):
         step_positives=float(rows // 2),
         last_in_step=True,
         question_ids=[f"q{i}" for i in range(rows)],
+        partner=torch.full((rows,), -1),
     )
     return batch if device == "cpu" else _to(batch, device)
 

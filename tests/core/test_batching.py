@@ -165,3 +165,43 @@ def test_group_std_is_the_sample_std_of_each_group() -> None:
     rows = Dataset.from_dict({"group": ["a", "b", "a", "b", "b"], "reward": [1.0, 1.0, 0.0, 0.0, 0.0]})
     std = with_group_std(rows)["reward_std"]
     assert std == pytest.approx([0.70710678, 0.57735027, 0.70710678, 0.57735027, 0.57735027], abs=1e-7)
+
+
+def test_pairs_are_whole_same_question_and_never_split() -> None:
+    """Pairs: a correct and a wrong answer of one question, each answer at most once, a pair
+    never across micro-batches; group a (2 right, 3 wrong) gives 2 pairs, b (1, 4) 1, c (0, 2) 0."""
+    groups = ["a"] * 5 + ["b"] * 5 + ["c"] * 2
+    positive = [True, True, False, False, False, True, False, False, False, False, False, False]
+    lengths = [30, 70, 20, 90, 40, 60, 10, 50, 80, 35, 5, 5]
+    for seed in range(5):
+        plan = plan_epoch(lengths, positive, 4, BUDGET, seed=seed, groups=groups)
+        slots = [s for micro in plan for s in micro]
+        assert len(slots) == 6 and len({s.row for s in slots}) == 6
+        per_group = {g: sum(positive[s.row] for s in slots if groups[s.row] == g) for g in "abc"}
+        assert per_group == {"a": 2, "b": 1, "c": 0}
+        for micro in plan:
+            rows = {s.row for s in micro}
+            for s in micro:
+                assert s.partner in rows and groups[s.partner] == groups[s.row]
+                assert positive[s.partner] != positive[s.row]
+        for step in steps_of(plan):
+            step_slots = [s for micro in step for s in micro]
+            assert all(s.step_responses == len(step_slots) for s in step_slots)  # 2 x pairs
+    # a new epoch draws other pairs (seeds 0..4 cannot all pick the same two of a's wrong answers)
+    draws = {
+        frozenset(s.row for micro in plan_epoch(lengths, positive, 4, BUDGET, seed=k, groups=groups) for s in micro)
+        for k in range(5)
+    }
+    assert len(draws) > 1
+
+
+def test_collate_maps_partners_to_micro_batch_rows() -> None:
+    items = [
+        (row([1], [2], [False], [-1.0], 1.0), Slot(7, 2, 1, True, partner=3)),
+        (row([1], [4, 5], [False, False], [-1.0, -1.0], 0.0), Slot(3, 2, 1, True, partner=7)),
+    ]
+    assert collate(items, pad_id=0).partner.tolist() == [1, 0]
+    from nsa.errors import NSAError
+
+    with pytest.raises(NSAError, match="split across micro-batches"):
+        collate(items[:1], pad_id=0)

@@ -68,3 +68,22 @@ def test_every_epoch_runs_all_its_steps(tmp_path, tiny_model, monkeypatch):
     counts = [len(plan_epoch(lengths, [r > 0.5 for r in rows["reward"]], 4, 166, seed)) for seed in range(3)]
     assert len(set(counts)) > 1  # the premise: epochs differ in length
     assert cli.trainer.global_step == 6
+
+
+def test_every_loss_of_the_comparison_trains_by_name(tmp_path, tiny_model, monkeypatch):
+    """Table 3's losses are one override each. DPO's ``pairs`` reaches the data module through
+    the CLI link, so its micro-batches hold whole pairs (collate raises on a split pair); the
+    tiny data's 3 mixed questions give min(right, wrong) pairs each."""
+    from nsa.cli import NSACLI
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(tmp_path, tiny_model, tokens_per_micro_batch=40)
+    start = load_file(f"{tiny_model}/model.safetensors")
+    for loss in ("RFT", "GRPOOffline", "TOPR", "DPO"):
+        export = tmp_path / f"policy-{loss}"
+        main(["fit", "--config", str(recipe), f"--model.loss={loss}", f"--model.export_dir={export}"])
+        trained = weights(export)
+        assert any(not torch.equal(trained[k], start[k]) for k in start), loss
+    dpo = "--model.loss=nsa.plugins.losses.dpo.DPO"
+    assert NSACLI(["--config", str(recipe), dpo], run=False).datamodule.pairs is True
+    assert NSACLI(["--config", str(recipe)], run=False).datamodule.pairs is False

@@ -12,6 +12,7 @@ from nsa.contracts import PolicyBatch
 from nsa.logprobs import token_logprobs
 from nsa.models import load_policy
 from nsa.plugins.losses.bcpg import BCPG
+from nsa.plugins.losses.dpo import DPO
 from nsa.plugins.losses.grpo import GRPOOffline
 from nsa.plugins.losses.rft import RFT
 from nsa.plugins.losses.topr import TOPR
@@ -39,6 +40,7 @@ def hand_batch(step_responses: float = 2.0, step_positives: float = 1.0, nsa_on_
         step_positives=step_positives,
         last_in_step=True,
         question_ids=["q", "q"],
+        partner=torch.tensor([1, 0]),  # a (correct, incorrect) pair of question q
     )
 
 
@@ -207,6 +209,34 @@ def test_topr_ratio_is_capped_at_one() -> None:
     assert out.loss.item() == pytest.approx(-(-1.5 + 1.66666667) / 2, abs=1e-7)
 
 
+def test_dpo_golden() -> None:
+    """One pair: y_w = row 0, y_l = row 1; beta_dpo = 0.5; P = step_responses / 2 = 1.
+
+    logratio_w = (-1 - -1) + (-2 - -1)              = -1
+    logratio_l = (-0.5 - -1) + (-1.5 - -1.5) + (-3 - -1) = -1.5
+    margin     = 0.5 * (-1 - -1.5)                 = 0.25
+    loss       = -log sigmoid(0.25) = log(1 + e^-0.25) = 0.57593942
+    d loss / d lp = -beta sigmoid(-0.25) = -0.5 * 0.43782350 = -0.21891175 on y_w's tokens,
+    +0.21891175 on y_l's; 0 off the responses.
+    """
+    lp = logprobs().requires_grad_(True)
+    out = DPO(beta=0.5)(hand_batch(), lp)
+    assert out.loss.item() == pytest.approx(0.57593942, abs=1e-7)
+    assert out.metrics["margin"].item() == pytest.approx(0.25) and out.metrics["pair_accuracy"].item() == 1.0
+    out.loss.backward()
+    g = 0.21891175
+    assert torch.allclose(lp.grad, torch.tensor([[0.0, -g, -g, 0.0], [0.0, g, g, g]]), atol=1e-7)
+    # the same pair as a share of a step of 4 pairs (8 responses): a quarter of the loss
+    assert DPO(beta=0.5)(hand_batch(step_responses=8.0), logprobs()).loss.item() == pytest.approx(0.57593942 / 4)
+
+
+def test_dpo_rows_without_a_partner_do_not_count() -> None:
+    """A micro-batch with no complete pair contributes exactly 0."""
+    batch = hand_batch()
+    batch.partner = torch.tensor([-1, -1])
+    assert DPO()(batch, logprobs()).loss.item() == 0.0
+
+
 @pytest.mark.parametrize("beta", [1.5, -1.01, 2.0, math.nan])
 def test_bcpg_rejects_beta_outside_range(beta: float) -> None:
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -314,3 +344,26 @@ def test_grad_full_batch_equals_summed_micro_batches(policy, loss) -> None:
     local = [collate([(r, Slot(i, 1, int(r["reward"] > 0.5), True))], pad_id=0) for i, r in enumerate(data)]
     local_grads = grads_of(policy, local, loss)
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full_grads, local_grads))
+
+
+def test_dpo_grad_full_batch_equals_pairs_apart(policy) -> None:
+    """DPO on the 5 ragged rows: the planner draws one pair per question (a: rows 0-1, b: row 3
+    with row 2 or 4). One micro-batch of both pairs vs one micro-batch per pair (a small token
+    budget): the same gradient, since the loss divides by the step's pairs, not the micro-batch's."""
+    from nsa.batching import plan_epoch
+
+    data = rows()
+    lengths = [len(r["prompt_ids"]) + len(r["response_ids"]) for r in data]
+    positive = [r["reward"] > 0.5 for r in data]
+    groups = [r["group"] for r in data]
+
+    def batches(budget: int) -> list[PolicyBatch]:
+        plan = plan_epoch(lengths, positive, 4, budget, seed=0, groups=groups)
+        return [collate([(data[s.row], s) for s in micro], pad_id=0) for micro in plan]
+
+    together, apart = batches(1000), batches(1)
+    assert [len(b.question_ids) for b in together] == [4] and [len(b.question_ids) for b in apart] == [2, 2]
+    full, split = grads_of(policy, together, DPO()), grads_of(policy, apart, DPO())
+    assert any(g.abs().max() > 1e-4 for g in full)
+    for a, b in zip(full, split, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
