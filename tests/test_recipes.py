@@ -9,12 +9,13 @@ import yaml
 
 from nsa.cli import main
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").rglob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+ABLATIONS = sorted((Path(__file__).parents[1] / "recipes" / "ablations").glob("*.yaml"))
 
 
-def resolved(capsys, recipe: Path) -> dict:
+def resolved(capsys, recipe: Path, *overlays: Path) -> dict:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(recipe), "--print_config"])
+        main(["fit", "--config", str(recipe), *[f"--config={o}" for o in overlays], "--print_config"])
     out = capsys.readouterr().out
     assert exit_info.value.code in (0, None), out
     return yaml.safe_load(out)
@@ -42,6 +43,33 @@ def test_math_recipe_is_the_papers_setup(capsys):
     judges = [j["class_path"].rsplit(".", 1)[1] for j in config["data"]["judges"]]
     assert judges == ["PRMJudge", "LLMJudge"] and config["data"]["consensus"]["init_args"]["rule"] == "all"
     assert config["data"]["judges"][0]["init_args"]["threshold"] == 0.5  # lambda
+
+
+TABLE_3 = {
+    "bcpg.yaml": ("BCPG", {"beta": 1.0, "tau": 0.001, "per_token_behaviour": False}),
+    "rft.yaml": ("RFT", None),
+    "dpo.yaml": ("DPO", {"beta": 0.5}),
+    "topr.yaml": ("TOPR", {"positive_reward": 1.0, "negative_reward": -1.0}),
+    "grpo_offline.yaml": ("GRPOOffline", {"epsilon": 0.2, "kl_coef": 0.0, "eps": 0.0001}),
+}
+
+
+@pytest.mark.parametrize("overlay", ABLATIONS, ids=lambda p: p.name)
+def test_each_table_3_row_is_one_overlay_on_the_math_recipe(capsys, overlay):
+    """The overlay changes the loss (RFT: also lr 2.5e-6 and 6 epochs) and nothing of the data."""
+    math = Path(__file__).parents[1] / "recipes" / "math.yaml"
+    base, config = resolved(capsys, math), resolved(capsys, math, overlay)
+    name, init_args = TABLE_3[overlay.name]
+    assert config["model"]["loss"]["class_path"].rsplit(".", 1)[1] == name
+    if init_args is not None:
+        assert config["model"]["loss"]["init_args"] == init_args
+    assert config["data"] == base["data"]  # linked fields (data.pairs) are not printed
+    if name == "RFT":
+        assert config["model"]["optimizer"]["init_args"]["lr"] == 2.5e-6 and config["trainer"]["max_epochs"] == 6
+
+
+def test_every_ablation_file_is_tested():
+    assert {p.name for p in ABLATIONS} == set(TABLE_3)
 
 
 @pytest.mark.parametrize(("precision", "expected"), [(None, "32-true"), ("bf16-mixed", "bf16-mixed")])
