@@ -123,16 +123,18 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
     combined = segmented.dataset
     fps, judge_stats = [], {}
     for name, judge in zip(names, recipe.judges):
-        judged = run_stage(
-            recipe.cache_dir,
-            "judge",
-            segmented,
-            scoring_identity(judge),
-            functools.partial(steps.judge_shard, judge=judge),
-            rows,
-            functools.partial(_judge_counters, judge=judge),
-        )
-        getattr(judge, "close", lambda: None)()  # a judge's model or vLLM process goes before the next
+        try:
+            judged = run_stage(
+                recipe.cache_dir,
+                "judge",
+                segmented,
+                scoring_identity(judge),
+                functools.partial(steps.judge_shard, judge=judge),
+                rows,
+                functools.partial(_judge_counters, judge=judge),
+            )
+        finally:
+            getattr(judge, "close", lambda: None)()  # its model or vLLM process goes, even on an error
         combined = combined.add_column(f"scores/{name}", judged.dataset["scores"])
         fps.append(judged.fingerprint)
         judge_stats.update({f"judge/{name}/{k}": v for k, v in judged.stats.items()})

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,7 +40,10 @@ DEFAULT_ENGINE = VLLMEngine()  # frozen: safe as a shared default
 
 
 class VLLMWorker:
-    """One engine, ``LLM(model, **options)``, started lazily in a spawned child; ``close`` ends it."""
+    """One engine, ``LLM(model, **options)``, started lazily in a spawned child; ``close`` ends it.
+
+    ``max_model_len`` is the engine's context, known once it has started.
+    """
 
     def __init__(self, who: str, model: str, options: dict[str, Any], engine: VLLMEngine) -> None:
         self._who = who
@@ -46,6 +51,7 @@ class VLLMWorker:
         self._options = {**options, **asdict(engine)}
         self._process = None
         self._conn = None
+        self.max_model_len = 0
 
     def encode(self, prompts: list[list[int]], positions: list[list[int]]) -> list[list[list[float]]]:
         """Per prompt, the pooler's class probabilities at the given token positions."""
@@ -59,6 +65,26 @@ class VLLMWorker:
         """
         return self._call("generate", prompts, sampling)
 
+    def start(self) -> None:
+        """Starts the engine now (it also starts on the first call)."""
+        if self._process is not None:
+            return
+        _free_accelerator_memory()  # vLLM sizes its cache from the memory free when it starts
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        # not a daemon: tensor-parallel engines start worker processes of their own
+        self._process = context.Process(target=_serve, args=(child, self._model, self._options))
+        try:
+            self._process.start()
+        finally:
+            child.close()  # only the child holds its end now: its death reads as EOF here
+        self._finalizer = weakref.finalize(self, _kill, self._process)
+        status, value = self._receive()
+        if status == "error":
+            self.close()
+            raise NSAError(f"{self._who}: vLLM could not start model '{self._model}': {value}")
+        self.max_model_len = value
+
     def close(self) -> None:
         if self._process is None:
             return
@@ -66,44 +92,57 @@ class VLLMWorker:
             self._conn.send(("stop", ()))
         except OSError:
             pass  # the child is already gone
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        _kill(self._process, grace_s=30)
         self._conn.close()
         self._process = self._conn = None
 
     def _call(self, op: str, *args: Any) -> Any:
-        self._start()
-        self._conn.send((op, args))
-        status, value = self._receive()
+        self.start()
+        try:
+            self._conn.send((op, args))
+            status, value = self._receive()
+        except BaseException:
+            # interrupted between request and reply: the reply would answer the next call
+            _kill(self._process)
+            self._process = self._conn = None
+            raise
         if status == "error":
             raise NSAError(f"{self._who}: vLLM failed on model '{self._model}': {value}")
         return value
-
-    def _start(self) -> None:
-        if self._process is not None:
-            return
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, self._model, self._options), daemon=True)
-        self._process.start()
-        child.close()  # only the child holds its end now: its death reads as EOF here
-        status, value = self._receive()
-        if status == "error":
-            self.close()
-            raise NSAError(f"{self._who}: vLLM could not start model '{self._model}': {value}")
 
     def _receive(self) -> tuple[str, Any]:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process else None
+            code = _kill(self._process)
             self._process = self._conn = None
+            if code == 1:
+                hint = "; a script that starts it needs an `if __name__ == '__main__':` guard"
+            else:
+                hint = "; out of memory? lower kv_cache_memory_bytes or gpu_memory_utilization"
             raise NSAError(
-                f"{self._who}: the vLLM process for model '{self._model}' died (exit code {code}); "
-                "out of memory? lower kv_cache_memory_bytes or gpu_memory_utilization"
+                f"{self._who}: the vLLM process for model '{self._model}' died (exit code {code}){hint}"
             ) from None
+
+
+def _kill(process: Any, grace_s: float = 5.0) -> int | None:
+    """Waits ``grace_s`` for ``process`` to end, then kills it; its exit code."""
+    if process is None or process.pid is None:
+        return None
+    process.join(timeout=grace_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    return process.exitcode
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def available() -> bool:
@@ -117,7 +156,7 @@ def available() -> bool:
 
 
 def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # this process is the engine's own already
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
@@ -125,7 +164,7 @@ def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
     except Exception as err:  # any start failure goes back as one line
         conn.send(("error", _one_line(err)))
         return
-    conn.send(("ok", None))
+    conn.send(("ok", llm.llm_engine.model_config.max_model_len))
     ops = {"encode": _encode, "generate": _generate}
     while True:
         op, args = conn.recv()

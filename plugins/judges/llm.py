@@ -306,7 +306,9 @@ class LLMJudge:
         self.temperature = temperature
         self.structured_output = structured_output
         self.threshold = threshold
-        self.dtype = dtype  # vllm backend: the engine's weights dtype ("auto": the model's own)
+        self._dtype = dtype
+        if backend == "vllm":  # the engine's weights dtype; the other backends ignore it (and keep their caches)
+            self.dtype = dtype
         # Private: how requests travel, not what the judge says. The key's value is never stored.
         self._template = template
         self._api_key_env = api_key_env
@@ -315,7 +317,7 @@ class LLMJudge:
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
         self._max_failed_fraction = max_failed_fraction
-        self._use_schema = structured_output
+        self._schema_level = 2 if structured_output else 0  # see _body
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._hf: tuple[Any, Any] | None = None
@@ -445,19 +447,25 @@ class LLMJudge:
         return _Failed(last.unreachable, str(last))
 
     def _post_with_fallback(self, prompt: str, key: str | None, num_steps: int | None) -> str:
-        use_schema = self._use_schema
-        try:
-            return self._post(prompt, key, use_schema, num_steps)
-        except _Rejected as err:
-            if not (use_schema and err.status == 400):
-                raise
-        reply = self._post(prompt, key, False)  # the server may not support response_format
-        if self._use_schema:
-            log.warning("LLMJudge: %s refused response_format json_schema; sending without it", self.base_url)
-            self._use_schema = False
+        """Posts with the strictest schema the server has not refused; on HTTP 400 steps down
+        once per level (exact schema -> open schema -> none) and remembers where it got through."""
+        level = self._schema_level
+        while True:
+            try:
+                reply = self._post(prompt, key, level, num_steps)
+                break
+            except _Rejected as err:
+                if level == 0 or err.status != 400:
+                    raise
+                level -= 1
+        if level < self._schema_level:
+            what = ["no response_format", "an open JSON schema", "the exact schema"][level]
+            log.warning("LLMJudge: %s refused a stricter response_format; sending %s", self.base_url, what)
+            self._schema_level = level
         return reply
 
-    def _body(self, prompt: str, use_schema: bool, num_steps: int | None = None) -> dict[str, Any]:
+    def _body(self, prompt: str, schema_level: int, num_steps: int | None = None) -> dict[str, Any]:
+        """``schema_level``: 2 the exact schema (n verdicts numbered 1..n), 1 an open one, 0 none."""
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": self.max_tokens,
@@ -465,16 +473,19 @@ class LLMJudge:
         }
         if self.model:  # some servers serve one model and take no name
             body["model"] = self.model
-        if use_schema:
-            schema = {"name": "step_verdicts", "strict": True, "schema": _schema(num_steps)}
-            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if schema_level:
+            schema = _schema(num_steps if schema_level == 2 else None)
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "step_verdicts", "strict": True, "schema": schema},
+            }
         return body
 
-    def _post(self, prompt: str, key: str | None, use_schema: bool, num_steps: int | None = None) -> str:
+    def _post(self, prompt: str, key: str | None, schema_level: int, num_steps: int | None = None) -> str:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(self._body(prompt, use_schema, num_steps)).encode()
+        data = json.dumps(self._body(prompt, schema_level, num_steps)).encode()
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data, headers, method="POST")
         # No redirects: following one would resend the Authorization header to wherever it points.
         opener = urllib.request.build_opener(_NoRedirect())
@@ -559,17 +570,23 @@ class LLMJudge:
             self._worker_tokenizer = load_tokenizer(folder)
             # JSON without free whitespace: a weak model would otherwise fill max_tokens with it
             options = {
-                "dtype": self.dtype,
+                "dtype": self._dtype,
                 "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
             }
             self._worker = VLLMWorker("LLMJudge", folder, options, self._engine)
+            self._worker.start()
         tokenizer = self._worker_tokenizer
-        sampling = [self._sampling(num_steps) for _, num_steps in requests]
         self._count("requests", len(requests))
         ids = [self._hf_encode(tokenizer, prompt)["input_ids"][0].tolist() for prompt, _ in requests]
-        replies = self._worker.generate(ids, sampling)
-        # a reply cut off at max_tokens is not an answer, as with the other backends
-        return ["" if finish == "length" else text for text, finish in replies]
+        # vLLM refuses a prompt beyond the model's context: that one answer fails, not the shard
+        fits = [k for k, prompt_ids in enumerate(ids) if len(prompt_ids) < self._worker.max_model_len]
+        replies: list[str | _Failed] = [_Failed(False, "prompt longer than the model's context")] * len(ids)
+        self._count("failed", len(ids) - len(fits))
+        if fits:
+            sampling = [self._sampling(requests[k][1]) for k in fits]
+            for k, (text, finish) in zip(fits, self._worker.generate([ids[k] for k in fits], sampling), strict=True):
+                replies[k] = "" if finish == "length" else text  # cut off: not an answer, as elsewhere
+        return replies
 
     def _sampling(self, num_steps: int) -> dict[str, Any]:
         sampling: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}

@@ -38,8 +38,9 @@ Token layout
     are tokenised apart and their ids concatenated, the separator's ids after each step.
 
 Long answers
-    Inputs are cut at ``max_length`` tokens. The steps whose score position still fits are
-    scored (for a causal model their scores are those of the full input); the later steps
+    Inputs are cut at ``max_length`` tokens (on vLLM, at most the model's context). The steps
+    whose score position still fits are scored (for a causal model their scores are those of
+    the full input); the later steps
     are ``None`` (unjudged) and counted in ``stats()["truncated_steps"]`` (cumulative over
     calls; nsa logs it as ``data/judge/PRMJudge/truncated_steps``).
 
@@ -299,11 +300,13 @@ class PRMJudge:
         return self._tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _truncate(self, enc: _Encoded) -> _Encoded:
-        if len(enc.ids) <= self.max_length:
+        # vLLM refuses inputs longer than the model's context; transformers would run past it
+        limit = min(self.max_length, self._worker.max_model_len) if self._worker else self.max_length
+        if len(enc.ids) <= limit:
             return enc
-        kept = [p if p is not None and p < self.max_length else None for p in enc.positions]
+        kept = [p if p is not None and p < limit else None for p in enc.positions]
         self._truncated_steps += sum(p is not None for p in enc.positions) - sum(p is not None for p in kept)
-        return _Encoded(enc.ids[: self.max_length], kept)
+        return _Encoded(enc.ids[:limit], kept)
 
     # ------------------------------------------------------------------------- loading
 
@@ -330,6 +333,7 @@ class PRMJudge:
             ]
         if self.backend == "vllm":
             self._worker = self._vllm_worker(folder)
+            self._worker.start()  # its context, which bounds max_length, is known once it runs
         else:
             self._model = self._load_model(folder)
 
@@ -339,7 +343,6 @@ class PRMJudge:
             "runner": "pooling",
             "token_scores": True,
             "dtype": self.dtype,
-            "max_model_len": self.max_length,
             "trust_remote_code": self.trust_remote_code,
         }
         if self.convention == "math-shepherd":
@@ -349,9 +352,24 @@ class PRMJudge:
         return VLLMWorker("PRM judge", folder, options, self._engine)
 
     def _marker_in_context(self) -> int:
-        """The id the marker gets inside a text (after a space for Math-Shepherd: a SentencePiece
-        tokenizer's word-start form, as the card's ``tokenizer.encode("ки")[-1]``)."""
-        return self._tokenizer("1." + self._marker_space + self.step_marker, add_special_tokens=False)["input_ids"][-1]
+        """The id of the one token the marker becomes inside a text (after a space for
+        Math-Shepherd: a SentencePiece tokenizer's word-start form, as the card's
+        ``tokenizer.encode("ки")[-1]``). An error when it merges with its neighbours there."""
+        if not getattr(self._tokenizer, "is_fast", False):
+            raise NSAError(f"PRM judge: model '{self.model}' needs a fast tokenizer (tokenizer.json) to locate markers")
+        head = "1." + self._marker_space
+        text = head + self.step_marker + "\n2."
+        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        end = len(head) + len(self.step_marker)
+        for i, (start, stop) in enumerate(encoding["offset_mapping"]):
+            if start <= len(head) < stop:
+                if start >= len("1.") and stop == end:  # the marker (and its space), nothing else
+                    return encoding["input_ids"][i]
+                break
+        raise NSAError(
+            f"PRM judge: in model '{self.model}''s tokenizer the step marker {self.step_marker!r} merges with the "
+            f"text around it, so no score position exists; set step_marker to the model's own step token"
+        )
 
     def _marker_separator(self) -> list[int]:
         # TRL allows a multi-token step separator and labels its last token.

@@ -112,6 +112,8 @@ class FakeServer:
             return 500, ""
         if self.mode == "no_schema" and "response_format" in body:
             return 400, ""
+        if self.mode == "no_bounds" and "minItems" in json.dumps(body.get("response_format", {})):
+            return 400, ""  # like an API whose strict mode has no array-length constraints
         if self.mode == "slow":
             self.stop.wait(2.0)
         if self.mode == "drop" and "DROP" in prompt:
@@ -246,7 +248,17 @@ def test_400_for_response_format_falls_back_and_remembers(server):
     j = judge(server, concurrency=1)
     assert j.score([item("a"), item("b WRONG")]) == [[1.0], [0.0]]
     with_schema = ["response_format" in body for _, body in server.requests]
-    assert with_schema == [True, False, False]  # asked once with the schema, never again
+    assert with_schema == [True, True, False, False]  # exact schema, open schema, then none from then on
+
+
+def test_a_server_without_array_bounds_keeps_the_open_schema(server):
+    """A 400 for the exact schema steps down one level only: structured output stays on."""
+    server.mode = "no_bounds"
+    j = judge(server, concurrency=1)
+    assert j.score([item("a"), item("b WRONG")]) == [[1.0], [0.0]]
+    bounded = ["minItems" in json.dumps(body.get("response_format", {})) for _, body in server.requests]
+    assert bounded == [True, False, False]
+    assert all("response_format" in body for _, body in server.requests)
 
 
 def test_unreachable_server_is_a_user_error():

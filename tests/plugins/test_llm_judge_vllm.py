@@ -86,6 +86,30 @@ def test_prompt_ids_and_greedy_text_match_transformers(judge):
     assert text == judge._worker_tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
+def test_a_prompt_beyond_the_context_fails_alone(judge):
+    """A question too long for the model's 2048 tokens: that answer's steps are unjudged and
+    counted as a failed request; the other answers of the call are judged as usual."""
+    long = StepItem("What is 3 + 4? " * 400, "3 + 4 = 7", [(0, 9)])
+    before = judge.stats()
+    scores = judge.score([long, ITEMS[1]])
+    assert scores[0] == [None] and len(scores[1]) == 1
+    assert judge.stats()["failed"] == before["failed"] + 1
+    assert judge.stats()["requests"] == before["requests"] + 2
+
+
+def test_a_dead_engine_is_an_error_and_the_next_call_restarts(judge):
+    import os
+    import signal
+
+    from nsa.errors import NSAError
+
+    judge.score(ITEMS[:1])
+    os.kill(judge._worker._process.pid, signal.SIGKILL)
+    with pytest.raises(NSAError, match=r"vLLM process for model .* died \(exit code -9\)"):
+        judge.score(ITEMS[:1])
+    assert len(judge.score(ITEMS[:1])[0]) == 2  # a fresh engine
+
+
 def test_close_ends_the_process(judge):
     judge.score(ITEMS[:1])
     process = judge._worker._process

@@ -195,7 +195,7 @@ def test_structured_reply_is_json_of_the_schema(server):
     j = judge(server)
     for answer in ANSWERS:
         n = len(answer.spans)
-        reply = j._post(j.render(answer), None, True, n)
+        reply = j._post(j.render(answer), None, 2, n)  # the exact schema
         assert reply, f"structured reply for {n} steps was cut off at max_tokens or empty"
         value = json.loads(reply)
         assert set(value) == {"verdicts"}, reply
@@ -205,7 +205,7 @@ def test_structured_reply_is_json_of_the_schema(server):
             assert type(verdict["step"]) is int and 1 <= verdict["step"] <= n, reply
             assert type(verdict["correct"]) is bool, reply
 
-    free = chat(server, j._body(j.render(ANSWERS[1]), False, 2))
+    free = chat(server, j._body(j.render(ANSWERS[1]), 0, 2))  # no schema
     with pytest.raises(ValueError):
         json.loads(free["message"]["content"])
 
@@ -236,7 +236,7 @@ def test_score_through_the_server(server):
 
     for answer, got in zip(ANSWERS, scores[:-1], strict=True):
         n = len(answer.spans)
-        verdicts, _ = parse_verdicts(j._post(j.render(answer), None, True, n), n)
+        verdicts, _ = parse_verdicts(j._post(j.render(answer), None, 2, n), n)
         assert got == ([None] * n if verdicts is None else [1.0 if v else 0.0 for v in verdicts])
 
 
@@ -255,9 +255,9 @@ def test_unknown_model_is_a_one_line_error(server):
 
 def test_schema_the_server_refuses_falls_back_to_free_text(server, monkeypatch, caplog):
     """vLLM answers 400 to a response_format whose schema its grammar compiler rejects (the judge's
-    schema is swapped for an invalid one here). The judge asks again without response_format, warns
-    once, and asks without it from then on: the server sees exactly one 400. The tiny model's free
-    text is no verdict, so the step is unjudged (malformed), not failed."""
+    schema is swapped for an invalid one here). The judge steps down, exact schema -> open schema ->
+    none, warns once, and asks without it from then on: the server sees exactly two 400s. The tiny
+    model's free text is no verdict, so the step is unjudged (malformed), not failed."""
     monkeypatch.setattr(llm_module, "_schema", lambda num_steps: {"type": "no-such-type"})
     j = judge(server, max_tokens=16)
     seen = server.chat_posts(400)
@@ -265,9 +265,9 @@ def test_schema_the_server_refuses_falls_back_to_free_text(server, monkeypatch, 
         first = j.score(ANSWERS[:1])
         second = j.score(ANSWERS[:1])
     assert first == second == [[None]]
-    refusals = [r for r in caplog.records if "refused response_format" in r.getMessage()]
+    refusals = [r for r in caplog.records if "refused a stricter response_format" in r.getMessage()]
     assert len(refusals) == 1
-    assert server.wait_chat_posts(400, seen + 1) == seen + 1
+    assert server.wait_chat_posts(400, seen + 2) == seen + 2
     assert j.stats() == {
         "requests": 2,
         "failed": 0,
@@ -279,19 +279,20 @@ def test_schema_the_server_refuses_falls_back_to_free_text(server, monkeypatch, 
 
 
 def test_other_400_fails_without_turning_the_schema_off(server, caplog):
-    """vLLM answers 400 to max_tokens beyond the model's context. The judge's one retry without
-    response_format gets 400 too, so the request fails and the call raises a one-line NSAError; the
-    schema stays on, and the next valid call is constrained again (its one-step answer is judged)."""
+    """vLLM answers 400 to max_tokens beyond the model's context. The judge's retries with an open
+    schema and without one get 400 too, so the request fails and the call raises a one-line
+    NSAError; the schema stays on, and the next valid call is constrained again (its one-step
+    answer is judged)."""
     j = judge(server, max_tokens=CONTEXT + 1)
     seen = server.chat_posts(400)
     with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(NSAError) as err:
         j.score(ANSWERS[:1])
     message = str(err.value)
     assert "\n" not in message and "HTTP 400" in message and "failed" in message
-    assert server.wait_chat_posts(400, seen + 2) == seen + 2  # with the schema, then without
-    assert not [r for r in caplog.records if "refused response_format" in r.getMessage()]
+    assert server.wait_chat_posts(400, seen + 3) == seen + 3  # exact schema, open schema, none
+    assert not [r for r in caplog.records if "refused a stricter response_format" in r.getMessage()]
 
     j.max_tokens = 64
     assert j.score(ANSWERS[:1])[0] in ([1.0], [0.0])
-    assert server.chat_posts(400) == seen + 2
+    assert server.chat_posts(400) == seen + 3
     assert j.stats()["requests"] == 2 and j.stats()["failed"] == 1

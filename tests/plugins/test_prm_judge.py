@@ -177,6 +177,16 @@ def test_missing_marker_is_a_one_line_error(models, convention, model, options):
         judge.score(ITEMS)
 
 
+def test_a_marker_that_merges_in_context_is_a_one_line_error(models):
+    """'ally' is one token alone, but after the space Math-Shepherd puts before its tag the
+    tiny BPE splits it as ' a' + 'lly': no token is the marker's own, so no step could be
+    scored. Caught when the model loads, not after judging a whole shard as unjudged."""
+    judge = PRMJudge(models["math-shepherd"], convention="math-shepherd", step_marker="ally")
+    with pytest.raises(NSAError, match=r"step marker 'ally' merges with the text around it") as err:
+        judge.score(ITEMS)
+    assert "\n" not in str(err.value)
+
+
 def test_empty_steps_and_empty_input(models):
     judge = PRMJudge(models["qwen-prm"], convention="qwen-prm")
     assert judge.score([]) == []

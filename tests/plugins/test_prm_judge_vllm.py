@@ -153,7 +153,8 @@ def test_pipeline_judges_on_vllm_like_hf_and_ends_the_process(tmp_path, tiny_mod
     from tests.tiny import build_model
 
     prm = str(build_model(tmp_path / "prm", seed=1, head="LlamaForTokenClassification"))
-    args = {"model": prm, "convention": "token-classification", "max_length": 512}
+    # the tiny PRM scores every step 0.37-0.42: lambda 0.4 splits them, so verdicts can differ
+    args = {"model": prm, "convention": "token-classification", "max_length": 512, "threshold": 0.4}
     engine = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
     judge = {"class_path": "nsa.plugins.judges.prm.PRMJudge", "init_args": args}
     (tmp_path / "hf").mkdir()
@@ -161,6 +162,7 @@ def test_pipeline_judges_on_vllm_like_hf_and_ends_the_process(tmp_path, tiny_mod
     hf = prepare(tiny_recipe(tmp_path / "hf", tiny_model, judges=[judge]))
     judge["init_args"] = {**args, "backend": "vllm", "engine": engine}
     on_vllm = prepare(tiny_recipe(tmp_path / "vllm", tiny_model, judges=[judge]))
+    assert 0 < hf["steps_correct/PRMJudge"] < 14
     assert on_vllm["steps_correct/PRMJudge"] == hf["steps_correct/PRMJudge"]
     assert on_vllm["steps_unjudged/PRMJudge"] == hf["steps_unjudged/PRMJudge"] == 0
     assert on_vllm["judge/PRMJudge/truncated_steps"] == 0
