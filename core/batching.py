@@ -33,6 +33,7 @@ class Slot:
     step_positives: int
     last_in_step: bool
     partner: int = -1  # the row of its pair (pairwise losses), -1 when it has none
+    null: bool = False  # padding for a process short of work: no token of it is trained
 
 
 def plan_epoch(
@@ -42,8 +43,12 @@ def plan_epoch(
     tokens_per_micro_batch: int,
     seed: int,
     groups: Sequence[str] | None = None,
+    world_size: int = 1,
+    rank: int = 0,
 ) -> list[list[Slot]]:
-    """Micro-batches of one epoch; with ``groups`` (question ids), of (correct, incorrect) pairs."""
+    """Process ``rank``'s micro-batches of one epoch; with ``groups`` (question ids), of
+    (correct, incorrect) pairs. Every process plans the whole epoch alike (same seed) and
+    takes every ``world_size``-th micro-batch of each step."""
     rng = random.Random(seed)
     if groups is None:
         order = list(range(len(lengths)))
@@ -56,14 +61,36 @@ def plan_epoch(
     micro_batches: list[list[Slot]] = []
     for start in range(0, len(units), per_step):
         step = sorted(units[start : start + per_step], key=lambda u: -max(lengths[i] for i in u))
-        rows = [i for unit in step for i in unit]
-        n_pos = sum(positive[i] for i in rows)
-        partner = {u[k]: u[1 - k] for u in step if len(u) == 2 for k in (0, 1)}
-        groups_of_step = _pack(step, lengths, tokens_per_micro_batch)
-        for g, packed in enumerate(groups_of_step):
-            last = g == len(groups_of_step) - 1
-            micro_batches.append([Slot(i, len(rows), n_pos, last, partner.get(i, -1)) for i in packed])
+        micro_batches += _step_share(step, lengths, positive, tokens_per_micro_batch, world_size, rank)
     return micro_batches
+
+
+def _step_share(
+    step: list[tuple[int, ...]],
+    lengths: Sequence[int],
+    positive: Sequence[bool],
+    budget: int,
+    world_size: int,
+    rank: int,
+) -> list[list[Slot]]:
+    """One step's micro-batches for process ``rank``: every process gets as many (DDP's and
+    FSDP's collectives must pair up), a process short of work a null micro-batch, one row
+    with no trained token (its loss and gradient are exactly 0)."""
+    rows = [i for unit in step for i in unit]
+    n_pos = sum(positive[i] for i in rows)
+    partner = {u[k]: u[1 - k] for u in step if len(u) == 2 for k in (0, 1)}
+    packed = _pack(step, lengths, budget)
+    count = -(-len(packed) // world_size)  # micro-batches per process
+    mine = packed[rank::world_size]
+    mine += [[]] * (count - len(mine))
+    share = []
+    for g, group in enumerate(mine):
+        last = g == count - 1
+        if not group:  # the step's shortest row, masked out by collate
+            share.append([Slot(rows[-1], len(rows), n_pos, last, null=True)])
+        else:
+            share.append([Slot(i, len(rows), n_pos, last, partner.get(i, -1)) for i in group])
+    return share
 
 
 def draw_pairs(groups: Sequence[str], positive: Sequence[bool], rng: random.Random) -> list[tuple[int, int]]:
@@ -104,7 +131,8 @@ class _Epoch:
 
 
 class StepBatchSampler:
-    """Yields micro-batches of Slots; a new seeded plan every epoch (``groups``: pairs)."""
+    """Yields process ``rank``'s micro-batches of Slots; a new seeded plan every epoch
+    (``groups``: pairs)."""
 
     def __init__(
         self,
@@ -114,15 +142,27 @@ class StepBatchSampler:
         tokens: int,
         seed: int,
         groups: Sequence[str] | None = None,
+        world_size: int = 1,
+        rank: int = 0,
     ) -> None:
         self.lengths, self.positive = list(lengths), list(positive)
         self.responses_per_step, self.tokens, self.seed = responses_per_step, tokens, seed
         self.groups = None if groups is None else list(groups)
+        self.world_size, self.rank = world_size, rank
         self.sampler = _Epoch()
 
     def _plan(self) -> list[list[Slot]]:
         seed = self.seed + self.sampler.epoch
-        return plan_epoch(self.lengths, self.positive, self.responses_per_step, self.tokens, seed, self.groups)
+        return plan_epoch(
+            self.lengths,
+            self.positive,
+            self.responses_per_step,
+            self.tokens,
+            seed,
+            self.groups,
+            self.world_size,
+            self.rank,
+        )
 
     def __iter__(self) -> Iterator[list[Slot]]:
         return iter(self._plan())
@@ -162,11 +202,14 @@ def collate(items: list[tuple[dict, Slot]], pad_id: int) -> PolicyBatch:
     rows, slots = [r for r, _ in items], [s for _, s in items]
     prompts = [[0] * len(r["prompt_ids"]) for r in rows]
     seqs = [r["prompt_ids"] + r["response_ids"] for r in rows]
+    keep = [not s.null for s in slots]  # a null slot (padding for a process short of work) trains no token
+    response = [p + [k] * len(r["response_ids"]) for p, r, k in zip(prompts, rows, keep)]
+    mined = [p + [bool(m) and k for m in r["nsa_mask"]] for p, r, k in zip(prompts, rows, keep)]
     return PolicyBatch(
         input_ids=_pad(seqs, pad_id),
         attention_mask=_pad([[1] * len(s) for s in seqs], 0),
-        response_mask=_pad([p + [1] * len(r["response_ids"]) for p, r in zip(prompts, rows)], 0).bool(),
-        nsa_mask=_pad([p + list(r["nsa_mask"]) for p, r in zip(prompts, rows)], False).bool(),
+        response_mask=_pad(response, 0).bool(),
+        nsa_mask=_pad(mined, False).bool(),
         reward=torch.tensor([r["reward"] for r in rows], dtype=torch.float32),
         reward_mean=torch.tensor([r["reward_mean"] for r in rows], dtype=torch.float32),
         reward_std=torch.tensor([r["reward_std"] for r in rows], dtype=torch.float32),

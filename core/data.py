@@ -133,8 +133,9 @@ class NSADataModule(L.LightningDataModule):
         lengths = [len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])]
         positive = [r > 0.5 for r in self.train_rows["reward"]]
         groups = self.train_rows["group"] if self.pairs else None
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = StepBatchSampler(
-            lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups
+            lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups, world, rank
         )
         # Lightning reads the length before it sets the epoch: plan for the current one now
         sampler.sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)

@@ -129,7 +129,9 @@ class NSAModule(L.LightningModule):
                 f"loss is {value} at step {self.global_step} (questions {', '.join(batch.question_ids)}); "
                 "check the behaviour log-probs of these questions and the learning rate"
             )
-        self.manual_backward(out.loss)
+        # DDP and FSDP average gradients over processes; each loss is its process's share of the
+        # step's sum, so scale back up: the update is then the same on 1 process or on N
+        self.manual_backward(out.loss * self.trainer.world_size)
         self._accumulate(value, out.metrics, batch, logprobs.detach())
         if batch.last_in_step:
             self._optimizer_step()
@@ -154,7 +156,7 @@ class NSAModule(L.LightningModule):
 
     def _accumulate(self, loss: float, metrics: dict, batch: PolicyBatch, logprobs: torch.Tensor) -> None:
         """Sum the step's loss shares; average metrics over its responses."""
-        rows = len(batch.question_ids)
+        rows = int(batch.response_mask.any(1).sum())  # a null row (padding for a process) is no response
         mask = batch.response_mask  # (B, T)
         drift = ((logprobs - batch.ref_token_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
         self._step_loss += loss
@@ -163,10 +165,15 @@ class NSAModule(L.LightningModule):
             self._step_metrics[key] = self._step_metrics.get(key, 0.0) + float(value) * rows
 
     def _log_step(self) -> None:
-        """One point per optimizer step, whatever the micro-batch split."""
-        metrics = {f"train/{k}": v / self._step_rows for k, v in self._step_metrics.items()}
-        metrics["train/loss"] = self._step_loss
-        self.log("train/loss", self._step_loss, prog_bar=True, logger=False)
+        """One point per optimizer step, whatever the micro-batch split and the process count."""
+        names = list(self._step_metrics)
+        local = [self._step_loss, self._step_rows, *self._step_metrics.values()]
+        totals = torch.tensor(local, dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        loss, rows, *sums = totals.tolist()  # summed over processes
+        metrics = {f"train/{k}": v / max(rows, 1) for k, v in zip(names, sums)}
+        metrics["train/loss"] = loss
+        self.log("train/loss", loss, prog_bar=True, logger=False)
         for logger in self.loggers:  # x axis: optimizer steps, not Lightning's micro-batch counter
             logger.log_metrics(metrics, step=self.global_step)
         if self.global_step == 1 and metrics["train/ref_drift"] > 1e-2:
