@@ -161,18 +161,21 @@ class NSAModule(L.LightningModule):
         drift = ((logprobs - batch.ref_token_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
         self._step_loss += loss
         self._step_rows += rows
+        self._step_real += int(batch.attention_mask.sum())  # tokens that are not padding
+        self._step_padded += batch.attention_mask.numel()  # tokens the forward pass computes
         for key, value in {**metrics, "ref_drift": drift}.items():
             self._step_metrics[key] = self._step_metrics.get(key, 0.0) + float(value) * rows
 
     def _log_step(self) -> None:
         """One point per optimizer step, whatever the micro-batch split and the process count."""
         names = list(self._step_metrics)
-        local = [self._step_loss, self._step_rows, *self._step_metrics.values()]
+        local = [self._step_loss, self._step_rows, self._step_real, self._step_padded, *self._step_metrics.values()]
         totals = torch.tensor(local, dtype=torch.float64, device=self.device)
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        loss, rows, *sums = totals.tolist()  # summed over processes
+        loss, rows, real, padded, *sums = totals.tolist()  # summed over processes
         metrics = {f"train/{k}": v / max(rows, 1) for k, v in zip(names, sums)}
         metrics["train/loss"] = loss
+        metrics["train/padding_fraction"] = 1.0 - real / max(padded, 1)
         self.log("train/loss", loss, prog_bar=True, logger=False)
         for logger in self.loggers:  # x axis: optimizer steps, not Lightning's micro-batch counter
             logger.log_metrics(metrics, step=self.global_step)
@@ -185,3 +188,4 @@ class NSAModule(L.LightningModule):
 
     def _reset_step(self) -> None:
         self._step_loss, self._step_rows, self._step_metrics = 0.0, 0, {}
+        self._step_real, self._step_padded = 0, 0

@@ -44,6 +44,11 @@ def test_step_is_the_same_however_it_is_split(tmp_path, tiny_model, monkeypatch)
         main(["fit", "--config", str(recipe), "--trainer.max_steps=1", f"--model.export_dir={export}"])
         results.append(weights(export))
     whole, split = results
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], order_by=["start_time ASC"])
+    padding = [run.data.metrics["train/padding_fraction"] for run in runs]
+    # 8 ragged rows padded to the longest in one micro-batch; one row per micro-batch pads nothing
+    assert 0.0 < padding[0] < 0.2 and padding[1] == 0.0
     start = load_file(f"{tiny_model}/model.safetensors")
     assert any(not torch.equal(whole[k], start[k]) for k in start)
     for key in whole:
