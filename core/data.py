@@ -11,12 +11,12 @@ import torch
 from nsa.batching import RolloutRows, StepBatchSampler, collate
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
-from nsa.models import check_policy, load_tokenizer, resolve_policy
+from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
 from nsa.pipeline import Recipe, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import load_problems
-from nsa.stages.rollouts import with_group_std
+from nsa.stages.rollouts import drop_unusable, with_group_std
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
@@ -44,6 +44,8 @@ class NSADataModule(L.LightningDataModule):
         logprob_batch_size: responses per pi_ref forward.
         seed: shuffling seed (the sampler has its own).
         pairs: plan (correct, incorrect) pairs of one question (linked from the loss's ``pairs``).
+        max_length: the longest prompt + answer trained on, in tokens; longer rows are dropped
+            and counted (``data/dropped_too_long``). None: the policy's context.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class NSADataModule(L.LightningDataModule):
         logprob_batch_size: int = 8,
         seed: int = 0,
         pairs: bool = False,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
         if not judges:
@@ -85,6 +88,8 @@ class NSADataModule(L.LightningDataModule):
         self.cache_dir, self.shard_size, self.seed = cache_dir, shard_size, seed
         self.logprob_precision, self.logprob_batch_size = logprob_precision, logprob_batch_size
         self.pairs = pairs
+        self.max_length = max_length
+        self._setup_stats: dict[str, float] = {}
         self.stages: list[StageOutput] = []
 
     def prepare_data(self) -> None:
@@ -113,17 +118,31 @@ class NSADataModule(L.LightningDataModule):
             )
         if not self.stages:
             self.prepare_data()  # on ranks that did not prepare: every stage is a cache hit
-        self.train_rows = with_group_std(self.stages[-1].dataset)
-        if not len(self.train_rows):
+        folder = resolve_policy(self.policy)
+        rows, self._setup_stats = drop_unusable(self.stages[-1].dataset, self.max_length or policy_context(folder))
+        self._warn_dropped()
+        if not len(rows):
             raise NSAError("no training rows left after filtering; see the stage statistics above")
-        self.pad_id = load_tokenizer(resolve_policy(self.policy)).pad_token_id
+        self.train_rows = with_group_std(rows)
+        self.pad_id = load_tokenizer(folder).pad_token_id
+
+    def _warn_dropped(self) -> None:
+        nonfinite, too_long = self._setup_stats["dropped_nonfinite_ref"], self._setup_stats["dropped_too_long"]
+        if nonfinite:
+            print(f"nsa: warning: dropped {nonfinite:g} answers whose pi_ref log-probs are NaN or inf", file=sys.stderr)
+        if too_long:
+            limit = self.max_length or "the policy's context"
+            print(
+                f"nsa: warning: dropped {too_long:g} answers longer than {limit} tokens (data.max_length)",
+                file=sys.stderr,
+            )
 
     @property
     def stats(self) -> dict[str, float]:
         merged: dict[str, float] = {}
         for out in self.stages:
             merged.update(out.stats)
-        return merged
+        return {**merged, **self._setup_stats}
 
     @property
     def fingerprints(self) -> dict[str, str]:

@@ -96,6 +96,16 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def policy_context(folder: str) -> int | None:
+    """The policy's context length from its config (``max_position_embeddings``), if it says."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None
+
+
 def load_tokenizer(folder: str):
     from transformers import AutoTokenizer
 

@@ -87,6 +87,25 @@ def with_group_std(rows: Dataset) -> Dataset:
     return rows.add_column("reward_std", [std[g] for g in rows["group"]])
 
 
+def drop_unusable(rows: Dataset, max_length: int | None) -> tuple[Dataset, dict[str, float]]:
+    """Drops, and counts, the rows training cannot use: pi_ref log-probs that are NaN or inf (a
+    broken behaviour forward) and prompt + answer longer than ``max_length`` tokens (the
+    policy's context). Arrow compute keeps this cheap on hundreds of millions of tokens."""
+    import pyarrow.compute as pc
+
+    table = rows.with_format("arrow")[:]  # the selected rows, in order
+    ref = table.column("ref_logprobs").combine_chunks()  # ListArray, one list per row
+    bad = pc.invert(pc.is_finite(pc.list_flatten(ref)))
+    nonfinite = set(pc.filter(pc.list_parent_indices(ref), bad).to_pylist())
+    lengths = pc.add(
+        pc.list_value_length(table.column("prompt_ids")), pc.list_value_length(table.column("response_ids"))
+    )
+    too_long = {i for i, n in enumerate(lengths.to_pylist()) if max_length is not None and n > max_length} - nonfinite
+    keep = [i for i in range(len(rows)) if i not in nonfinite and i not in too_long]
+    stats = {"dropped_nonfinite_ref": float(len(nonfinite)), "dropped_too_long": float(len(too_long))}
+    return (rows if len(keep) == len(rows) else rows.select(keep)), stats
+
+
 def filter_groups(rollouts: Dataset) -> Dataset:
     """Add the group mean reward and drop groups whose answers are all right or all wrong."""
     by_group: dict[str, list[float]] = {}

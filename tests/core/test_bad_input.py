@@ -89,3 +89,15 @@ def test_unsupported_precision(recipe, capsys):
 
 def test_relative_model_path_without_dot(recipe, capsys):
     fails_with(capsys, ["fit", "--config", recipe, "--model.policy=runs/x/policy"], "runs/x/policy", "does not exist")
+
+
+def test_answers_longer_than_max_length_are_dropped_and_counted(recipe, capsys):
+    """The tiny rows are 73 to 88 tokens: a limit of 80 drops some, a limit of 10 all of them."""
+    from nsa.cli import NSACLI
+
+    cli = NSACLI(["--config", recipe, "--data.max_length=80"], run=False)
+    cli.datamodule.setup("fit")
+    dropped = cli.datamodule.stats["dropped_too_long"]
+    assert 0 < dropped < 8 and len(cli.datamodule.train_rows) == 8 - dropped
+    assert "longer than 80 tokens (data.max_length)" in capsys.readouterr().err
+    fails_with(capsys, ["fit", "--config", recipe, "--data.max_length=10"], "no training rows left")

@@ -205,3 +205,32 @@ def test_collate_maps_partners_to_micro_batch_rows() -> None:
 
     with pytest.raises(NSAError, match="split across micro-batches"):
         collate(items[:1], pad_id=0)
+
+
+def test_rows_with_nonfinite_ref_logprobs_or_too_long_are_dropped() -> None:
+    """After a select (an indices mapping over the table) the right rows go: rows 1 (NaN) and
+    3 (inf) of the selection, and row 4 (3 + 5 = 8 tokens > 7); rows 0 and 2 stay."""
+    from datasets import Dataset
+
+    from nsa.stages.rollouts import drop_unusable
+
+    full = Dataset.from_dict(
+        {
+            "name": ["x", "a", "b", "c", "d", "e"],
+            "prompt_ids": [[1]] + [[1, 2]] * 4 + [[1, 2, 3]],
+            "response_ids": [[9]] + [[5, 6]] * 4 + [[5, 6, 7, 8, 9]],
+            "ref_logprobs": [
+                [0.0],
+                [-1.0, -2.0],
+                [-1.0, float("nan")],
+                [-0.5, -0.5],
+                [float("-inf"), -1.0],
+                [-1.0] * 5,
+            ],
+        }
+    )
+    rows = full.select([1, 2, 3, 4, 5])  # a, b, c, d, e
+    kept, stats = drop_unusable(rows, max_length=7)
+    assert kept["name"] == ["a", "c"]
+    assert stats == {"dropped_nonfinite_ref": 2.0, "dropped_too_long": 1.0}
+    assert drop_unusable(rows, max_length=None)[0]["name"] == ["a", "c", "e"]

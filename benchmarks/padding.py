@@ -1,0 +1,236 @@
+"""Padding and tokens/s of nsa's micro-batch plan (sorted within each step) vs two baselines.
+
+Response lengths of long chain-of-thought answers are long-tailed: most answers are short,
+a few run to the generation limit. A micro-batch is padded to its longest row, so which
+rows share a micro-batch decides how much of the compute is spent on padding. Three plans
+of the same epoch (same seed, same shuffle, same optimizer steps of the same responses):
+
+  sorted     nsa.batching.plan_epoch: each step sorted longest first, packed greedily while
+             rows x longest row <= the token budget (length bucketing within a step)
+  greedy     the same budget-bounded greedy packing on the step's rows in shuffled order
+  fixed-B    B rows per micro-batch whatever their length, B = budget // max length so the
+             worst micro-batch fits the same memory as the others (what most trainers do)
+
+Lengths are lognormal (median m, sigma s) rounded and clipped to [min, max]. Padding is
+counted at full scale (median 1k, max 16k, 64k-token micro-batches, 512-response steps).
+Tokens/s (real, not padding, tokens per second of forward + backward) is timed on a copy
+with lengths and budget divided by 32 and one 512-response step, so a micro-batch holds as
+many rows as at full scale and the padding matches; a small random Llama on CPU, every
+plan on the same responses and tokens, warm-up excluded, median of the repeats, plans
+interleaved so drift hits all alike. On CPU compute grows about linearly with padded
+tokens; on a GPU small micro-batches (fixed-B) also lose occupancy, not measured here.
+
+    python benchmarks/padding.py
+    python benchmarks/padding.py --json padding.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+PLANS = ("sorted", "greedy", "fixed-B")
+
+
+def long_tail_lengths(n: int, median: float, sigma: float, min_len: int, max_len: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [min(max_len, max(min_len, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
+
+
+def shuffled_steps(n: int, per_step: int, seed: int) -> list[list[int]]:
+    """The optimizer steps plan_epoch draws for this seed (same RNG calls), in shuffled order."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[start : start + per_step] for start in range(0, n, per_step)]
+
+
+def sorted_plan(lengths: list[int], per_step: int, budget: int, seed: int) -> list[list[int]]:
+    from nsa.batching import plan_epoch
+
+    positive = [True] * len(lengths)  # the plan does not depend on rewards without groups
+    return [[slot.row for slot in mb] for mb in plan_epoch(lengths, positive, per_step, budget, seed)]
+
+
+def greedy_unsorted(step: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """nsa's _pack without the sort: the width is the longest row so far, not the first row's."""
+    groups: list[list[int]] = []
+    width = 0
+    for i in step:
+        if groups and (len(groups[-1]) + 1) * max(width, lengths[i]) <= budget:
+            groups[-1].append(i)
+            width = max(width, lengths[i])
+        else:
+            groups.append([i])
+            width = lengths[i]
+    return groups
+
+
+def all_plans(lengths: list[int], per_step: int, budget: int, rows: int, seed: int) -> dict[str, list[list[int]]]:
+    steps = shuffled_steps(len(lengths), per_step, seed)
+    plans = {
+        "sorted": sorted_plan(lengths, per_step, budget, seed),
+        "greedy": [mb for step in steps for mb in greedy_unsorted(step, lengths, budget)],
+        "fixed-B": [step[k : k + rows] for step in steps for k in range(0, len(step), rows)],
+    }
+    check_same_steps(plans["sorted"], steps)
+    return plans
+
+
+def check_same_steps(plan: list[list[int]], steps: list[list[int]]) -> None:
+    """The baselines must regroup the very steps nsa trains on, or the comparison is unfair."""
+    flat = [i for mb in plan for i in mb]
+    cut = [sorted(flat[k : k + len(s)]) for k, s in zip(range(0, len(flat), len(steps[0])), steps)]
+    if cut != [sorted(s) for s in steps]:
+        raise SystemExit("plan_epoch no longer shuffles as shuffled_steps assumes; update this benchmark")
+
+
+def padding_stats(plan: list[list[int]], lengths: list[int]) -> dict:
+    real = sum(lengths[i] for mb in plan for i in mb)
+    padded = sum(len(mb) * max(lengths[i] for i in mb) for mb in plan)
+    return {"micro_batches": len(plan), "real_tokens": real, "padded_tokens": padded, "padding": 1 - real / padded}
+
+
+def tiny_lm(vocab: int, max_len: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_len,
+    )
+    return LlamaForCausalLM(config).float().train()
+
+
+def tensors(plan: list[list[int]], tokens: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded (input_ids, attention_mask) per micro-batch, built before timing."""
+    out = []
+    for mb in plan:
+        width = max(len(tokens[i]) for i in mb)
+        ids = torch.zeros(len(mb), width, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(mb), width, dtype=torch.long)  # (B, T)
+        for r, i in enumerate(mb):
+            ids[r, : len(tokens[i])] = tokens[i]
+            mask[r, : len(tokens[i])] = 1
+        out.append((ids, mask))
+    return out
+
+
+def train_pass(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Seconds for nsa's forward and a backward over every micro-batch (no optimizer step:
+    it costs the same in every plan)."""
+    from nsa.logprobs import token_logprobs
+
+    start = time.perf_counter()
+    for ids, mask in batches:
+        logprobs = token_logprobs(model, ids, mask)  # (B, T) float32
+        (logprobs * mask).sum().backward()  # padding positions carry no gradient
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def timings(model: torch.nn.Module, batches: dict[str, list], repeats: int) -> dict[str, list[float]]:
+    for name in PLANS:  # warm-up: lazy init and the allocator's first large blocks
+        train_pass(model, batches[name][:2])
+    seconds: dict[str, list[float]] = {name: [] for name in PLANS}
+    for _ in range(repeats):
+        for name in PLANS:
+            seconds[name].append(train_pass(model, batches[name]))
+    return seconds
+
+
+def planned(args: argparse.Namespace, n: int, median: float, top: int, per_step: int, budget: int) -> tuple:
+    """Lengths, the three plans and their padding figures for one setting."""
+    lengths = long_tail_lengths(n, median, args.sigma, args.min_len, top, args.seed)
+    rows = args.fixed_rows or max(1, budget // top)
+    plans = all_plans(lengths, per_step, budget, rows, args.seed)
+    table = {name: padding_stats(plan, lengths) for name, plan in plans.items()}
+    table["fixed-B"]["rows"] = rows
+    return lengths, plans, table
+
+
+def padding_table(args: argparse.Namespace) -> dict[str, dict]:
+    return planned(args, args.responses, args.median, args.max_len, args.per_step, args.budget)[2]
+
+
+def timed_table(args: argparse.Namespace) -> dict[str, dict]:
+    top = args.time_max_len
+    lengths, plans, table = planned(
+        args, args.time_responses, args.time_median, top, args.time_per_step, args.time_budget
+    )
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = [torch.randint(0, args.vocab, (n,), generator=g) for n in lengths]  # the same tokens in every plan
+    batches = {name: tensors(plan, tokens) for name, plan in plans.items()}
+    seconds = timings(tiny_lm(args.vocab, top), batches, args.repeats)
+    for name, row in table.items():
+        row["seconds"] = seconds[name]
+        row["tokens_per_s"] = row["real_tokens"] / statistics.median(seconds[name])
+    return table
+
+
+def print_table(title: str, table: dict[str, dict]) -> None:
+    print(title)
+    print(f"  {'plan':<12}{'micro-batches':>14}{'padding':>10}{'real tokens/s':>15}{'ratio vs sorted':>17}")
+    for name, row in table.items():
+        label = f"fixed-B={row['rows']}" if "rows" in row else name
+        speed = f"{row['tokens_per_s']:.0f}" if "tokens_per_s" in row else "-"
+        ratio = f"{row['tokens_per_s'] / table['sorted']['tokens_per_s']:.2f}x" if "tokens_per_s" in row else "-"
+        print(f"  {label:<12}{row['micro_batches']:>14}{row['padding']:>10.1%}{speed:>15}{ratio:>17}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of the lengths (tail weight)")
+    p.add_argument("--min-len", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixed-rows", type=int, default=0, help="B of fixed-B; 0: budget // max length")
+    p.add_argument("--responses", type=int, default=4096, help="padding count: responses per epoch")
+    p.add_argument("--per-step", type=int, default=512, help="padding count: responses per optimizer step")
+    p.add_argument("--median", type=float, default=1024, help="padding count: median length")
+    p.add_argument("--max-len", type=int, default=16384, help="padding count: longest length")
+    p.add_argument("--budget", type=int, default=65536, help="padding count: padded tokens per micro-batch")
+    p.add_argument("--time-responses", type=int, default=512, help="timed: responses (1/32 lengths and budget)")
+    p.add_argument("--time-per-step", type=int, default=512)
+    p.add_argument("--time-median", type=float, default=32)
+    p.add_argument("--time-max-len", type=int, default=512)
+    p.add_argument("--time-budget", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=4096, help="vocabulary of the timed random Llama")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    counted = padding_table(args)
+    print_table(
+        f"padding over one epoch: {args.responses} responses, {args.per_step} per step, lognormal median "
+        f"{args.median:g} sigma {args.sigma:g} in [{args.min_len}, {args.max_len}], budget {args.budget} tokens",
+        counted,
+    )
+    timed = timed_table(args)
+    print_table(
+        f"forward+backward, random Llama (hidden 256, 4 layers, vocab {args.vocab}, fp32, "
+        f"{torch.get_num_threads()} CPU threads): {args.time_responses} responses, {args.time_per_step} per step, "
+        f"median {args.time_median:g} in [{args.min_len}, {args.time_max_len}], budget {args.time_budget}, "
+        f"median of {args.repeats}",
+        timed,
+    )
+    if args.json:
+        figures = {"args": vars(args) | {"json": str(args.json)}, "padding": counted, "timed": timed}
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
