@@ -57,8 +57,8 @@ class VLLMWorker:
         """Per prompt, the pooler's class probabilities at the given token positions."""
         return self._call("encode", prompts, positions)
 
-    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        """Per prompt (token ids), the first completion's (text, finish reason).
+    def generate(self, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[tuple[str, str, list[int]]]:
+        """Per prompt (token ids), the first completion's (text, finish reason, token ids).
 
         ``sampling`` holds, per prompt, ``SamplingParams`` fields plus ``json_schema`` for
         structured output.
@@ -199,12 +199,13 @@ def _encode(llm: Any, prompts: list[list[int]], positions: list[list[int]]) -> l
     return [out.outputs.data[pos].float().tolist() for out, pos in zip(outputs, positions, strict=True)]
 
 
-def _generate(llm: Any, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _generate(llm: Any, prompts: list[list[int]], sampling: list[dict[str, Any]]) -> list[tuple[str, str, list[int]]]:
     from vllm.inputs import TokensPrompt
 
     requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
     outputs = llm.generate(requests, [_sampling_params(fields) for fields in sampling], use_tqdm=False)
-    return [(out.outputs[0].text, str(out.outputs[0].finish_reason)) for out in outputs]
+    firsts = [out.outputs[0] for out in outputs]
+    return [(first.text, str(first.finish_reason), list(first.token_ids)) for first in firsts]
 
 
 def _sampling_params(fields: dict[str, Any]) -> Any:

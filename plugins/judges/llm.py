@@ -584,7 +584,7 @@ class LLMJudge:
         self._count("failed", len(ids) - len(fits))
         if fits:
             sampling = [self._sampling(requests[k][1]) for k in fits]
-            for k, (text, finish) in zip(fits, self._worker.generate([ids[k] for k in fits], sampling), strict=True):
+            for k, (text, finish, _) in zip(fits, self._worker.generate([ids[k] for k in fits], sampling), strict=True):
                 replies[k] = "" if finish == "length" else text  # cut off: not an answer, as elsewhere
         return replies
 
