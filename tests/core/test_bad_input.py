@@ -101,3 +101,10 @@ def test_answers_longer_than_max_length_are_dropped_and_counted(recipe, capsys):
     assert 0 < dropped < 8 and len(cli.datamodule.train_rows) == 8 - dropped
     assert "longer than 80 tokens (data.max_length)" in capsys.readouterr().err
     fails_with(capsys, ["fit", "--config", recipe, "--data.max_length=10"], "no training rows left")
+
+
+def test_a_loss_that_turns_nan_stops_with_the_step_and_questions(recipe, capsys):
+    """A learning rate of 1e30 makes the weights overflow after the first step; the next
+    loss is NaN and the run stops naming the optimizer step and the batch's question ids."""
+    line = fails_with(capsys, ["fit", "--config", recipe, "--model.optimizer.init_args.lr=1e30"], "at step 1")
+    assert "loss is nan" in line and "questions" in line and "learning rate" in line
