@@ -207,12 +207,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--time-budget", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=4096, help="vocabulary of the timed random Llama")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least hurt by a busy machine)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    torch.set_num_threads(args.threads)
     counted = padding_table(args)
     print_table(
         f"padding over one epoch: {args.responses} responses, {args.per_step} per step, lognormal median "
