@@ -120,19 +120,16 @@ def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int) -> 
     return groups
 
 
-class _Epoch:
-    """Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` at each epoch start."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-
 class StepBatchSampler:
-    """Yields process ``rank``'s micro-batches of Slots; a new seeded plan every epoch
-    (``groups``: pairs)."""
+    """Yields process ``rank``'s micro-batches of Slots of one epoch's seeded plan (``groups``: pairs).
+
+    The epoch is fixed when the sampler is made, one sampler per epoch. It has no
+    ``sampler.set_epoch`` on purpose: resumed from a checkpoint saved at an epoch's end with
+    ``max_steps`` set, Lightning 2.6 passes every later epoch's number plus one to it.
+
+    Its state is how far into the plan it got, so a run resumed from a mid-epoch checkpoint
+    trains the rest of the epoch rather than its start again.
+    """
 
     def __init__(
         self,
@@ -144,15 +141,17 @@ class StepBatchSampler:
         groups: Sequence[str] | None = None,
         world_size: int = 1,
         rank: int = 0,
+        epoch: int = 0,
     ) -> None:
         self.lengths, self.positive = list(lengths), list(positive)
         self.responses_per_step, self.tokens, self.seed = responses_per_step, tokens, seed
         self.groups = None if groups is None else list(groups)
-        self.world_size, self.rank = world_size, rank
-        self.sampler = _Epoch()
+        self.world_size, self.rank, self.epoch = world_size, rank, epoch
+        self.served = 0  # micro-batches of this epoch's plan handed out so far
+        self._resume_at = 0
 
     def _plan(self) -> list[list[Slot]]:
-        seed = self.seed + self.sampler.epoch
+        seed = self.seed + self.epoch
         return plan_epoch(
             self.lengths,
             self.positive,
@@ -165,10 +164,41 @@ class StepBatchSampler:
         )
 
     def __iter__(self) -> Iterator[list[Slot]]:
-        return iter(self._plan())
+        plan, start = self._plan(), self._resume_at
+        self._resume_at = 0  # only the first pass after a restore starts mid-plan
+        return self._serve(plan, start)
+
+    def _serve(self, plan: list[list[Slot]], start: int) -> Iterator[list[Slot]]:
+        self.served = start
+        for micro_batch in plan[start:]:
+            self.served += 1
+            yield micro_batch
 
     def __len__(self) -> int:
+        # the whole plan even when resumed: Lightning restores its own count of the epoch's batches
         return len(self._plan())
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["epoch"] == self.epoch:  # else that epoch is over: the new one starts at its beginning
+            self._resume_at = state["served"]
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A DataLoader with ``state_dict``: Lightning keeps a train loader's state in each checkpoint and restores it.
+
+    ``served`` counts what the training loop has taken only because nothing is fetched ahead:
+    no worker processes, and Lightning does not prefetch from a loader with a length. Every
+    process serves as many micro-batches a step, so rank 0's count, the one saved, is all of theirs.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 class RolloutRows(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ import sys
 import lightning as L
 import torch
 
-from nsa.batching import RolloutRows, StepBatchSampler, collate
+from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
 from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
@@ -156,9 +156,8 @@ class NSADataModule(L.LightningDataModule):
         sampler = StepBatchSampler(
             lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups, world, rank
         )
-        # Lightning reads the length before it sets the epoch: plan for the current one now
-        sampler.sampler.set_epoch(self.trainer.current_epoch if self.trainer else 0)
-        return torch.utils.data.DataLoader(
+        sampler.epoch = self.trainer.current_epoch if self.trainer else 0  # a new loader every epoch (see setup)
+        return ResumableLoader(
             RolloutRows(self.train_rows),
             batch_sampler=sampler,
             collate_fn=functools.partial(collate, pad_id=self.pad_id),

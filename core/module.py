@@ -12,6 +12,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from nsa.contracts import PolicyBatch, PolicyLoss
@@ -113,6 +114,20 @@ class NSAModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def on_train_start(self) -> None:
+        # ModelCheckpoint forgets the step it saved last: resumed at a saved step, it would save again after
+        # the next micro-batch, inside an optimizer step whose partial gradients no checkpoint holds
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback._last_global_step_saved = self.global_step
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._step_rows:  # the step's gradients so far are not saved: a resume would step without them
+            print(
+                f"nsa: warning: checkpoint saved inside optimizer step {self.global_step + 1}; resuming from it "
+                "is not exact. Save between steps: ModelCheckpoint(every_n_train_steps=N)"
+            )
 
     def on_train_epoch_start(self) -> None:
         if self._step_rows:  # an epoch ended inside a step: drop it rather than mix it into the next

@@ -91,7 +91,7 @@ def test_step_batch_sampler_reshuffles_per_epoch() -> None:
     epoch0 = list(sampler)
     assert epoch0 == list(sampler) == plan_epoch(lengths, positive, PER_STEP, BUDGET, seed=7)
     assert len(sampler) == len(epoch0)
-    sampler.sampler.set_epoch(1)
+    sampler = StepBatchSampler(lengths, positive, PER_STEP, BUDGET, seed=7, epoch=1)
     assert list(sampler) == plan_epoch(lengths, positive, PER_STEP, BUDGET, seed=8) != epoch0
 
 
