@@ -13,17 +13,21 @@ contender), the same token ids and the same optimizer steps:
   nsa-bcpg  the same with the BCPG-NSA loss plugin (beta 0.5, tau 1e-3)
 
 Every contender trains the same responses: prompt and response lengths drawn from a
-long-tailed (log-normal) distribution with a fixed seed, random token ids. Each contender
-runs in its own subprocess, so its peak memory is its own: on CUDA the peak allocated
-bytes, on the CPU the growth of the peak RSS (ru_maxrss) over the worker's RSS after its
-imports (the model, gradients, AdamW state and activations). The first ``--warmup``
-optimizer steps are not timed; ``--rounds`` rounds run every contender once, in a rotated
-order, and the median is reported. All use AdamW (lr 1e-5, no weight decay) and clip the
-gradient norm at 1.0, as NSAModule and TRL do by default. Ratios are against contenders
-of the same run (these machines are noisy):
+long-tailed (log-normal) distribution with a fixed seed, random token ids. All use AdamW
+(lr 1e-5, no weight decay) and clip the gradient norm at 1.0, as NSAModule and TRL do by
+default. The first ``--warmup`` optimizer steps are not timed.
+
+Each contender runs in its own subprocess, so its peak memory is its own: on CUDA the peak
+allocated bytes; on the CPU the growth of the peak RSS (VmHWM, reset after the worker's
+imports) over its RSS then, i.e. the model, gradients, AdamW state and activations.
+``--rounds`` rounds run every contender once, in a rotated order, each optimizer step timed
+on its own. The table's tokens/s takes each step's quickest round (the one least disturbed
+by other processes on a shared machine: a step trains the same tokens every round) and
+also gives the median run; the ratios compare the former, all from the same run:
 
     OMP_NUM_THREADS=2 python benchmarks/train_throughput.py                  # CPU, ~4 minutes
-    python benchmarks/train_throughput.py --preset qwen2.5-0.5b --dtype bfloat16   # on a GPU
+    python benchmarks/train_throughput.py --preset qwen2.5-0.5b --dtype bfloat16 \\
+        --tokens-per-micro-batch 16384 --response-median 512 --max-length 4096   # on a GPU
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import torch
 CONTENDERS = ("plain", "trl", "nsa-rft", "nsa-bcpg")
 LR = 1e-5
 MAX_GRAD_NORM = 1.0
+WIDTHS = (9, 7, 7, 9, 7, 6, 14)  # the table's columns after the name's
 
 
 class Preset(NamedTuple):
@@ -75,15 +80,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps run before timing (at least 1)")
-    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every contender; the median is reported")
-    parser.add_argument("--responses-per-step", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every contender, interleaved")
+    parser.add_argument("--responses-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=4, help="responses per question (share a prompt)")
-    parser.add_argument("--tokens-per-micro-batch", type=int, default=4096, help="nsa's padded-token budget")
-    parser.add_argument("--prompt-median", type=int, default=96, help="median prompt length (log-normal)")
-    parser.add_argument("--response-median", type=int, default=192, help="median response length (log-normal)")
+    parser.add_argument("--tokens-per-micro-batch", type=int, default=1024, help="nsa's padded-token budget")
+    parser.add_argument("--prompt-median", type=int, default=64, help="median prompt length (log-normal)")
+    parser.add_argument("--response-median", type=int, default=128, help="median response length (log-normal)")
     parser.add_argument("--sigma", type=float, default=0.8, help="log-normal sigma of the response lengths")
-    parser.add_argument("--max-length", type=int, default=1536, help="cap on a response's length")
+    parser.add_argument("--max-length", type=int, default=768, help="cap on a response's length")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--json", default=None, help="write the results here")
@@ -186,15 +191,16 @@ def nsa_loader(rows: list[dict], args: argparse.Namespace) -> torch.utils.data.D
     )
 
 
-def nsa_timed_tokens(rows: list[dict], args: argparse.Namespace) -> tuple[int, int]:
-    """(real, padded) tokens of nsa's micro-batches in the timed steps."""
-    step, real, padded = 0, 0, 0
+def nsa_step_tokens(rows: list[dict], args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(real, padded) tokens of each timed step of nsa's plan."""
+    steps = [(0, 0)]
     for slots in nsa_plan(rows, args):
         lengths = [len(rows[s.row]["prompt_ids"]) + len(rows[s.row]["response_ids"]) for s in slots]
-        if step >= args.warmup:
-            real, padded = real + sum(lengths), padded + len(lengths) * max(lengths)
-        step += slots[-1].last_in_step
-    return real, padded
+        real, padded = steps[-1]
+        steps[-1] = (real + sum(lengths), padded + len(lengths) * max(lengths))
+        if slots[-1].last_in_step:
+            steps.append((0, 0))
+    return steps[args.warmup : args.warmup + args.steps]
 
 
 def micro_batches_per_step(rows: list[dict], args: argparse.Namespace) -> int:
@@ -207,27 +213,42 @@ def micro_batches_per_step(rows: list[dict], args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- timing and memory (per worker)
 
 
-class Clock:
-    """Wall time between start() and stop(), the device synchronised at both ends."""
+class StepClock:
+    """Seconds of each optimizer step after the warm-up, the device synchronised at each mark.
 
-    def __init__(self, device: str) -> None:
-        self.device, self.begin, self.seconds = device, None, None
+    Steps are timed one by one so that the summary can take, for each step, its quickest
+    round: a burst of load from another process then spoils one step of one round, not a run.
+    """
 
-    def _now(self) -> float:
+    def __init__(self, device: str, warmup: int) -> None:
+        self.device, self.warmup = device, warmup
+        self.done, self.last, self.seconds = 0, 0.0, []
+
+    def step_done(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def start(self) -> None:
-        self.begin = self._now()
-
-    def stop(self) -> None:
-        self.seconds = self._now() - self.begin
+        now = time.perf_counter()
+        self.done += 1
+        if self.done > self.warmup:
+            self.seconds.append(now - self.last)
+        self.last = now
 
 
-def peak_rss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+def proc_status(field: str) -> int | None:
+    """A memory field of /proc/self/status in bytes (Linux), None elsewhere."""
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    return next((int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":")), None)
+
+
+def reset_peak_rss() -> bool:
+    """Set the peak RSS (VmHWM) to the current RSS. Not ru_maxrss: a child inherits its parent's
+    high-water mark through fork + exec, which would hide the worker's own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return proc_status("VmHWM") is not None
 
 
 def memory_mark(device: str) -> int:
@@ -235,11 +256,20 @@ def memory_mark(device: str) -> int:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         return 0
-    return peak_rss_bytes()
+    if reset_peak_rss():
+        return proc_status("VmRSS")
+    return max_rss()  # elsewhere: the high-water mark so far, which may overstate the base
 
 
 def memory_peak(device: str) -> int:
-    return torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return proc_status("VmHWM") or max_rss()
+
+
+def max_rss() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def load_model(args: argparse.Namespace):
@@ -255,10 +285,9 @@ def adamw(params) -> torch.optim.Optimizer:
 # ---------------------------------------------------------------- contenders
 
 
-def run_plain(args: argparse.Namespace, rows: list[dict], clock: Clock) -> dict:
+def run_plain(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> list[tuple[int, int]]:
     model = load_model(args)
     optimizer = adamw(model.parameters())
-    step = 0
     for batch in nsa_loader(rows, args):
         ids = batch.input_ids.to(args.device)  # (B, T)
         labels = ids.masked_fill(~batch.response_mask.to(args.device), -100)  # (B, T) response tokens only
@@ -268,33 +297,21 @@ def run_plain(args: argparse.Namespace, rows: list[dict], clock: Clock) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
             optimizer.step()
             optimizer.zero_grad()
-            step += 1
-            if step == args.warmup:
-                clock.start()
-    clock.stop()
-    real, padded = nsa_timed_tokens(rows, args)
-    return {"tokens": real, "padded_tokens": padded}
+            clock.step_done()
+    return nsa_step_tokens(rows, args)
 
 
-def run_nsa(args: argparse.Namespace, rows: list[dict], clock: Clock) -> dict:
+def run_nsa(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> list[tuple[int, int]]:
     import lightning as L
 
     from nsa.module import NSAModule
     from nsa.plugins.losses.bcpg import BCPG
     from nsa.plugins.losses.rft import RFT
 
-    class StepClock(L.Callback):
-        """Starts the clock when the warm-up's last optimizer step is done."""
-
-        steps = 0
-
+    class Steps(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.steps += batch.last_in_step
-            if batch.last_in_step and self.steps == args.warmup:
-                clock.start()
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            clock.stop()
+            if batch.last_in_step:  # NSAModule has just stepped the optimizer
+                clock.step_done()
 
     loss = BCPG(beta=0.5, tau=1e-3) if args.worker == "nsa-bcpg" else RFT()
     module = NSAModule(args.model_dir, loss, optimizer=adamw, max_grad_norm=MAX_GRAD_NORM)
@@ -307,11 +324,10 @@ def run_nsa(args: argparse.Namespace, rows: list[dict], clock: Clock) -> dict:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[StepClock()],
+        callbacks=[Steps()],
     )
     trainer.fit(module, train_dataloaders=nsa_loader(rows, args))
-    real, padded = nsa_timed_tokens(rows, args)
-    return {"tokens": real, "padded_tokens": padded}
+    return nsa_step_tokens(rows, args)
 
 
 class CountingCollator:
@@ -326,18 +342,15 @@ class CountingCollator:
         return out
 
 
-def run_trl(args: argparse.Namespace, rows: list[dict], clock: Clock) -> dict:
+def run_trl(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> list[tuple[int, int]]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    class StepClock(TrainerCallback):
+    class Steps(TrainerCallback):
         def on_step_end(self, train_args, state, control, **_) -> None:
-            if state.global_step == args.warmup:
-                clock.start()
-            elif state.global_step == args.warmup + args.steps:
-                clock.stop()
+            clock.step_done()
 
     accumulation = micro_batches_per_step(rows, args)
     collator = CountingCollator(DataCollatorForLanguageModeling(pad_token_id=0))
@@ -350,12 +363,13 @@ def run_trl(args: argparse.Namespace, rows: list[dict], clock: Clock) -> dict:
             train_dataset=Dataset.from_list([trl_row(r) for r in rows]),
             processing_class=pad_tokenizer(),
             optimizers=(adamw(model.parameters()), None),
-            callbacks=[StepClock()],
+            callbacks=[Steps()],
         )
         trainer.train()
-    timed = collator.counts[args.warmup * accumulation :]  # micro-batches come in order
     assert len(collator.counts) == (args.warmup + args.steps) * accumulation, len(collator.counts)
-    return {"tokens": sum(c[0] for c in timed), "padded_tokens": sum(c[1] for c in timed), "accumulation": accumulation}
+    counts = collator.counts  # in the order the micro-batches were built: the training order
+    steps = [counts[k * accumulation : (k + 1) * accumulation] for k in range(args.warmup + args.steps)]
+    return [(sum(c[0] for c in step), sum(c[1] for c in step)) for step in steps[args.warmup :]]
 
 
 def trl_config(args: argparse.Namespace, out: str, accumulation: int):
@@ -418,15 +432,15 @@ def import_contender(name: str) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Run one contender and write its timing and memory as JSON."""
+    """Run one contender and write its per-step seconds and tokens and its memory as JSON."""
     import_contender(args.worker)
     rows = make_rows(args)
     base = memory_mark(args.device)
-    clock = Clock(args.device)
+    clock = StepClock(args.device, args.warmup)
     run = {"plain": run_plain, "trl": run_trl}.get(args.worker, run_nsa)
-    out = run(args, rows, clock)
-    out.update(seconds=clock.seconds, base_bytes=base, peak_bytes=memory_peak(args.device))
-    out["threads"] = torch.get_num_threads()
+    steps = run(args, rows, clock)
+    out = {"seconds": clock.seconds, "tokens": [t[0] for t in steps], "padded_tokens": [t[1] for t in steps]}
+    out.update(base_bytes=base, peak_bytes=memory_peak(args.device), threads=torch.get_num_threads())
     Path(args.result).write_text(json.dumps(out))
 
 
@@ -467,18 +481,26 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> dict:
                     print(f"{name}: {out}", flush=True)
                     continue
                 runs[name].append(out)
-                print(f"round {k + 1} {name}: {out['tokens'] / out['seconds']:.0f} tokens/s", flush=True)
+                print(f"round {k + 1} {name}: {speed(out):.0f} tokens/s", flush=True)
     return {"params": params, "runs": {n: r for n, r in runs.items() if r}, "failed": failed}
 
 
+def speed(run: dict) -> float:
+    return sum(run["tokens"]) / sum(run["seconds"])
+
+
 def summarise(results: dict, args: argparse.Namespace) -> dict:
-    """Medians over rounds, then ratios between the medians."""
+    """Per contender, each step's quickest round (the same step trains the same tokens every
+    round), and the median run; ratios between the quickest. s/step: plain, RFT and BCPG train
+    the same steps, so their s/step compare like for like."""
     summary = {}
     for name, runs in results["runs"].items():
+        quickest = [min(steps) for steps in zip(*(r["seconds"] for r in runs))]  # (steps,)
         summary[name] = {
-            "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
-            "s_per_step": statistics.median(r["seconds"] / args.steps for r in runs),
-            "padding": 1.0 - runs[0]["tokens"] / runs[0]["padded_tokens"],  # share of pad tokens
+            "tokens_per_s": sum(runs[0]["tokens"]) / sum(quickest),
+            "median_tokens_per_s": statistics.median(speed(r) for r in runs),
+            "s_per_step": sum(quickest) / args.steps,
+            "padding": 1.0 - sum(runs[0]["tokens"]) / sum(runs[0]["padded_tokens"]),  # pad share of the steps
             "peak_mib": statistics.median((r["peak_bytes"] - r["base_bytes"]) / 2**20 for r in runs),
         }
     for base in ("plain", "trl"):
@@ -512,20 +534,24 @@ def report(results: dict, summary: dict, args: argparse.Namespace) -> None:
     print(
         f"\n{args.preset} ({results['params'] / 1e6:.1f}M params, {args.dtype}) on {args.device}, {threads} threads; "
         f"{args.steps} timed steps of {args.responses_per_step} responses after {args.warmup} warm-up, "
-        f"median of {args.rounds} rounds"
+        f"each step's quickest of {args.rounds} rounds (and the median run)"
     )
-    print(f"{'contender':<10} {'tokens/s':>9} {'s/step':>7} {'vs plain':>9} {'vs TRL':>7} {'pad %':>6} {memory:>15}")
+    header = ("contender", "tokens/s", "median", "s/step", "vs plain", "vs TRL", "pad %", memory)
+    print(table_row(header))
     for name, row in summary.items():
         cells = [f"{row[k]:.2f}x" if row[k] is not None else "-" for k in ("vs_plain", "vs_trl")]
-        print(
-            f"{name:<10} {row['tokens_per_s']:>9.0f} {row['s_per_step']:>7.2f} {cells[0]:>9} {cells[1]:>7} "
-            f"{row['padding']:>6.1%} {row['peak_mib']:>15.0f}"
-        )
+        values = (name, f"{row['tokens_per_s']:.0f}", f"{row['median_tokens_per_s']:.0f}", f"{row['s_per_step']:.2f}")
+        values += (*cells, f"{row['padding']:.1%}", f"{row['peak_mib']:.0f}")
+        print(table_row(values))
     for name, why in results["failed"].items():
         print(f"{name:<10} {why}")
     for what, r, met in targets(summary):
         shown = "-" if r is None else f"{r:.2f}x"
         print(f"target: {what:<42} {shown:>6}  {'-' if met is None else ('met' if met else 'NOT met')}")
+
+
+def table_row(values: tuple[str, ...]) -> str:
+    return f"{values[0]:<10} " + " ".join(f"{v:>{w}}" for v, w in zip(values[1:], WIDTHS))
 
 
 def main() -> None:

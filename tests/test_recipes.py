@@ -64,7 +64,7 @@ def test_each_table_3_row_is_one_overlay_on_the_math_recipe(capsys, overlay):
     if init_args is not None:
         assert config["model"]["loss"]["init_args"] == init_args
     assert config["data"] == base["data"]  # linked fields (data.pairs) are not printed
-    folders = [c["init_args"]["dirpath"] for c in (base, config) for c in c["trainer"]["callbacks"]]
+    folders = [cb["init_args"]["dirpath"] for cfg in (base, config) for cb in cfg["trainer"]["callbacks"]]
     assert folders[0] != folders[1] and base["model"]["export_dir"] != config["model"]["export_dir"]
     if name == "RFT":
         assert config["model"]["optimizer"]["init_args"]["lr"] == 2.5e-6 and config["trainer"]["max_epochs"] == 6
