@@ -80,6 +80,8 @@ class NSAModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_policy(policy)
+        # under LightningCLI this stores the plugins as class_path + init_args: a checkpoint rebuilds them
+        self.save_hyperparameters()
         self.automatic_optimization = False
         self.policy_spec = policy
         self.loss = loss

@@ -92,3 +92,24 @@ def test_every_loss_of_the_comparison_trains_by_name(tmp_path, tiny_model, monke
     dpo = "--model.loss=nsa.plugins.losses.dpo.DPO"
     assert NSACLI(["--config", str(recipe), dpo], run=False).datamodule.pairs is True
     assert NSACLI(["--config", str(recipe)], run=False).datamodule.pairs is False
+
+
+def test_a_checkpoint_rebuilds_its_plugins_and_policy(tmp_path, tiny_model, monkeypatch):
+    """The checkpoint keeps the loss as class_path + init_args (not a pickle): loading it
+    builds a DPO with the recipe's beta and the trained policy, equal to the export."""
+    from nsa.module import NSAModule
+
+    monkeypatch.chdir(tmp_path)
+    export, ckpt = tmp_path / "policy", tmp_path / "ckpt"
+    args = ["fit", "--config", str(tiny_recipe(tmp_path, tiny_model)), "--trainer.max_steps=1"]
+    args += ["--model.loss=nsa.plugins.losses.dpo.DPO", "--model.loss.init_args.beta=0.25"]
+    args += ["--trainer.enable_checkpointing=true", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"]
+    main([*args, f"--trainer.callbacks.dirpath={ckpt}", f"--model.export_dir={export}"])
+    [path] = list(ckpt.glob("*.ckpt"))
+    saved = torch.load(path, weights_only=False)["hyper_parameters"]["loss"]
+    assert saved == {"class_path": "nsa.plugins.losses.dpo.DPO", "init_args": {"beta": 0.25}}
+    module = NSAModule.load_from_checkpoint(path)
+    assert type(module.loss).__name__ == "DPO" and module.loss.beta == 0.25
+    exported = weights(export)
+    state = module.policy.state_dict()
+    assert all(torch.equal(state[k], exported[k]) for k in exported)
