@@ -37,6 +37,7 @@ from nsa.contracts import StepItem
 from nsa.errors import NSAError
 from nsa.plugins.judges import llm as llm_module
 from nsa.plugins.judges.llm import LLMJudge, parse_verdicts
+from tests.plugins.test_llm_judge import item
 from tests.tiny import build_model
 
 # A chat template for the tiny BPE (it has none); transformers 5 and vLLM read this file.
@@ -153,17 +154,6 @@ def server(tmp_path_factory) -> Server:
         yield running
     finally:
         stop(proc)
-
-
-def item(*steps: str, question: str = "What is 12 * 7 - 15?") -> StepItem:
-    """An answer whose steps are the given texts, joined by blank lines."""
-    response, spans = "", []
-    for text in steps:
-        start = len(response)
-        response += text
-        spans.append((start, len(response)))
-        response += "\n\n"
-    return StepItem(question, response, spans)
 
 
 ANSWERS = [
