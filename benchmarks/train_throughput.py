@@ -8,24 +8,30 @@ contender), the same token ids and the same optimizer steps:
   trl       TRL's SFTTrainer as a user runs it: pre-tokenised input_ids + completion_mask
             (completion-only loss), fixed-size micro-batches with gradient accumulation, the
             same responses per step and about as many micro-batches per step as nsa plans
+            (TRL 1.x scores tokens with its tiled LM-head kernel, which also computes entropy
+            and top-1 accuracy; on a CPU that costs more than a plain LM head and loss)
   nsa-rft   nsa's real path: NSAModule.training_step under a minimal Lightning Trainer, fed
             by nsa's StepBatchSampler + collate (token-budget micro-batches), RFT loss plugin
   nsa-bcpg  the same with the BCPG-NSA loss plugin (beta 0.5, tau 1e-3)
+  nsa-bcpg-eager  (only with --only) NSAModule's work without Lightning: token_logprobs +
+            BCPG-NSA, backward, clip, step; tells a gap to plain in Lightning from one in the loss path
 
 Every contender trains the same responses: prompt and response lengths drawn from a
 long-tailed (log-normal) distribution with a fixed seed, random token ids. All use AdamW
 (lr 1e-5, no weight decay) and clip the gradient norm at 1.0, as NSAModule and TRL do by
 default. The first ``--warmup`` optimizer steps are not timed.
 
-Each contender runs in its own subprocess, so its peak memory is its own: on CUDA the peak
+Each contender has its own worker process (started once; each round reloads the saved
+model and trains the epoch afresh), so its peak memory is its own: on CUDA the peak
 allocated bytes; on the CPU the growth of the peak RSS (VmHWM, reset after the worker's
-imports) over its RSS then, i.e. the model, gradients, AdamW state and activations.
-``--rounds`` rounds run every contender once, in a rotated order, each optimizer step timed
-on its own. The table's tokens/s takes each step's quickest round (the one least disturbed
-by other processes on a shared machine: a step trains the same tokens every round) and
-also gives the median run; the ratios compare the former, all from the same run:
+imports) over its RSS then, i.e. the model, gradients, AdamW state and activations, from
+round 1. ``--rounds`` rounds run every contender once, one at a time in a rotated order,
+each optimizer step timed on its own. The table's tokens/s takes each step's quickest
+round (the one least disturbed by other processes on a shared machine; a step trains the
+same tokens every round) and also gives the median run. Ratios compare the former, all
+from the same run:
 
-    OMP_NUM_THREADS=2 python benchmarks/train_throughput.py                  # CPU, ~4 minutes
+    OMP_NUM_THREADS=2 python benchmarks/train_throughput.py     # CPU, about 2 minutes on 2 idle cores
     python benchmarks/train_throughput.py --preset qwen2.5-0.5b --dtype bfloat16 \\
         --tokens-per-micro-batch 16384 --response-median 512 --max-length 4096   # on a GPU
 """
@@ -34,13 +40,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib.util
 import json
 import math
+import multiprocessing
+import multiprocessing.connection
+import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +59,7 @@ from typing import NamedTuple
 import torch
 
 CONTENDERS = ("plain", "trl", "nsa-rft", "nsa-bcpg")
+EXTRA = ("nsa-bcpg-eager",)  # on request (--only): where a gap to plain comes from, Lightning or the loss path
 LR = 1e-5
 MAX_GRAD_NORM = 1.0
 WIDTHS = (9, 7, 7, 9, 7, 6, 14)  # the table's columns after the name's
@@ -81,7 +91,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps run before timing (at least 1)")
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every contender, interleaved")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of every contender, interleaved")
     parser.add_argument("--responses-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=4, help="responses per question (share a prompt)")
     parser.add_argument("--tokens-per-micro-batch", type=int, default=1024, help="nsa's padded-token budget")
@@ -90,11 +100,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sigma", type=float, default=0.8, help="log-normal sigma of the response lengths")
     parser.add_argument("--max-length", type=int, default=768, help="cap on a response's length")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS + EXTRA, default=list(CONTENDERS))
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)  # internal: run one contender
-    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
@@ -118,7 +125,7 @@ def save_model(args: argparse.Namespace, folder: str) -> int:
         num_hidden_layers=p.layers,
         num_attention_heads=p.heads,
         num_key_value_heads=p.kv_heads,
-        max_position_embeddings=8192,
+        max_position_embeddings=max(8192, 512 + args.max_length),  # prompts are capped at 512
         tie_word_embeddings=p.tied,
         pad_token_id=0,
     )
@@ -252,7 +259,7 @@ def reset_peak_rss() -> bool:
 
 
 def memory_mark(device: str) -> int:
-    """The baseline peak memory is measured against: now, after the worker's imports."""
+    """The baseline peak memory is measured against: now, after the imports (or the last round's cleanup)."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         return 0
@@ -299,6 +306,32 @@ def run_plain(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> l
             optimizer.zero_grad()
             clock.step_done()
     return nsa_step_tokens(rows, args)
+
+
+def run_eager(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> list[tuple[int, int]]:
+    """NSAModule.training_step's work without Lightning: token_logprobs, BCPG-NSA, backward, clip, step."""
+    from nsa.logprobs import token_logprobs
+    from nsa.plugins.losses.bcpg import BCPG
+
+    model, loss = load_model(args), BCPG(beta=0.5, tau=1e-3)
+    optimizer = adamw(model.parameters())
+    for batch in nsa_loader(rows, args):
+        batch = to_device(batch, args.device)
+        logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask)  # (B, T) float32
+        loss(batch, logprobs).loss.backward()
+        if batch.last_in_step:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad()
+            clock.step_done()
+    return nsa_step_tokens(rows, args)
+
+
+def to_device(batch, device: str):
+    from dataclasses import fields, replace
+
+    tensors = {f.name: getattr(batch, f.name) for f in fields(batch) if torch.is_tensor(getattr(batch, f.name))}
+    return replace(batch, **{name: value.to(device) for name, value in tensors.items()})
 
 
 def run_nsa(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> list[tuple[int, int]]:
@@ -431,31 +464,75 @@ def import_contender(name: str) -> None:
         import nsa.plugins.losses.bcpg  # noqa: F401
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Run one contender and write its per-step seconds and tokens and its memory as JSON."""
-    import_contender(args.worker)
+def serve(args: argparse.Namespace, conn, log: str) -> None:
+    """A worker process: one contender, one round each time the parent asks, until it sends None."""
+    quiet(log)
+    try:
+        import_contender(args.worker)
+    except Exception as err:  # TRL present but broken, say: the others still run
+        conn.send(f"failed: {type(err).__name__}: {err}")
+        return
     rows = make_rows(args)
+    conn.send("ready")
+    while conn.recv() is not None:
+        try:
+            conn.send(run_round(args, rows))
+        except Exception as err:  # reported in the table; the other contenders go on
+            conn.send(f"failed: {type(err).__name__}: {err}")
+            return
+
+
+def quiet(log: str) -> None:
+    """Send the libraries' chatter (Lightning, TRL, transformers) to a log file, not under the table."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def run_round(args: argparse.Namespace, rows: list[dict]) -> dict:
+    """Train the epoch once from the saved model; per-step seconds and tokens, and memory."""
     base = memory_mark(args.device)
     clock = StepClock(args.device, args.warmup)
-    run = {"plain": run_plain, "trl": run_trl}.get(args.worker, run_nsa)
+    run = {"plain": run_plain, "trl": run_trl, "nsa-bcpg-eager": run_eager}.get(args.worker, run_nsa)
     steps = run(args, rows, clock)
     out = {"seconds": clock.seconds, "tokens": [t[0] for t in steps], "padded_tokens": [t[1] for t in steps]}
     out.update(base_bytes=base, peak_bytes=memory_peak(args.device), threads=torch.get_num_threads())
-    Path(args.result).write_text(json.dumps(out))
+    gc.collect()  # the round's model, optimizer and trainer, so the next round starts as this one did
+    if args.device == "cuda":
+        torch.cuda.empty_cache()  # and the other workers find the GPU's memory free
+    return out
 
 
 # ---------------------------------------------------------------- orchestration and report
 
 
-def spawn(name: str, args: argparse.Namespace, folder: str, argv: list[str]) -> dict | str:
-    """One contender in a fresh process; its result, or the reason it failed."""
-    result = Path(folder) / f"{name}.json"
-    command = [sys.executable, __file__, *argv, "--worker", name, "--model-dir", folder, "--result", str(result)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return f"failed: {tail}"
-    return json.loads(result.read_text())
+class Worker(NamedTuple):
+    process: multiprocessing.Process
+    conn: multiprocessing.connection.Connection
+    log: Path
+
+
+def start(name: str, args: argparse.Namespace, folder: str) -> Worker:
+    """A fresh interpreter (spawn) for one contender: its memory and imports are its own."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    log = Path(folder) / f"{name}.log"
+    own = argparse.Namespace(**vars(args), worker=name, model_dir=folder)
+    process = context.Process(target=serve, args=(own, child, str(log)))
+    process.start()
+    return Worker(process, parent, log)
+
+
+def ask(worker: Worker, message: int | None) -> dict | str:
+    """Send ``message`` (None: send nothing) and wait for the answer; the last log line of a dead worker."""
+    try:
+        if message is not None:
+            worker.conn.send(message)
+        return worker.conn.recv()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        worker.process.join(5)
+        lines = worker.log.read_text(errors="replace").strip().splitlines() if worker.log.exists() else []
+        return f"failed: worker died (exit code {worker.process.exitcode}): {(lines or ['no output'])[-1]}"
 
 
 def contenders(args: argparse.Namespace) -> list[str]:
@@ -466,23 +543,44 @@ def contenders(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def orchestrate(args: argparse.Namespace, argv: list[str]) -> dict:
+def orchestrate(args: argparse.Namespace) -> dict:
+    """Every contender's worker starts at once; then rounds, one contender training at a time."""
     names = contenders(args)
     runs: dict[str, list] = {name: [] for name in names}
     failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         params = save_model(args, folder)
-        for k in range(args.rounds):
-            order = names[k % len(names) :] + names[: k % len(names)]  # rotate: no contender always runs first
-            for name in (n for n in order if n not in failed):
-                out = spawn(name, args, folder, argv)
-                if isinstance(out, str):
-                    failed[name] = out
-                    print(f"{name}: {out}", flush=True)
-                    continue
-                runs[name].append(out)
-                print(f"round {k + 1} {name}: {speed(out):.0f} tokens/s", flush=True)
+        workers = {name: start(name, args, folder) for name in names}
+        try:
+            for name, worker in workers.items():
+                if (answer := ask(worker, None)) != "ready":
+                    failed[name] = answer
+            for k in range(args.rounds):
+                order = names[k % len(names) :] + names[: k % len(names)]  # rotated: none always runs first
+                for name in (n for n in order if n not in failed):
+                    answer = ask(workers[name], k)
+                    if isinstance(answer, str):
+                        failed[name] = answer
+                        continue
+                    runs[name].append(answer)
+                    print(f"round {k + 1} {name}: {speed(answer):.0f} tokens/s", flush=True)
+        finally:
+            stop(workers.values())
+    for name, why in failed.items():
+        print(f"{name}: {why}", flush=True)
     return {"params": params, "runs": {n: r for n, r in runs.items() if r}, "failed": failed}
+
+
+def stop(workers) -> None:
+    for worker in workers:
+        if worker.process.is_alive():
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        worker.process.join(30)
+        if worker.process.is_alive():
+            worker.process.terminate()
 
 
 def speed(run: dict) -> float:
@@ -501,7 +599,7 @@ def summarise(results: dict, args: argparse.Namespace) -> dict:
             "median_tokens_per_s": statistics.median(speed(r) for r in runs),
             "s_per_step": sum(quickest) / args.steps,
             "padding": 1.0 - sum(runs[0]["tokens"]) / sum(runs[0]["padded_tokens"]),  # pad share of the steps
-            "peak_mib": statistics.median((r["peak_bytes"] - r["base_bytes"]) / 2**20 for r in runs),
+            "peak_mib": (runs[0]["peak_bytes"] - runs[0]["base_bytes"]) / 2**20,  # round 1: a fresh process
         }
     for base in ("plain", "trl"):
         for row in summary.values():
@@ -533,7 +631,7 @@ def report(results: dict, summary: dict, args: argparse.Namespace) -> None:
     threads = next(iter(results["runs"].values()))[0]["threads"] if results["runs"] else "-"
     print(
         f"\n{args.preset} ({results['params'] / 1e6:.1f}M params, {args.dtype}) on {args.device}, {threads} threads; "
-        f"{args.steps} timed steps of {args.responses_per_step} responses after {args.warmup} warm-up, "
+        f"{args.steps} timed step(s) of {args.responses_per_step} responses after {args.warmup} warm-up, "
         f"each step's quickest of {args.rounds} rounds (and the median run)"
     )
     header = ("contender", "tokens/s", "median", "s/step", "vs plain", "vs TRL", "pad %", memory)
@@ -544,23 +642,19 @@ def report(results: dict, summary: dict, args: argparse.Namespace) -> None:
         values += (*cells, f"{row['padding']:.1%}", f"{row['peak_mib']:.0f}")
         print(table_row(values))
     for name, why in results["failed"].items():
-        print(f"{name:<10} {why}")
+        print(f"{name:<14} {why}")
     for what, r, met in targets(summary):
         shown = "-" if r is None else f"{r:.2f}x"
         print(f"target: {what:<42} {shown:>6}  {'-' if met is None else ('met' if met else 'NOT met')}")
 
 
 def table_row(values: tuple[str, ...]) -> str:
-    return f"{values[0]:<10} " + " ".join(f"{v:>{w}}" for v, w in zip(values[1:], WIDTHS))
+    return f"{values[0]:<14} " + " ".join(f"{v:>{w}}" for v, w in zip(values[1:], WIDTHS))
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    args = parse_args(argv)
-    if args.worker:
-        worker(args)
-        return
-    results = orchestrate(args, argv)
+    args = parse_args(sys.argv[1:])
+    results = orchestrate(args)
     summary = summarise(results, args)
     report(results, summary, args)
     if args.json:
