@@ -141,9 +141,11 @@ class NSAModule(L.LightningModule):
         logprobs = token_logprobs(self.policy, batch.input_ids, batch.attention_mask)  # (B, T) float32
         out = self.loss(batch, logprobs)
         value = out.loss.item()
-        if not math.isfinite(value):
+        if self._any_process_nonfinite(value):
+            what = f"loss is {value}" if not math.isfinite(value) else "another process's loss is NaN or inf"
+            where = f" (questions {', '.join(batch.question_ids)})" if not math.isfinite(value) else ""
             raise NSAError(
-                f"loss is {value} at step {self.global_step} (questions {', '.join(batch.question_ids)}); "
+                f"{what} at step {self.global_step}{where}; "
                 "check the behaviour log-probs of these questions and the learning rate"
             )
         # DDP and FSDP average gradients over processes; each loss is its process's share of the
@@ -153,6 +155,14 @@ class NSAModule(L.LightningModule):
         if batch.last_in_step:
             self._optimizer_step()
         return out.loss
+
+    def _any_process_nonfinite(self, value: float) -> bool:
+        """Whether this loss, or any other process's, is NaN or inf. Every process must stop
+        together: one that raised alone would leave the others waiting in a collective."""
+        bad = torch.tensor(0.0 if math.isfinite(value) else 1.0, device=self.device)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad.item() > 0)
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizers()

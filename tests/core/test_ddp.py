@@ -59,3 +59,17 @@ def test_process_shares_pad_with_null_micro_batches():
     nulls = [[micro[0].null for micro in p] for p in plans]
     assert nulls == [[False] * 5, [False, False, False, True, True]]
     assert [[micro[0].last_in_step for micro in p] for p in plans] == [[False, False, False, True, True]] * 2
+
+
+def test_a_nan_loss_stops_every_process(tmp_path, tiny_model):
+    """lr 1e30 overflows the weights in step 1; in step 2 (4 answers, 2 micro-batches a
+    process) the losses are NaN and the run stops with exit code 2, each process naming its
+    questions. The flag is all-reduced, so a process whose own loss is finite stops too rather
+    than wait in a collective (here both are NaN; the timeout would catch a hang)."""
+    recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=4, tokens_per_micro_batch=1)
+    args = [shutil.which("nsa"), "fit", "--config", str(recipe), "--model.optimizer.init_args.lr=1e30"]
+    args += ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "at step 1" in done.stderr and ("loss is nan" in done.stderr or "loss is inf" in done.stderr)
