@@ -76,6 +76,10 @@ class VLLMWorker:
         self._process = context.Process(target=_serve, args=(child, self._model, self._options))
         try:
             self._process.start()
+        except BaseException:
+            self._conn.close()
+            self._process = self._conn = None  # a later call starts afresh instead of reading a dead pipe
+            raise
         finally:
             child.close()  # only the child holds its end now: its death reads as EOF here
         self._finalizer = weakref.finalize(self, _kill, self._process)
