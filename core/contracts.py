@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
+from datasets import Dataset
 
 Span = tuple[int, int]
 
@@ -45,17 +46,49 @@ class Verifier(Protocol):
     def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]: ...
 
 
+class Completion(NamedTuple):
+    """One sampled answer.
+
+    ``token_ids`` are the generated ids as they came (EOS included when generated), never
+    re-tokenised from text. ``logprobs[t]`` is the log-probability of ``token_ids[t]`` under
+    the distribution it was drawn from: after temperature and top_p, as sampled.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+
+
 @runtime_checkable
 class Sampler(Protocol):
     """Samples ``num_samples`` completions per prompt from the behaviour policy.
 
-    Returns, per prompt, the generated token ids of each completion (EOS included when
-    generated). Ids are kept as generated and never re-tokenised from text.
+    Returns, per prompt, ``num_samples`` Completions. A sampler holding an engine (a vLLM
+    process) may also define ``close()``; nsa calls it when the sampling stage is done, so
+    its memory is free again before training.
     """
 
     num_samples: int
 
-    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]: ...
+    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[Completion]]: ...
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    """A held-out problem set for ``nsa evaluate``, and how its answers are checked.
+
+    ``load()`` returns a Dataset with string columns ``id``, ``question`` and ``answer``; the
+    answer is the reference that ``verifier()`` reads (a number, a LaTeX expression, or a
+    JSON list of tests for code). The plugin holds its own field mapping, so a benchmark loads
+    from its hub id or from a local file of the same format. ``name`` prefixes its metrics
+    (``eval/<name>/pass@1``); ``prompt_template`` is the user message, ``{question}`` replaced.
+    """
+
+    name: str
+    prompt_template: str
+
+    def load(self) -> Dataset: ...
+
+    def verifier(self) -> Verifier: ...
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ def run(recipe: Recipe) -> list[StageOutput]:
     sampled = stage(
         "sample",
         recipe.problems,
-        {"sampler": recipe.sampler, "policy": policy, "template": recipe.prompt_template},
+        # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
+        {"sampler": recipe.sampler, "policy": policy, "template": recipe.prompt_template, "rows": 2},
         functools.partial(
             rollouts.sample_shard,
             sampler=recipe.sampler,
@@ -77,6 +78,7 @@ def run(recipe: Recipe) -> list[StageOutput]:
         recipe.shard_size,
         functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
     )
+    getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
     verified = stage(
         "verify",
         sampled,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from nsa.contracts import Completion
+
 ANSWERS = [
     "2 + 3 = 5\n\nThe answer is \\boxed{5}.",
     "2 + 3 = 6\n\nThe answer is \\boxed{6}.",
@@ -18,15 +20,18 @@ ANSWERS = [
 
 
 class ScriptedSampler:
-    """Every prompt gets the same ``answers`` (token ids from the policy's tokenizer, EOS added)."""
+    """Every prompt gets the same ``answers`` (token ids from the policy's tokenizer, EOS added).
+
+    Their log-probs are 0.0: replayed text was not drawn from any distribution.
+    """
 
     def __init__(self, answers: list[str] = ANSWERS) -> None:
         self.answers = answers
         self.num_samples = len(answers)
 
-    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[Completion]]:
         from nsa.models import load_tokenizer
 
         tokenizer = load_tokenizer(model_dir)
         ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in self.answers]
-        return [[list(i) for i in ids] for _ in prompt_ids]
+        return [[Completion(list(i), [0.0] * len(i)) for i in ids] for _ in prompt_ids]

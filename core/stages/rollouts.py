@@ -6,10 +6,23 @@ import statistics
 import sys
 from collections import Counter
 
-from datasets import Dataset
+from datasets import Dataset, Features, List, Value
 
 from nsa.contracts import Sampler, Verifier
 from nsa.errors import NSAError
+
+ROLLOUT_COLUMNS = ("group", "question", "answer", "prompt_ids", "response_ids", "response", "response_logprobs")
+ROLLOUT_FEATURES = Features(
+    {
+        "group": Value("string"),
+        "question": Value("string"),
+        "answer": Value("string"),
+        "prompt_ids": List(Value("int32")),
+        "response_ids": List(Value("int32")),
+        "response": Value("string"),
+        "response_logprobs": List(Value("float32")),
+    }
+)
 
 
 def build_prompts(tokenizer, questions: list[str], template: str) -> list[list[int]]:
@@ -25,19 +38,20 @@ def build_prompts(tokenizer, questions: list[str], template: str) -> list[list[i
 
 
 def sample_shard(problems: Dataset, sampler: Sampler, model_dir: str, tokenizer, template: str) -> Dataset:
-    """One row per sampled answer, with the generated ids kept as they came."""
+    """One row per sampled answer, with the generated ids and their sampling log-probs kept as they came."""
     prompts = build_prompts(tokenizer, problems["question"], template)
-    completions = sampler.sample(model_dir, prompts)  # [problem][sample] -> ids
-    rows: dict[str, list] = {k: [] for k in ("group", "question", "answer", "prompt_ids", "response_ids", "response")}
+    completions = sampler.sample(model_dir, prompts)  # [problem][sample] -> Completion
+    rows: dict[str, list] = {k: [] for k in ROLLOUT_COLUMNS}
     for problem, prompt, group in zip(problems, prompts, completions):
-        for ids in group:
+        for ids, logprobs in group:
             rows["group"].append(problem["id"])
             rows["question"].append(problem["question"])
             rows["answer"].append(problem["answer"])
             rows["prompt_ids"].append(list(prompt))
             rows["response_ids"].append(list(ids))
             rows["response"].append(tokenizer.decode(ids, skip_special_tokens=True))
-    return Dataset.from_dict(rows)
+            rows["response_logprobs"].append([float(x) for x in logprobs])
+    return Dataset.from_dict(rows, features=ROLLOUT_FEATURES)
 
 
 def verify_shard(rollouts: Dataset, verifier: Verifier) -> Dataset:

@@ -1,7 +1,9 @@
 """Sampling with Hugging Face ``generate``: the fallback sampler, good for small models.
 
-Keeps the generated token ids as they came (EOS included, padding removed). Seeding is
-per call and derived from the prompts, so a resumed stage redraws the same answers.
+Keeps the generated token ids as they came (EOS included, padding removed) and the
+log-probability of each under the distribution it was drawn from (generate's processed
+scores: after temperature and top_p). Seeding is per call and derived from the prompts, so
+a resumed stage redraws the same answers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import zlib
 from collections.abc import Sequence
 
 import torch
+
+from nsa.contracts import Completion
 
 
 class HFSampler:
@@ -34,10 +38,10 @@ class HFSampler:
         self.dtype = dtype
         self._loaded: tuple[str, object, object] | None = None
 
-    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[Completion]]:
         model, tokenizer = self._load(model_dir)
         torch.manual_seed(self.seed ^ zlib.crc32(str(list(prompt_ids[:1])).encode()))
-        out: list[list[list[int]]] = []
+        out: list[list[Completion]] = []
         for start in range(0, len(prompt_ids), self.batch_size):
             out.extend(self._generate(model, tokenizer, prompt_ids[start : start + self.batch_size]))
         return out
@@ -49,13 +53,13 @@ class HFSampler:
             self._loaded = (model_dir, load_policy(model_dir, self.dtype).eval(), load_tokenizer(model_dir))
         return self._loaded[1], self._loaded[2]
 
-    def _generate(self, model, tokenizer, prompts: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+    def _generate(self, model, tokenizer, prompts: Sequence[Sequence[int]]) -> list[list[Completion]]:
         width = max(len(p) for p in prompts)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])  # (P, W) left-padded
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (P, W)
         with torch.no_grad():
-            generated = model.generate(
+            out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 do_sample=True,
@@ -65,8 +69,16 @@ class HFSampler:
                 max_new_tokens=self.max_new_tokens,
                 num_return_sequences=self.num_samples,
                 pad_token_id=pad,
-            )[:, width:]  # (P * G, new)
-        answers = [_trim(row.tolist(), tokenizer.eos_token_id, pad) for row in generated]
+                return_dict_in_generate=True,
+                output_scores=True,
+            )
+        generated = out.sequences[:, width:]  # (P * G, N)
+        scores = torch.stack(out.scores, dim=1).float()  # (P * G, N, V): processed logits, as sampled from
+        logprobs = scores.log_softmax(-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)  # (P * G, N)
+        answers = []
+        for ids, lps in zip(generated.tolist(), logprobs.tolist()):
+            kept = _trim(ids, tokenizer.eos_token_id, pad)
+            answers.append(Completion(kept, lps[: len(kept)]))
         return [answers[i : i + self.num_samples] for i in range(0, len(answers), self.num_samples)]
 
 
