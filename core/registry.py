@@ -25,6 +25,7 @@ GROUPS = (
     "nsa.losses",
     "nsa.verifiers",
     "nsa.samplers",
+    "nsa.benchmarks",
 )
 
 
