@@ -1,8 +1,10 @@
-"""The ``nsa`` command: a LightningCLI with the data stages and plugin listing added.
+"""The ``nsa`` command: a LightningCLI with the data stages, evaluation and plugin listing added.
 
-nsa fit --config recipes/quickstart.yaml      run the whole method
-nsa prepare --config recipes/quickstart.yaml  run only the data stages
-nsa plugins                                   list advertised plugins (imports none)
+nsa fit --config recipes/quickstart.yaml       run the whole method
+nsa prepare --config recipes/quickstart.yaml   run only the data stages
+nsa generate --config R --output F             sample and verify; write the rollouts
+nsa evaluate --config R                        benchmark a policy (the recipe's evaluate: section)
+nsa plugins                                    list advertised plugins (imports none)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from nsa.data import NSADataModule
 from nsa.errors import NSAError
+from nsa.evaluate import Evaluation
 from nsa.module import NSAModule
 from nsa.registry import Plugin, advertised, rewrite_args
 from nsa.tracking import MLflowConfig, StageStats
@@ -48,7 +51,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
 def plugin_slots() -> frozenset[str]:
     """``--model.loss``, ``--data.sampler``, ...: the arguments typed by a contract."""
     slots = set()
-    for prefix, cls in (("model", NSAModule), ("data", NSADataModule)):
+    for prefix, cls in (("model", NSAModule), ("data", NSADataModule), ("evaluate", Evaluation)):
         for name, hint in typing.get_type_hints(cls.__init__).items():
             if any(getattr(t, "_is_protocol", False) for t in (hint, *typing.get_args(hint))):
                 slots.add(f"--{prefix}.{name}")
@@ -83,6 +86,11 @@ DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augm
 
   nsa fit --config R       run the data stages (cached) and train
   nsa prepare --config R   run only the data stages and print their statistics
+  nsa generate --config R [--output F.jsonl|F.parquet]
+                           sample and verify answers (cached); write them to F, which
+                           --data.rollouts=F trains on later
+  nsa evaluate --config R  sample n answers per benchmark problem (the recipe's evaluate:
+                           section), verify, print and log avg@n and pass@k to MLflow
   nsa judge-eval --file F --judge J   score a step judge on a ProcessBench-style file
   nsa plugins              list the advertised plugins (imports none)"""
 
@@ -94,7 +102,7 @@ class NSACLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {"fit": LightningCLI.subcommands()["fit"]}
 
-    def __init__(self, args: list[str], run: bool = True) -> None:
+    def __init__(self, args: list[str], run: bool = True, prog: str = "nsa") -> None:
         self.plugins = advertised()
         super().__init__(
             NSAModule,
@@ -108,7 +116,7 @@ class NSACLI(LightningCLI):
                 "exit_on_error": False,
                 "formatter_class": HelpFormatter,
                 "description": DESCRIPTION,
-                "prog": "nsa" if run else "nsa prepare",
+                "prog": prog,
                 "fit": {"exit_on_error": False, "formatter_class": HelpFormatter, "description": DESCRIPTION},
             },
         )
@@ -119,6 +127,7 @@ class NSACLI(LightningCLI):
         parser.link_arguments(
             ("trainer.precision", "trainer.strategy"), "data.logprob_precision", compute_fn=behaviour_precision
         )
+        parser.add_class_arguments(Evaluation, "evaluate", sub_configs=True)
         parser.epilog = plugins_epilog(self.plugins)
 
     def instantiate_classes(self) -> None:
@@ -145,12 +154,53 @@ def print_plugins() -> None:
 
 def prepare(args: list[str]) -> None:
     """Run only the data stages of a recipe and print their statistics."""
-    cli = NSACLI(args=args, run=False)
+    cli = NSACLI(args=args, run=False, prog="nsa prepare")
     cli.datamodule.prepare_data()
     print("nsa: data stages", file=sys.stderr)
     cli.datamodule.print_stats()
     for out in cli.datamodule.stages:
         print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
+
+
+def generate(args: list[str]) -> None:
+    """Sample and verify answers (cached stages); with ``--output``, write them to a file."""
+    from nsa import pipeline
+    from nsa.stages.rollouts import check_output, save_rollouts
+
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--output")
+    known, rest = own.parse_known_args(args)
+    if known.output:
+        check_output(known.output)  # before any sampling
+    cli = NSACLI(args=rest, run=False, prog="nsa generate")
+    outputs = pipeline.generate(cli.datamodule.recipe())
+    print("nsa: rollout stages", file=sys.stderr)
+    for out in outputs:
+        stats = "  ".join(f"{k} {v:g}" for k, v in out.stats.items())
+        print(f"  {out.name:<10} {out.fingerprint}  {out.path}\n    {stats}", file=sys.stderr)
+    if known.output:
+        save_rollouts(outputs[-1].dataset, known.output)
+        print(f"nsa: {len(outputs[-1].dataset)} rollouts written to {known.output}", file=sys.stderr)
+
+
+def evaluate(args: list[str]) -> None:
+    """Benchmark a policy: the recipe's ``evaluate:`` section, printed and logged to MLflow."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from nsa import evaluate as ev
+
+    cli = NSACLI(args=args, run=False, prog="nsa evaluate")
+    evaluation: Evaluation = cli.config_init["evaluate"]
+    sampler = evaluation.sampler or cli.datamodule.sampler
+    if sampler is None:
+        raise NSAError("no sampler: set evaluate.sampler (or data.sampler)")
+    policy = ev.choose_policy(evaluation, cli.model.policy_spec, cli.model.export_dir)
+    rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.cache_dir)
+    print(ev.format_table(rows))
+    for logger in cli.trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            ev.log_results(logger, rows, policy, cli.parser.dump(cli.config, skip_none=False))
+            print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
 
 
 def quiet_libraries() -> None:
@@ -171,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
         if args[:1] == ["plugins"]:
             return print_plugins()
         args = rewrite_args(args, advertised(), plugin_slots() | {"--judge"})
-        if args[:1] == ["prepare"]:
-            return prepare(args[1:])
+        commands = {"prepare": prepare, "generate": generate, "evaluate": evaluate}
+        if args[:1] and args[0] in commands:
+            return commands[args[0]](args[1:])
         if args[:1] == ["judge-eval"]:
             from nsa import judge_eval
 

@@ -15,10 +15,10 @@ from nsa.models import check_policy, load_tokenizer, policy_context, resolve_pol
 from nsa.pipeline import Recipe, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
-from nsa.stages.problems import load_problems
+from nsa.stages.problems import MATH_TEMPLATE, load_problems
 from nsa.stages.rollouts import drop_unusable, with_group_std
 
-DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+DEFAULT_TEMPLATE = MATH_TEMPLATE
 
 
 class NSADataModule(L.LightningDataModule):
@@ -26,6 +26,8 @@ class NSADataModule(L.LightningDataModule):
 
     Args:
         problems: a .jsonl/.json/.parquet file or a dataset id loadable by ``datasets``.
+        rollouts: a rollout file (``nsa generate --output``, or your own with the same
+            columns) to train on instead of sampling; ``problems`` is then not read.
         sampler: draws G answers per problem from the behaviour policy.
         verifier: scores each answer's final result against the reference.
         segmenter: splits wrong answers into steps.
@@ -50,12 +52,12 @@ class NSADataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        problems: str,
-        sampler: Sampler,
         verifier: Verifier,
         segmenter: Segmenter,
         judges: list[StepJudge],
         consensus: Consensus,
+        problems: str = "",
+        sampler: Sampler | None = None,
         policy: str = "",
         question_field: str = "question",
         answer_field: str = "answer",
@@ -71,8 +73,13 @@ class NSADataModule(L.LightningDataModule):
         seed: int = 0,
         pairs: bool = False,
         max_length: int | None = None,
+        rollouts: str | None = None,
     ) -> None:
         super().__init__()
+        if not problems and not rollouts:
+            raise NSAError("set data.problems (a problem file or dataset id) or data.rollouts (a rollout file)")
+        if sampler is None and not rollouts:
+            raise NSAError("data.sampler is not set; name one (HFSampler, VLLMSampler) or give data.rollouts")
         if not judges:
             raise NSAError("data.judges is empty; name at least one step judge")
         check_policy(policy)
@@ -89,13 +96,18 @@ class NSADataModule(L.LightningDataModule):
         self.logprob_precision, self.logprob_batch_size = logprob_precision, logprob_batch_size
         self.pairs = pairs
         self.max_length = max_length
+        self.rollouts = rollouts
         self._setup_stats: dict[str, float] = {}
         self.stages: list[StageOutput] = []
 
     def prepare_data(self) -> None:
         """Run every data stage, or reuse the cached ones."""
-        problems = load_problems(self.problems, *self.fields)
-        recipe = Recipe(
+        self.stages = run(self.recipe())
+
+    def recipe(self) -> Recipe:
+        """The data stages' inputs, from this module's arguments."""
+        problems = None if self.rollouts else load_problems(self.problems, *self.fields)
+        return Recipe(
             self.policy,
             problems,
             self.sampler,
@@ -108,8 +120,8 @@ class NSADataModule(L.LightningDataModule):
             self.shard_size,
             self.logprob_precision,
             self.logprob_batch_size,
+            self.rollouts,
         )
-        self.stages = run(recipe)
 
     def setup(self, stage: str) -> None:
         if self.trainer is not None and self.trainer.reload_dataloaders_every_n_epochs != 1:

@@ -26,8 +26,8 @@ class Recipe:
     """Everything the data stages need; built by the data module from its arguments."""
 
     policy: str
-    problems: StageOutput
-    sampler: Sampler
+    problems: StageOutput | None  # None when rollouts come from a file
+    sampler: Sampler | None  # None when rollouts come from a file
     verifier: Verifier
     segmenter: Segmenter
     judges: Sequence[StepJudge]
@@ -37,6 +37,7 @@ class Recipe:
     shard_size: int
     logprob_precision: str
     logprob_batch_size: int
+    rollouts: str | None = None  # a rollout file (``nsa generate --output``) instead of sampling
 
 
 def judge_names(judges: Sequence[StepJudge]) -> list[str]:
@@ -56,38 +57,62 @@ def scoring_identity(judge: StepJudge) -> dict:
     return {k: v for k, v in describe(judge).items() if k != "threshold"}
 
 
+def rows_per_shard(recipe: Recipe) -> int:
+    """Answers per committed shard of the stages after sampling: a shard of problems' worth."""
+    samples = recipe.sampler.num_samples if recipe.sampler is not None else 16  # rollouts from a file
+    return recipe.shard_size * samples
+
+
+def generate(recipe: Recipe) -> list[StageOutput]:
+    """The rollout stages: problems, sampled answers (or a rollout file), verified answers."""
+    model_dir = resolve_policy(recipe.policy)
+    tokenizer = load_tokenizer(model_dir)
+    stage = functools.partial(run_stage, recipe.cache_dir)
+    if recipe.rollouts:
+        sampled = rollouts.load_rollouts(recipe.rollouts)
+    else:
+        sampled = stage(
+            "sample",
+            recipe.problems,
+            # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
+            {
+                "sampler": recipe.sampler,
+                "policy": policy_identity(recipe.policy),
+                "template": recipe.prompt_template,
+                "rows": 2,
+            },
+            functools.partial(
+                rollouts.sample_shard,
+                sampler=recipe.sampler,
+                model_dir=model_dir,
+                tokenizer=tokenizer,
+                template=recipe.prompt_template,
+            ),
+            recipe.shard_size,
+            functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
+        )
+        getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
+    verified = stage(
+        "verify",
+        sampled,
+        {"verifier": recipe.verifier},
+        functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
+        rows_per_shard(recipe),
+        rollouts.summarise_verify,
+    )
+    getattr(recipe.verifier, "close", lambda: None)()
+    return [out for out in (recipe.problems, sampled, verified) if out is not None]
+
+
 def run(recipe: Recipe) -> list[StageOutput]:
     """Run (or reuse) every stage; returns their outputs in order, the training set last."""
     model_dir = resolve_policy(recipe.policy)
     tokenizer = load_tokenizer(model_dir)
     policy = policy_identity(recipe.policy)
     stage = functools.partial(run_stage, recipe.cache_dir)
-    rows = recipe.shard_size * recipe.sampler.num_samples
-    sampled = stage(
-        "sample",
-        recipe.problems,
-        # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
-        {"sampler": recipe.sampler, "policy": policy, "template": recipe.prompt_template, "rows": 2},
-        functools.partial(
-            rollouts.sample_shard,
-            sampler=recipe.sampler,
-            model_dir=model_dir,
-            tokenizer=tokenizer,
-            template=recipe.prompt_template,
-        ),
-        recipe.shard_size,
-        functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
-    )
-    getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
-    verified = stage(
-        "verify",
-        sampled,
-        {"verifier": recipe.verifier},
-        functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
-        rows,
-        rollouts.summarise_verify,
-    )
-    getattr(recipe.verifier, "close", lambda: None)()
+    rows = rows_per_shard(recipe)
+    first = generate(recipe)
+    verified = first[-1]
     grouped = stage(
         "groups",
         verified,
@@ -116,7 +141,7 @@ def run(recipe: Recipe) -> list[StageOutput]:
     train = labelled.dataset.add_column("ref_logprobs", scored.dataset["ref_logprobs"])
     train_fp = fingerprint(labelled.fingerprint, scored.fingerprint)
     trained_on = StageOutput("train", train, train_fp, labelled.path, {})
-    return [recipe.problems, sampled, verified, grouped, segmented, scored, labelled, trained_on]
+    return [*first, grouped, segmented, scored, labelled, trained_on]
 
 
 def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: int, policy: dict) -> StageOutput:

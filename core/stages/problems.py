@@ -1,4 +1,4 @@
-"""Stage 0a: load problems from jsonl, json, parquet or a dataset id, through ``datasets``."""
+"""Stage 0a: load problems (or a benchmark) from jsonl, json, parquet or a dataset id, through ``datasets``."""
 
 from __future__ import annotations
 
@@ -12,30 +12,56 @@ from nsa.stages.cache import StageOutput
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
+# The user message of math problems (DeepSeek-R1's evaluation prompt); ``{question}`` is replaced.
+MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
 
 def load_problems(source: str, question_field: str, answer_field: str, split: str, limit: int | None) -> StageOutput:
     """Columns ``id``, ``question``, ``answer`` (all strings), fingerprinted by content."""
-    raw = _load_raw(source, split)
-    for field in (question_field, answer_field):
+    fields = {"question": question_field, "answer": answer_field}
+    hint = "set data.question_field / data.answer_field"
+    dataset = load_fields(source, split, fields, hint, limit=limit)
+    return problems_output("problems", dataset, source)
+
+
+def problems_output(name: str, dataset: Dataset, source: str) -> StageOutput:
+    """A stage output for a problem table, fingerprinted by its content."""
+    table = {column: dataset[column] for column in ("id", "question", "answer")}
+    fp = hashlib.sha256(repr(sorted(table.items())).encode()).hexdigest()[:16]
+    return StageOutput(name, dataset, fp, Path(source), {"problems": float(len(dataset))})
+
+
+def load_fields(
+    source: str,
+    split: str,
+    fields: dict[str, str],
+    hint: str,
+    subset: str | None = None,
+    limit: int | None = None,
+    id_field: str = "id",
+) -> Dataset:
+    """``id``, ``question`` and ``answer`` strings from ``source``'s own field names.
+
+    ``fields`` maps ``question`` and ``answer`` to the source's field names; a missing one is
+    an error naming the field, the source and ``hint`` (what to set). Rows without an
+    ``id_field`` are numbered.
+    """
+    raw = _load_raw(source, split, subset)
+    for field in fields.values():
         if field not in raw.column_names:
-            raise NSAError(
-                f"{source}: no field '{field}' (fields: {', '.join(raw.column_names)}); "
-                f"set data.question_field / data.answer_field"
-            )
+            raise NSAError(f"{source}: no field '{field}' (fields: {', '.join(raw.column_names)}); {hint}")
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
-    ids = raw["id"] if "id" in raw.column_names else [f"q{i:06d}" for i in range(len(raw))]
+    ids = raw[id_field] if id_field in raw.column_names else [f"q{i:06d}" for i in range(len(raw))]
     table = {
         "id": [str(i) for i in ids],
-        "question": [str(q) for q in raw[question_field]],
-        "answer": [_answer_text(a, source, n) for n, a in enumerate(raw[answer_field])],
+        "question": [str(q) for q in raw[fields["question"]]],
+        "answer": [_answer_text(a, source, n) for n, a in enumerate(raw[fields["answer"]])],
     }
-    dataset = Dataset.from_dict(table)
-    fp = hashlib.sha256(repr(sorted(table.items())).encode()).hexdigest()[:16]
-    return StageOutput("problems", dataset, fp, Path(source), {"problems": float(len(dataset))})
+    return Dataset.from_dict(table)
 
 
-def _load_raw(source: str, split: str) -> Dataset:
+def _load_raw(source: str, split: str, subset: str | None = None) -> Dataset:
     import datasets
 
     builder = FILE_BUILDERS.get(Path(source).suffix)
@@ -44,7 +70,7 @@ def _load_raw(source: str, split: str) -> Dataset:
     try:
         if builder:
             return datasets.load_dataset(builder, data_files=source, split="train")
-        return datasets.load_dataset(source, split=split)
+        return datasets.load_dataset(source, subset, split=split)
     except Exception as err:  # datasets raises many types; the user needs the first line
         raise NSAError(f"could not load problems from '{source}': {str(err).splitlines()[0]}") from None
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import sys
 from collections import Counter
+from pathlib import Path
 
 from datasets import Dataset, Features, List, Value
 
 from nsa.contracts import Sampler, Verifier
 from nsa.errors import NSAError
+from nsa.stages.cache import StageOutput
 
 ROLLOUT_COLUMNS = ("group", "question", "answer", "prompt_ids", "response_ids", "response", "response_logprobs")
 ROLLOUT_FEATURES = Features(
@@ -151,3 +154,47 @@ def summarise_groups(before: Dataset, kept: Dataset) -> dict[str, float]:
             "sample more answers, raise the temperature or use other problems"
         )
     return stats
+
+
+def load_rollouts(path: str) -> StageOutput:
+    """Rollouts from a file (``nsa generate --output`` writes one; any tool may), instead of sampling.
+
+    A .jsonl, .json or .parquet file with the columns of ``ROLLOUT_FEATURES``, ids in the
+    policy's tokenizer; ``response_logprobs`` may be absent (left empty). Other columns
+    (``reward``) are dropped: answers are verified again, by the recipe's verifier. The
+    fingerprint is the file's content hash, so an edited file invalidates later stages.
+    """
+    import datasets
+
+    from nsa.stages.problems import FILE_BUILDERS
+
+    file = Path(path)
+    if file.suffix not in FILE_BUILDERS or not file.is_file():
+        raise NSAError(f"data.rollouts: no .jsonl, .json or .parquet file at {path}")
+    data = datasets.load_dataset(FILE_BUILDERS[file.suffix], data_files=str(file), split="train")
+    if "response_logprobs" not in data.column_names:
+        data = data.add_column("response_logprobs", [[] for _ in range(len(data))])
+    missing = [c for c in ROLLOUT_COLUMNS if c not in data.column_names]
+    if missing:
+        raise NSAError(f"data.rollouts {path}: no field '{missing[0]}' (needs {', '.join(ROLLOUT_COLUMNS[:-1])})")
+    data = data.select_columns(list(ROLLOUT_COLUMNS)).cast(ROLLOUT_FEATURES)
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return StageOutput("sample", data, digest.hexdigest()[:16], file, {"answers": float(len(data))})
+
+
+def check_output(path: str) -> None:
+    if Path(path).suffix not in (".jsonl", ".parquet"):
+        raise NSAError(f"--output {path}: write a .jsonl or .parquet file")
+
+
+def save_rollouts(data: Dataset, path: str) -> None:
+    """Writes rollouts (with their rewards) to a .jsonl or .parquet file that ``data.rollouts`` reads."""
+    check_output(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if path.endswith(".jsonl"):
+        data.to_json(path, lines=True, force_ascii=False)
+    else:
+        data.to_parquet(path)

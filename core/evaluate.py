@@ -1,0 +1,179 @@
+"""``nsa evaluate``: benchmark accuracy of a policy, as avg@n and unbiased pass@k, tracked in MLflow.
+
+Per benchmark: load its problems, sample n answers each with the recipe's sampler, verify
+them with the benchmark's own verifier. Both are cached stages (``eval_sample``,
+``eval_verify``), so a killed evaluation resumes and a second run of the same policy costs
+nothing. The table is printed and logged to the MLflow run as metrics
+(``eval/<benchmark>/pass_at_k``) and as a table artifact (``eval/results.json``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from nsa.contracts import Benchmark, Sampler
+from nsa.errors import NSAError
+from nsa.models import load_tokenizer, policy_identity, resolve_policy
+from nsa.stages import rollouts
+from nsa.stages.cache import StageOutput, run_stage
+from nsa.stages.problems import problems_output
+
+
+class Evaluation:
+    """What ``nsa evaluate`` measures, and with which sampler.
+
+    Args:
+        benchmarks: the problem sets (MATH500, AIME24, AIME25, AMC23, GSM8K, LiveCodeBench, ...).
+        sampler: draws the n answers per problem (n = its ``num_samples``); None: ``data.sampler``.
+        policy: the model to evaluate; None: the trained policy in ``model.export_dir`` when it
+            exists, else ``model.policy`` (the start model).
+        pass_k: the k of pass@k, each at most n; None: 1 and n.
+        shard_size: problems per committed shard of the sampling stage.
+    """
+
+    def __init__(
+        self,
+        benchmarks: list[Benchmark] | None = None,
+        sampler: Sampler | None = None,
+        policy: str | None = None,
+        pass_k: list[int] | None = None,
+        shard_size: int = 32,
+    ) -> None:
+        self.benchmarks = benchmarks or []
+        self.sampler = sampler
+        self.policy = policy
+        self.pass_k = pass_k
+        self.shard_size = shard_size
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with c correct of n samples (Chen et al. 2021):
+    1 - C(n - c, k) / C(n, k), as a product so large n does not overflow."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def benchmark_metrics(correct: list[int], n: int, ks: list[int]) -> dict[str, float]:
+    """avg@n (mean share of correct samples) and pass@k, in percent, over problems."""
+    metrics = {f"avg@{n}": 100.0 * sum(c / n for c in correct) / len(correct)}
+    for k in ks:
+        metrics[f"pass@{k}"] = 100.0 * sum(pass_at_k(n, c, k) for c in correct) / len(correct)
+    return metrics
+
+
+def correct_per_problem(verified: StageOutput) -> list[int]:
+    """Correct answers (reward > 0.5) per problem, in problem order."""
+    counts: dict[str, int] = defaultdict(int)
+    for group, reward in zip(verified.dataset["group"], verified.dataset["reward"]):
+        counts[group] += reward > 0.5
+    return list(counts.values())
+
+
+def choose_policy(evaluation: Evaluation, policy: str, export_dir: str | None) -> str:
+    if evaluation.policy:
+        return evaluation.policy
+    if export_dir and (Path(export_dir) / "config.json").exists():
+        return export_dir
+    return policy
+
+
+def check(evaluation: Evaluation, sampler: Sampler) -> list[int]:
+    """The k of pass@k; a one-line error for a setting that cannot work, before any sampling."""
+    if not evaluation.benchmarks:
+        raise NSAError("evaluate.benchmarks is empty; name at least one, e.g. --evaluate.benchmarks+=MATH500")
+    n = sampler.num_samples
+    ks = evaluation.pass_k or sorted({1, n})
+    if any(k < 1 or k > n for k in ks):
+        raise NSAError(f"evaluate.pass_k {ks} must lie in 1..{n}, the sampler's num_samples")
+    names = [b.name for b in evaluation.benchmarks]
+    if len(set(names)) != len(names):
+        raise NSAError(f"two benchmarks share a name in {names}; give one a different `name`")
+    return ks
+
+
+def score(benchmark: Benchmark, sampler: Sampler, model_dir: str, identity: dict, cache_dir: str, shard: int):
+    """Sample and verify one benchmark (cached stages); its verified answers."""
+    problems = problems_output(f"eval-{benchmark.name}", benchmark.load(), getattr(benchmark, "source", ""))
+    tokenizer = load_tokenizer(model_dir)
+    template = benchmark.prompt_template
+    sampled = run_stage(
+        cache_dir,
+        "eval_sample",
+        problems,
+        {"sampler": sampler, "policy": identity, "template": template, "rows": 2},
+        functools.partial(
+            rollouts.sample_shard, sampler=sampler, model_dir=model_dir, tokenizer=tokenizer, template=template
+        ),
+        shard,
+        functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
+    )
+    verifier = benchmark.verifier()
+    try:
+        verify = functools.partial(rollouts.verify_shard, verifier=verifier)
+        verified = run_stage(
+            cache_dir, "eval_verify", sampled, {"verifier": verifier}, verify, shard * sampler.num_samples
+        )
+    finally:
+        getattr(verifier, "close", lambda: None)()
+    return sampled, verified
+
+
+def evaluate(evaluation: Evaluation, sampler: Sampler, policy: str, cache_dir: str) -> list[dict]:
+    """One row per benchmark: its name, size, metrics and the share of answers cut off."""
+    ks = check(evaluation, sampler)
+    model_dir, identity = resolve_policy(policy), policy_identity(policy)
+    print(f"nsa: evaluate: policy {policy}, {sampler.num_samples} answers per problem", file=sys.stderr)
+    rows = []
+    try:
+        for bench in evaluation.benchmarks:
+            sampled, verified = score(bench, sampler, model_dir, identity, cache_dir, evaluation.shard_size)
+            correct = correct_per_problem(verified)
+            truncated = 100.0 * sampled.stats["answers_truncated"] / max(1, len(sampled.dataset))
+            metrics = {**benchmark_metrics(correct, sampler.num_samples, ks), "truncated%": truncated}
+            rows.append({"benchmark": bench.name, "problems": len(correct), **metrics})
+    finally:
+        getattr(sampler, "close", lambda: None)()
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain text table, one benchmark per line, and the mean of each metric."""
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    if len(rows) > 1:
+        cells.append(["mean", ""] + [_cell(sum(r[c] for r in rows) / len(rows)) for c in columns[2:]])
+    widths = [max(len(x) for x in [c, *(line[i] for line in cells)]) for i, c in enumerate(columns)]
+    lines = [columns, *cells]
+    return "\n".join(
+        "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(line, widths))) for line in lines
+    )
+
+
+def metric_name(column: str) -> str:
+    """``pass@4`` -> ``pass_at_4``, ``truncated%`` -> ``truncated_pct``."""
+    return column.replace("@", "_at_").replace("%", "_pct")
+
+
+def _cell(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def log_results(logger, rows: list[dict], policy: str, config_text: str) -> None:
+    """Metrics ``eval/<benchmark>/pass_at_4`` (MLflow names allow no ``@`` or ``%``), the table
+    as ``eval/results.json`` and ``eval/results.txt``, the config."""
+    metrics = {
+        f"eval/{r['benchmark']}/{metric_name(k)}": float(v) for r in rows for k, v in r.items() if k != "benchmark"
+    }
+    logger.log_hyperparams({"eval/policy": policy})
+    logger.log_metrics(metrics, step=0)
+    table = {column: [row[column] for row in rows] for column in rows[0]}
+    client, run_id = logger.experiment, logger.run_id
+    client.log_table(run_id, data=table, artifact_file="eval/results.json")
+    client.log_text(run_id, format_table(rows) + "\n", "eval/results.txt")
+    client.log_text(run_id, config_text, "config.yaml")
+    client.set_tag(run_id, "nsa.command", "evaluate")

@@ -1,0 +1,168 @@
+"""``nsa evaluate`` and the math benchmark plugins, offline on small local copies of each format.
+
+Answers come from the scripted sampler (tests/scripted.py): the same four for every problem,
+\\boxed{5}, \\boxed{6}, \\boxed{7} and no answer, so n = 4 and each problem's correct count is
+known by hand:
+  math500 copy, answers 5, 6, 1/2  -> c = 1, 1, 0
+  gsm8k copy, answers #### 7, #### 1,234 -> c = 1, 0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from nsa.cli import main
+from nsa.contracts import Benchmark
+from nsa.errors import NSAError
+from nsa.evaluate import benchmark_metrics, pass_at_k
+from nsa.plugins.benchmarks.aime24 import AIME24
+from nsa.plugins.benchmarks.aime25 import AIME25
+from nsa.plugins.benchmarks.amc23 import AMC23
+from nsa.plugins.benchmarks.gsm8k import GSM8K
+from nsa.plugins.benchmarks.math500 import MATH500
+from tests.recipe import tiny_recipe
+
+COPIES = Path(__file__).parents[1] / "data" / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (4, 1, 1, 0.25),  # pass@1 = c / n
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (5, 2, 3, 0.9),  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+        (4, 0, 4, 0.0),  # nothing right
+        (4, 3, 2, 1.0),  # n - c = 1 < k: every 2-subset holds a right answer
+        (40, 1, 1, 0.025),
+    ],
+)
+def test_pass_at_k_golden(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_matches_the_binomial_formula_for_large_n():
+    """The product form equals 1 - C(n-c, k) / C(n, k) computed with exact integers."""
+    for n, c, k in [(64, 5, 8), (100, 1, 50), (32, 16, 16)]:
+        exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(exact, rel=1e-12)
+
+
+def test_benchmark_metrics_golden():
+    """c = 1, 1, 0 of n = 4: avg@4 = (1/4 + 1/4 + 0) / 3 = 16.67%; pass@2 = (1/2 + 1/2 + 0) / 3
+    = 33.33%; pass@4 = (1 + 1 + 0) / 3 = 66.67%."""
+    metrics = benchmark_metrics([1, 1, 0], 4, [1, 2, 4])
+    assert metrics == pytest.approx({"avg@4": 100 / 6, "pass@1": 100 / 6, "pass@2": 100 / 3, "pass@4": 200 / 3})
+
+
+@pytest.mark.parametrize(
+    ("plugin", "ids", "answers"),
+    [
+        (
+            MATH500,
+            ["test/prealgebra/1.json", "test/prealgebra/2.json", "test/prealgebra/3.json"],
+            ["5", "6", "\\frac{1}{2}"],
+        ),
+        (AIME24, ["60", "61"], ["24", "9"]),
+        (AIME25, ["0", "1"], ["15", "1"]),
+        (AMC23, ["0", "1"], ["1.0", "11.0"]),
+        (GSM8K, ["q000000", "q000001"], ["7", "1234"]),  # the number after ####, commas dropped
+    ],
+)
+def test_each_benchmark_loads_its_local_copy(plugin, ids, answers):
+    bench = plugin(source=str(COPIES / f"{plugin.__name__.lower()}.jsonl"))
+    assert isinstance(bench, Benchmark)
+    rows = bench.load()
+    assert rows.column_names == ["id", "question", "answer"]
+    assert rows["id"] == ids and rows["answer"] == answers
+    assert all(q.strip() for q in rows["question"])
+    assert "{question}" in bench.prompt_template
+    assert type(bench.verifier()).__name__ == "MathVerifier"
+
+
+def test_a_missing_field_names_the_field_and_the_file(tmp_path):
+    broken = tmp_path / "math500.jsonl"
+    broken.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5", "unique_id": "a"}) + "\n")
+    with pytest.raises(NSAError, match=r"math500\.jsonl: no field 'problem'.*MATH500 reads fields problem"):
+        MATH500(source=str(broken)).load()
+
+
+def evaluate_recipe(tmp_path: Path, model: str, **evaluate) -> Path:
+    recipe = yaml.safe_load(tiny_recipe(tmp_path, model).read_text())
+    recipe["evaluate"] = {
+        "benchmarks": [
+            {"class_path": "MATH500", "init_args": {"source": str(COPIES / "math500.jsonl"), "workers": 1}},
+            {"class_path": "GSM8K", "init_args": {"source": str(COPIES / "gsm8k.jsonl"), "workers": 1}},
+        ],
+        "pass_k": [1, 2, 4],
+        **evaluate,
+    }
+    path = tmp_path / "evaluate.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, capsys):
+    """math500: avg@4 16.67, pass@2 33.33, pass@4 66.67 (see test_benchmark_metrics_golden).
+    gsm8k: c = 1, 0: avg@4 = 1/4 / 2 = 12.50, pass@2 = 1/2 / 2 = 25.00, pass@4 = 1 / 2 = 50.00.
+    The scripted answers all end in EOS: nothing truncated."""
+    main(["evaluate", "--config", str(evaluate_recipe(tmp_path, tiny_model))])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["benchmark", "problems", "avg@4", "pass@1", "pass@2", "pass@4", "truncated%"]
+    assert table[1].split() == ["math500", "3", "16.67", "16.67", "33.33", "66.67", "0.00"]
+    assert table[2].split() == ["gsm8k", "2", "12.50", "12.50", "25.00", "50.00", "0.00"]
+    assert table[3].split() == ["mean", "14.58", "14.58", "29.17", "58.33", "0.00"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    assert run.data.metrics["eval/math500/pass_at_4"] == pytest.approx(200 / 3)
+    assert run.data.metrics["eval/gsm8k/avg_at_4"] == pytest.approx(12.5)
+    assert run.data.metrics["eval/gsm8k/truncated_pct"] == 0.0
+    assert run.data.params["eval/policy"] == tiny_model  # no trained export yet: the start model
+    assert run.data.tags["nsa.command"] == "evaluate"
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert artifacts == {"eval/results.json", "eval/results.txt"}
+    table_json = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "eval/results.json", str(tmp_path))).read_text()
+    )
+    assert table_json["columns"][:3] == ["benchmark", "problems", "avg@4"]
+
+
+def test_a_second_evaluation_samples_nothing(tmp_path, tiny_model, capsys):
+    """Sampling and verifying are cached stages: the second run reuses both folders."""
+    recipe = evaluate_recipe(tmp_path, tiny_model)
+    main(["evaluate", "--config", str(recipe)])
+    first = capsys.readouterr().out
+    cache = tmp_path / "cache"
+    folders = {stage: sorted(p.name for p in (cache / stage).iterdir()) for stage in ("eval_sample", "eval_verify")}
+    assert [len(f) for f in folders.values()] == [2, 2]  # one per benchmark
+    marker = cache / "eval_sample" / folders["eval_sample"][0] / "stats.json"
+    before = marker.stat().st_mtime_ns
+    main(["evaluate", "--config", str(recipe)])
+    assert capsys.readouterr().out == first
+    assert marker.stat().st_mtime_ns == before
+    assert {s: sorted(p.name for p in (cache / s).iterdir()) for s in folders} == folders
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [
+        ({"pass_k": [8]}, r"evaluate.pass_k \[8\] must lie in 1..4"),
+        ({"benchmarks": []}, r"evaluate.benchmarks is empty"),
+        ({"benchmarks": [{"class_path": "MATH500"}, {"class_path": "MATH500"}]}, r"two benchmarks share a name"),
+        ({"benchmarks": [{"class_path": "MATH501"}]}, r"unknown plugin 'MATH501': did you mean 'MATH500'"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_sampling(tmp_path, tiny_model, capsys, evaluate, message):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--config", str(evaluate_recipe(tmp_path, tiny_model, **evaluate))])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nsa: error:")
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "cache" / "eval_sample").exists()
