@@ -65,6 +65,17 @@ class VLLMWorker:
         """
         return self._call("generate", prompts, sampling)
 
+    def sample(
+        self, prompts: list[list[int]], sampling: list[dict[str, Any]]
+    ) -> list[list[tuple[list[int], list[float]]]]:
+        """Per prompt (token ids), its ``n`` completions as (token ids, log-prob of each id).
+
+        ``sampling`` holds, per prompt, ``SamplingParams`` fields (``n``, ``seed``, ...). The
+        ids come as generated, a stop token included; the log-probs are those the engine
+        reports for the sampled ids (``logprobs_mode`` decides before or after temperature).
+        """
+        return self._call("sample", prompts, sampling)
+
     def start(self) -> None:
         """Starts the engine now (it also starts on the first call)."""
         if self._process is not None:
@@ -169,7 +180,7 @@ def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
         conn.send(("error", _one_line(err)))
         return
     conn.send(("ok", llm.llm_engine.model_config.max_model_len))
-    ops = {"encode": _encode, "generate": _generate}
+    ops = {"encode": _encode, "generate": _generate, "sample": _sample}
     while True:
         op, args = conn.recv()
         if op == "stop":
@@ -210,6 +221,25 @@ def _generate(llm: Any, prompts: list[list[int]], sampling: list[dict[str, Any]]
     outputs = llm.generate(requests, [_sampling_params(fields) for fields in sampling], use_tqdm=False)
     firsts = [out.outputs[0] for out in outputs]
     return [(first.text, str(first.finish_reason), list(first.token_ids)) for first in firsts]
+
+
+def _sample(
+    llm: Any, prompts: list[list[int]], sampling: list[dict[str, Any]]
+) -> list[list[tuple[list[int], list[float]]]]:
+    from vllm.inputs import TokensPrompt
+
+    requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
+    # logprobs=0: the sampled token's log-prob alone; no text is needed, so none is decoded
+    params = [_sampling_params({"detokenize": False, **fields, "logprobs": 0}) for fields in sampling]
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    return [[_ids_and_logprobs(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+
+
+def _ids_and_logprobs(completion: Any) -> tuple[list[int], list[float]]:
+    """A completion's ids and, per step, the log-prob of the id drawn (one dict per step)."""
+    ids = list(completion.token_ids)
+    steps = completion.logprobs
+    return ids, [float(step[token].logprob) for step, token in zip(steps, ids, strict=True)]
 
 
 def _sampling_params(fields: dict[str, Any]) -> Any:

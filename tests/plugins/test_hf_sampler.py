@@ -1,4 +1,4 @@
-"""HFSampler on a tiny real Llama: shapes, EOS handling, seeding, and cache identity."""
+"""HFSampler on a tiny real Llama: shapes, EOS handling, seeding, sampling log-probs, and cache identity."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-from nsa.contracts import Sampler
+from nsa.contracts import Completion, Sampler
 from nsa.models import load_policy, load_tokenizer
 from nsa.plugins.samplers.hf_generate import HFSampler, _trim
 
@@ -48,7 +48,7 @@ def sampler(**kwargs) -> HFSampler:
 
 
 @pytest.fixture(scope="module")
-def drawn(eager_eos_model, prompts) -> list[list[list[int]]]:
+def drawn(eager_eos_model, prompts) -> list[list[Completion]]:
     return sampler().sample(eager_eos_model, prompts)
 
 
@@ -57,16 +57,21 @@ def test_is_a_sampler() -> None:
 
 
 def test_num_samples_per_prompt(drawn, prompts) -> None:
-    """4 prompts in batches of 3 (3 + 1, the second left-padded differently): 6 lists each."""
+    """4 prompts in batches of 3 (3 + 1, the second left-padded differently): 6 Completions
+    each, one log-prob (a float, at most 0) per token id (an int)."""
     assert len(drawn) == len(prompts)
     assert all(len(per_prompt) == 6 for per_prompt in drawn)
-    assert all(type(t) is int for per_prompt in drawn for c in per_prompt for t in c)
+    for c in (c for per_prompt in drawn for c in per_prompt):
+        assert isinstance(c, Completion) and type(c.token_ids) is list and type(c.logprobs) is list
+        assert len(c.logprobs) == len(c.token_ids)
+        assert all(type(t) is int for t in c.token_ids)
+        assert all(type(x) is float and x <= 0.0 for x in c.logprobs)
 
 
 def test_completions_end_with_eos_or_run_to_the_limit(drawn, tiny_model) -> None:
     """EOS (= pad, id 0) is kept and only at the end; without it, max_new_tokens tokens."""
     eos = load_tokenizer(tiny_model).eos_token_id
-    completions = [c for per_prompt in drawn for c in per_prompt]
+    completions = [c.token_ids for per_prompt in drawn for c in per_prompt]
     for c in completions:
         assert 1 <= len(c) <= MAX_NEW
         assert eos not in c[:-1], c  # no padding (nor a second EOS) inside
@@ -74,6 +79,28 @@ def test_completions_end_with_eos_or_run_to_the_limit(drawn, tiny_model) -> None
     # both branches really occur with this model and seed
     assert any(c[-1] == eos and len(c) < MAX_NEW for c in completions)
     assert any(c[-1] != eos for c in completions)
+
+
+def test_logprobs_are_the_sampling_distribution(drawn, eager_eos_model, prompts) -> None:
+    """Golden check of the stored log-probs against a fresh, unpadded transformers forward.
+
+    With top_k=0 and top_p=1, generate's only logits processor is the temperature warper, so
+    the processed score at step t is logits_t / T and the token is drawn from
+    softmax(logits_t / T). The log-probability of the drawn y_t is therefore
+    log_softmax(logits_t / T)[y_t], where logits_t is the model's output at position
+    len(prompt) + t - 1 of prompt + completion (the position that predicts y_t). The forward
+    here is unpadded, while generate ran left-padded batches of 3: equal to within fp32
+    rounding, EOS included.
+    """
+    model = load_policy(eager_eos_model).eval()
+    temperature = sampler().temperature
+    for prompt, per_prompt in zip(prompts, drawn, strict=True):
+        for c in per_prompt:
+            ids = torch.tensor([prompt + c.token_ids])  # (1, P + N)
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(prompt) - 1 : -1]  # (N, V): row t predicts token t
+            expected = (logits / temperature).log_softmax(-1).gather(-1, ids[0, len(prompt) :, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-5, rtol=0)
 
 
 def test_same_seed_same_draws(drawn, eager_eos_model, prompts) -> None:
