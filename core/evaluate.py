@@ -98,7 +98,10 @@ def check(evaluation: Evaluation, sampler: Sampler) -> list[int]:
 
 def score(benchmark: Benchmark, sampler: Sampler, model_dir: str, identity: dict, cache_dir: str, shard: int):
     """Sample and verify one benchmark (cached stages); its verified answers."""
-    problems = problems_output(f"eval-{benchmark.name}", benchmark.load(), getattr(benchmark, "source", ""))
+    rows = benchmark.load()
+    if not len(rows):
+        raise NSAError(f"benchmark {benchmark.name} has no problems; check its source and limit")
+    problems = problems_output(f"eval-{benchmark.name}", rows, getattr(benchmark, "source", ""))
     tokenizer = load_tokenizer(model_dir)
     template = benchmark.prompt_template
     sampled = run_stage(

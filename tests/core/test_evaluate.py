@@ -26,6 +26,7 @@ from nsa.plugins.benchmarks.aime25 import AIME25
 from nsa.plugins.benchmarks.amc23 import AMC23
 from nsa.plugins.benchmarks.gsm8k import GSM8K
 from nsa.plugins.benchmarks.math500 import MATH500
+from nsa.plugins.benchmarks.problem_file import ProblemFile
 from tests.recipe import tiny_recipe
 
 COPIES = Path(__file__).parents[1] / "data" / "benchmarks"
@@ -83,6 +84,19 @@ def test_each_benchmark_loads_its_local_copy(plugin, ids, answers):
     assert all(q.strip() for q in rows["question"])
     assert "{question}" in bench.prompt_template
     assert type(bench.verifier()).__name__ == "MathVerifier"
+
+
+def test_problem_file_selects_a_held_out_range(tmp_path):
+    """Rows skip .. skip + limit of a file in the recipe's own format: 120 rows, skip 96 keeps
+    the last 24 (easy-0096 .. easy-0119); limit 5 keeps 96 .. 100; a skip past the end is an error."""
+    source = str(Path(__file__).parents[2] / "data" / "easy_word_problems.jsonl")
+    held_out = ProblemFile(source=source, skip=96).load()
+    assert len(held_out) == 24 and held_out["id"][0] == "easy-0096" and held_out["id"][-1] == "easy-0119"
+    assert ProblemFile(source=source, skip=96, limit=5).load()["id"] == [f"easy-{i:04d}" for i in range(96, 101)]
+    with pytest.raises(NSAError, match=r"ProblemFile problems: skip 500 leaves none of the 120 rows of .*easy_word"):
+        ProblemFile(source=source, skip=500).load()
+    with pytest.raises(NSAError, match=r"no field 'prompt'.*set question_field"):
+        ProblemFile(source=source, question_field="prompt").load()
 
 
 def test_a_missing_field_names_the_field_and_the_file(tmp_path):
