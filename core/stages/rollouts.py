@@ -76,14 +76,23 @@ def summarise_samples(rollouts: Dataset, eos_id: int) -> dict[str, float]:
     return {"answers_truncated": float(truncated), "answer_tokens_mean": sum(lengths) / max(1, len(lengths))}
 
 
+# Verifier statuses worth a line: the answer was never really checked, or the program was stopped.
+NOTEWORTHY = {
+    "empty": "empty answers",
+    "no_answer": "with no final answer",
+    "no_code": "with no code block",
+    "timeout": "timed out",
+    "memory": "out of memory",
+    "output_limit": "over the output limit",
+    "blocked": "stopped by the sandbox",
+}
+
+
 def summarise_verify(rollouts: Dataset) -> dict[str, float]:
     statuses = Counter(rollouts["verify_status"])
-    if statuses["empty"] or statuses["no_answer"] or statuses["timeout"]:
-        print(
-            f"nsa: verify: {statuses['empty']} empty answers, {statuses['no_answer']} with no final answer, "
-            f"{statuses['timeout']} timed out; all scored 0",
-            file=sys.stderr,
-        )
+    noted = [f"{statuses[s]} {what}" for s, what in NOTEWORTHY.items() if statuses[s]]
+    if noted:
+        print(f"nsa: verify: {', '.join(noted)}; all scored 0", file=sys.stderr)
     rewards = rollouts["reward"]
     return {
         "answers": float(len(rollouts)),
