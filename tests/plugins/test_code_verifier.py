@@ -18,14 +18,13 @@ from nsa.contracts import Outcome, Verifier
 from nsa.errors import NSAError
 from nsa.plugins.verifiers.code import (
     CodeVerifier,
-    _execute,
-    _Limits,
+    _same_output,
     extract_program,
     parse_reference,
     reference_json,
     run_test,
-    sandbox_report,
 )
+from nsa.plugins.verifiers.sandbox import Limits, execute, sandbox_report
 
 SUM = reference_json([("1 2\n", "3\n"), ("-5 5\n", "0\n"), ("100 250\n", "350\n")])
 GOOD = "a, b = map(int, input().split())\nprint(a + b)"
@@ -91,6 +90,7 @@ def mixed(outside, listener) -> dict[str, Outcome]:
         "no_code": "The answer is to add the numbers.",
         "empty": "  \n",
         "trailing_space": fenced("a, b = map(int, input().split())\nprint(a + b, '  ')\nprint()\nprint('   ')"),
+        "leading_space": fenced("a, b = map(int, input().split())\nprint('  ', a + b)"),
         "loops": fenced("while True:\n    pass"),
         "fork_bomb": fenced("import os\nwhile True:\n    os.fork()"),
         "fork_bomb_persistent": fenced(
@@ -122,6 +122,7 @@ def test_meets_the_verifier_contract_and_hashes_only_its_config():
         ("good", Outcome(1.0, "ok")),
         ("good_again", Outcome(1.0, "ok")),
         ("trailing_space", Outcome(1.0, "ok")),
+        ("leading_space", Outcome(1.0, "ok")),
         ("wrong", Outcome(0.0, "wrong_answer")),
         ("raises", Outcome(0.0, "runtime_error")),
         ("no_code", Outcome(0.0, "no_code")),
@@ -149,7 +150,7 @@ def test_kernel_layers_hold_without_the_audit_hook(outside, listener):
     """Seccomp, Landlock and the network namespace refuse on their own (a program past the hook)."""
     report = sandbox_report()
     print("sandbox layers here:", report)
-    bare = _Limits(timeout_s=1.0, memory_mb=512, output_mb=1, audit_hook=False)
+    bare = Limits(timeout_s=1.0, memory_mb=512, output_mb=1, audit_hook=False)
     port = listener.getsockname()[1]
     attempts = {
         "processes": "import os\nos.fork()\nprint(3)",
@@ -176,7 +177,7 @@ def test_the_whole_process_group_is_killed(ending):
     """With process creation allowed (both refusing layers off), a grandchild still dies with its run."""
     marker = f"{os.getpid()}.{len(ending)}"
     spawner = f"import subprocess, time\nsubprocess.Popen(['sleep', '{marker}'])\n{ending}"
-    allowed = _Limits(timeout_s=1.0, memory_mb=512, output_mb=1, filters=False, audit_hook=False)
+    allowed = Limits(timeout_s=1.0, memory_mb=512, output_mb=1, filters=False, audit_hook=False)
     status = run_test(spawner, ("", ""), None, allowed)
     assert status == ("timeout" if "sleep" in ending else "ok")
     time.sleep(0.2)  # SIGKILL is delivered at once, but give /proc a moment
@@ -186,8 +187,8 @@ def test_the_whole_process_group_is_killed(ending):
 def test_each_run_gets_a_fresh_folder_deleted_afterwards_and_a_clean_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
     program = "import os\nprint(os.getcwd())\nprint(os.environ.get('OPENAI_API_KEY'))\nprint(sorted(os.listdir()))"
-    _, _, first, _ = _execute(program, "", "stdin", None, _Limits(2.0, 512, 1))
-    _, _, second, _ = _execute(program, "", "stdin", None, _Limits(2.0, 512, 1))
+    _, _, first, _ = execute(program, "", "stdin", None, Limits(2.0, 512, 1))
+    _, _, second, _ = execute(program, "", "stdin", None, Limits(2.0, 512, 1))
     folder, secret, listing = first.splitlines()
     assert secret == "None" and listing == "[]"
     assert folder != second.splitlines()[0]
@@ -212,8 +213,26 @@ def test_functional_tests_call_the_solution_and_compare_json():
     assert [o.status for o in outcomes] == ["ok", "wrong_answer", "ok"]
 
 
+@pytest.mark.parametrize(
+    ("output", "expected", "same"),
+    [
+        ("3\n", "3\n", True),
+        ("  3  \n", "3\n", True),  # each line is stripped at both ends, as LiveCodeBench does
+        ("1 2\r\n3\r\n", "1 2\n3\n", True),
+        ("1\n2\n\n \n", "1\n2", True),  # trailing blank lines are dropped
+        ("3", "3\n\n", True),
+        ("1  2\n", "1 2\n", False),  # spaces inside a line count
+        ("1\n\n2\n", "1\n2\n", False),  # and so do blank lines between others
+        ("\n3\n", "3\n", False),  # and before them
+        ("", "3\n", False),
+    ],
+)
+def test_stdin_output_is_compared_line_by_line_ignoring_surrounding_whitespace(output, expected, same):
+    assert _same_output(output, expected, None) is same
+
+
 def test_writing_too_much_stops_the_program():
-    limits = _Limits(timeout_s=2.0, memory_mb=512, output_mb=1)
+    limits = Limits(timeout_s=2.0, memory_mb=512, output_mb=1)
     assert run_test("while True:\n    print('x' * 10000)", ("", "x"), None, limits) == "output_limit"
 
 
