@@ -67,3 +67,24 @@ def build_model(folder: Path, seed: int = 0, head: str = "LlamaForCausalLM", **o
     torch.manual_seed(seed)
     getattr(transformers, head)(tiny_config(tokenizer, **overrides)).save_pretrained(folder)
     return folder
+
+
+def make_eager_eos(source: str, folder: Path, eos_scale: float) -> str:
+    """A copy of the tiny model in ``folder`` that ends answers often, for sampler tests.
+
+    A random tiny Llama gives EOS about 1/400 per token, so no answer would ever stop. Adding a
+    unit vector u to every embedding makes the last hidden state point mostly along u (|h| ~
+    sqrt(hidden) after RMSNorm); an EOS row of ``eos_scale`` u then gives EOS a logit of about
+    eos_scale * sqrt(hidden) while the others stay near 0.
+    """
+    from nsa.models import load_policy, load_tokenizer
+
+    model, tokenizer = load_policy(source), load_tokenizer(source)
+    u = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    u /= u.norm()
+    with torch.no_grad():
+        model.model.embed_tokens.weight += u
+        model.lm_head.weight[tokenizer.eos_token_id] = eos_scale * u
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

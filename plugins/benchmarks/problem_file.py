@@ -1,8 +1,8 @@
-"""ProblemFile: any problem set in the recipe's own format as a benchmark, e.g. a held-out split.
+"""ProblemFile: any math problem set as a benchmark, e.g. a held-out split of the training file.
 
-Fields are named as in ``data.question_field`` / ``data.answer_field``; ``skip`` and ``limit``
-select a range of rows, so the problems a recipe trains on (its first ``data.max_problems``)
-can be kept out of the evaluation.
+The named math benchmarks (MATH500, AIME24, ...) are ProblemFiles whose defaults are their
+hub id and field names. ``skip`` and ``limit`` select a range of rows, so the problems a
+recipe trains on (its first ``data.max_problems``) can be kept out of the evaluation.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from nsa.stages.problems import MATH_TEMPLATE, load_fields
 
 @dataclass
 class ProblemFile:
-    """Rows ``skip`` to ``skip + limit`` of ``source`` (a .jsonl/.json/.parquet file or a dataset id).
-
-    Answers are checked by MathVerifier (math-verify in worker processes, ``timeout_s`` each).
+    """Rows ``skip`` to ``skip + limit`` of ``source``: a .jsonl/.json/.parquet file, or a dataset id
+    (with ``subset`` and ``split``). ``question_field``, ``answer_field`` and ``id_field`` name its
+    columns (rows without an id are numbered). Answers are checked by MathVerifier (math-verify in
+    ``workers`` processes, ``timeout_s`` each). ``name`` prefixes the metrics (``eval/<name>/...``).
     """
 
     source: str
     name: str = "problems"
     question_field: str = "question"
     answer_field: str = "answer"
+    id_field: str = "id"
+    subset: str | None = None
     split: str = "train"
     skip: int = 0
     limit: int | None = None
@@ -36,12 +39,13 @@ class ProblemFile:
 
     def load(self) -> Dataset:
         fields = {"question": self.question_field, "answer": self.answer_field}
-        hint = "set question_field / answer_field of the ProblemFile benchmark"
-        rows = load_fields(self.source, self.split, fields, hint)
+        hint = (
+            f"{type(self).__name__} reads fields question_field={self.question_field}, answer_field={self.answer_field}"
+        )
+        rows = load_fields(self.source, self.split, fields, hint, subset=self.subset, id_field=self.id_field)
         if self.skip >= len(rows):
-            raise NSAError(
-                f"ProblemFile {self.name}: skip {self.skip} leaves none of the {len(rows)} rows of {self.source}"
-            )
+            who = f"{type(self).__name__} {self.name}"
+            raise NSAError(f"{who}: skip {self.skip} leaves none of the {len(rows)} rows of {self.source}")
         end = len(rows) if self.limit is None else min(len(rows), self.skip + self.limit)
         return rows.select(range(self.skip, end))
 

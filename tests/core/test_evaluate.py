@@ -95,14 +95,16 @@ def test_problem_file_selects_a_held_out_range(tmp_path):
     assert ProblemFile(source=source, skip=96, limit=5).load()["id"] == [f"easy-{i:04d}" for i in range(96, 101)]
     with pytest.raises(NSAError, match=r"ProblemFile problems: skip 500 leaves none of the 120 rows of .*easy_word"):
         ProblemFile(source=source, skip=500).load()
-    with pytest.raises(NSAError, match=r"no field 'prompt'.*set question_field"):
+    with pytest.raises(NSAError, match=r"no field 'prompt'.*ProblemFile reads fields question_field=prompt"):
         ProblemFile(source=source, question_field="prompt").load()
 
 
 def test_a_missing_field_names_the_field_and_the_file(tmp_path):
     broken = tmp_path / "math500.jsonl"
     broken.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5", "unique_id": "a"}) + "\n")
-    with pytest.raises(NSAError, match=r"math500\.jsonl: no field 'problem'.*MATH500 reads fields problem"):
+    with pytest.raises(
+        NSAError, match=r"math500\.jsonl: no field 'problem'.*MATH500 reads fields question_field=problem"
+    ):
         MATH500(source=str(broken)).load()
 
 

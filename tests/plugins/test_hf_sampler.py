@@ -10,6 +10,7 @@ import torch
 from nsa.contracts import Completion, Sampler
 from nsa.models import load_policy, load_tokenizer
 from nsa.plugins.samplers.hf_generate import HFSampler, _trim
+from tests.tiny import make_eager_eos
 
 MAX_NEW = 10
 TEXTS = ["12 * 7 = 84", "The answer is", "Step", "84 - 15"]
@@ -24,16 +25,7 @@ def eager_eos_model(tiny_model, tmp_path_factory) -> str:
     u (|h| ~ 8 after RMSNorm); an EOS row of 0.375 u then gives EOS a logit of about 3 while
     the others stay near 0: exp(3 / 0.7) / (exp(3 / 0.7) + 399) ~ 0.15 at temperature 0.7.
     """
-    folder = tmp_path_factory.mktemp("eager-eos")
-    model, tokenizer = load_policy(tiny_model), load_tokenizer(tiny_model)
-    u = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    u /= u.norm()
-    with torch.no_grad():
-        model.model.embed_tokens.weight += u
-        model.lm_head.weight[tokenizer.eos_token_id] = 0.375 * u
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return make_eager_eos(tiny_model, tmp_path_factory.mktemp("eager-eos"), eos_scale=0.375)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from nsa.models import load_policy, load_tokenizer
 from nsa.plugins.samplers.hf_generate import HFSampler
 from nsa.plugins.samplers.vllm import VLLMSampler
 from nsa.vllm_worker import VLLMEngine
-from tests.tiny import build_model
+from tests.tiny import build_model, make_eager_eos
 
 MAX_TOKENS = 10
 NUM_SAMPLES = 6
@@ -53,14 +53,7 @@ def model_dir(tmp_path_factory) -> str:
     an EOS row of 0.32 u then gives EOS a logit of about 3.6, the others stay near 0.
     """
     folder = build_model(tmp_path_factory.mktemp("vllm-sampler"), hidden_size=128, intermediate_size=256)
-    model, tokenizer = load_policy(str(folder)), load_tokenizer(str(folder))
-    u = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    u /= u.norm()
-    with torch.no_grad():
-        model.model.embed_tokens.weight += u
-        model.lm_head.weight[tokenizer.eos_token_id] = 0.32 * u
-    model.save_pretrained(folder)
-    return str(folder)
+    return make_eager_eos(str(folder), folder, eos_scale=0.32)
 
 
 @pytest.fixture(scope="module")
