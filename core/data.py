@@ -26,6 +26,8 @@ class NSADataModule(L.LightningDataModule):
 
     Args:
         problems: a .jsonl/.json/.parquet file or a dataset id loadable by ``datasets``.
+        shared_cache_dir: ``cache_dir`` is on a filesystem every node sees: the data stages then
+            run once, on the job's first process, instead of once per node (concurrently).
         rollouts: a rollout file (``nsa generate --output``, or your own with the same
             columns) to train on instead of sampling; ``problems`` is then not read.
         sampler: draws G answers per problem from the behaviour policy.
@@ -74,8 +76,10 @@ class NSADataModule(L.LightningDataModule):
         pairs: bool = False,
         max_length: int | None = None,
         rollouts: str | None = None,
+        shared_cache_dir: bool = True,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = not shared_cache_dir  # Lightning's switch: per node, or once
         if not problems and not rollouts:
             raise NSAError("set data.problems (a problem file or dataset id) or data.rollouts (a rollout file)")
         if sampler is None and not rollouts:

@@ -93,7 +93,18 @@ def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_siz
         tmp = out / f".tmp-{i:05d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         result.save_to_disk(str(tmp))
+        _commit(tmp, final)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Renames a finished shard into place. Another process on a shared cache may have
+    committed the same shard first (stages are deterministic): keep theirs."""
+    try:
         os.replace(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_shards(out: Path) -> Dataset:

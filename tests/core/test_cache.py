@@ -99,3 +99,22 @@ def test_resume_with_another_shard_size_recomputes(tmp_path):
         pass
     result = run_stage(tmp_path, "double", source(), {"factor": 2}, counting_double(calls), shard_size=5)
     assert result.dataset["y"] == [2 * x for x in range(10)]
+
+
+def test_a_shard_committed_meanwhile_by_another_process_is_kept(tmp_path):
+    """Two nodes on a shared cache may compute the same shard. The stage function here commits
+    shard 0 itself (standing in for the other process) before returning; the rename then
+    finds the shard in place, keeps it, and the stage still completes with every row."""
+    from nsa.stages import cache
+
+    def rival_first(rows: Dataset) -> Dataset:
+        out = rows.map(lambda r: {"y": r["x"] * 2})
+        (final,) = [p for p in (tmp_path / "double").iterdir() if p.is_dir()]
+        shard = final / "shard-00000"
+        if not shard.exists():
+            out.save_to_disk(str(shard))
+        return out
+
+    result = cache.run_stage(tmp_path, "double", source(), {"factor": 2}, rival_first, shard_size=5)
+    assert result.dataset["y"] == [2 * x for x in range(10)]
+    assert not list(result.path.glob(".tmp-*"))

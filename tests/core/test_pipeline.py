@@ -94,3 +94,11 @@ def test_single_judge_ablation_reuses_both_judges_scores(tmp_path, tiny_model):
     stats = prepare(recipe, only).stats
     assert stats["steps_correct/consensus"] == 5
     assert stage_dirs(tmp_path / "cache", "judge") == 2 and stage_dirs(tmp_path / "cache", "label") == 2
+
+
+@pytest.mark.parametrize(("shared", "per_node"), [("true", False), ("false", True)])
+def test_shared_cache_dir_decides_where_the_stages_run(tmp_path, tiny_model, shared, per_node):
+    """Lightning runs prepare_data on each node's first process when prepare_data_per_node is
+    True, else on the job's first process only; the others then find every stage cached."""
+    cli = NSACLI(["--config", str(tiny_recipe(tmp_path, tiny_model)), f"--data.shared_cache_dir={shared}"], run=False)
+    assert cli.datamodule.prepare_data_per_node is per_node
