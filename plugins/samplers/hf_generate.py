@@ -1,8 +1,8 @@
 """Sampling with Hugging Face ``generate``: the fallback sampler, good for small models.
 
 Keeps the generated token ids as they came (EOS included, padding removed) and the
-log-probability of each under the distribution it was drawn from (generate's processed
-scores: after temperature and top_p). Seeding is per call and derived from the prompts, so
+log-probability of each under the distribution it was drawn from (after temperature and
+top_p, read by a logits processor that runs last). Seeding is per call and derived from the prompts, so
 a resumed stage redraws the same answers.
 """
 
@@ -46,6 +46,13 @@ class HFSampler:
             out.extend(self._generate(model, tokenizer, prompt_ids[start : start + self.batch_size]))
         return out
 
+    def _processors(self, recorder: _SampledLogprobs):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        warpers = [TemperatureLogitsWarper(self.temperature)] if self.temperature != 1.0 else []
+        warpers += [TopPLogitsWarper(self.top_p)] if self.top_p < 1.0 else []
+        return LogitsProcessorList([*warpers, recorder])
+
     def _load(self, model_dir: str):
         if self._loaded is None or self._loaded[0] != model_dir:
             from nsa.models import load_policy, load_tokenizer
@@ -58,28 +65,59 @@ class HFSampler:
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])  # (P, W) left-padded
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (P, W)
+        recorder = _SampledLogprobs()
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 do_sample=True,
-                temperature=self.temperature,
-                top_p=self.top_p,
+                # temperature and top_p run as our processors, so the recorder after them sees the
+                # distribution each token is drawn from (generate puts its own after custom ones)
+                temperature=1.0,
+                top_p=1.0,
                 top_k=0,
+                logits_processor=self._processors(recorder),
                 max_new_tokens=self.max_new_tokens,
                 num_return_sequences=self.num_samples,
                 pad_token_id=pad,
-                return_dict_in_generate=True,
-                output_scores=True,
             )
-        generated = out.sequences[:, width:]  # (P * G, N)
-        scores = torch.stack(out.scores, dim=1).float()  # (P * G, N, V): processed logits, as sampled from
-        logprobs = scores.log_softmax(-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)  # (P * G, N)
+        generated = out[:, width:]  # (P * G, N)
+        logprobs = recorder.finish(generated)  # (P * G, N)
         answers = []
         for ids, lps in zip(generated.tolist(), logprobs.tolist()):
             kept = _trim(ids, tokenizer.eos_token_id, pad)
             answers.append(Completion(kept, lps[: len(kept)]))
         return [answers[i : i + self.num_samples] for i in range(0, len(answers), self.num_samples)]
+
+
+class _SampledLogprobs:
+    """A logits processor, run last, that keeps the log-prob of each drawn token.
+
+    Called at step t with the ids so far (the token drawn at step t-1 last) and the
+    processed scores of step t; it keeps one step's log-softmax, not all of them, so memory
+    does not grow with the answer length (generate's ``output_scores`` keeps (B, V) per step).
+    """
+
+    def __init__(self) -> None:
+        self._previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
+        self._drawn: list[torch.Tensor] = []  # per step, (B,) log-prob of the token drawn
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self._previous = scores.float().log_softmax(-1)
+        return scores
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """(B, N) log-probs of ``generated`` (B, N), the tokens drawn at the N steps."""
+        self._take(generated[:, -1])
+        return (
+            torch.stack(self._drawn, dim=1) if self._drawn else generated.new_zeros(generated.shape, dtype=torch.float)
+        )
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self._previous is not None:
+            self._drawn.append(self._previous.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+            self._previous = None
 
 
 def _trim(ids: list[int], eos: int, pad: int) -> list[int]:

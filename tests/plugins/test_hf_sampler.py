@@ -95,6 +95,29 @@ def test_logprobs_are_the_sampling_distribution(drawn, eager_eos_model, prompts)
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-5, rtol=0)
 
 
+def test_logprobs_follow_top_p(eager_eos_model, prompts) -> None:
+    """With top_p = 0.8 a token is drawn from softmax(logits / T) renormalised over the
+    nucleus (transformers' TopPLogitsWarper on logits / T, the rest at -inf): the stored
+    log-prob is that distribution's. It is >= the plain tempered log-prob (the nucleus mass
+    is <= 1), strictly for some tokens; tokens outside the nucleus are never drawn."""
+    from transformers import TopPLogitsWarper
+
+    drawn = sampler(top_p=0.8, num_samples=2).sample(eager_eos_model, prompts)
+    model, temperature = load_policy(eager_eos_model).eval(), sampler().temperature
+    gaps = []
+    for prompt, per_prompt in zip(prompts, drawn, strict=True):
+        for c in per_prompt:
+            ids = torch.tensor([prompt + c.token_ids])  # (1, P + N)
+            with torch.no_grad():
+                tempered = model(ids).logits[0, len(prompt) - 1 : -1] / temperature  # (N, V)
+            nucleus = TopPLogitsWarper(0.8)(ids, tempered)  # (N, V), -inf outside
+            expected = nucleus.log_softmax(-1).gather(-1, ids[0, len(prompt) :, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-5, rtol=0)
+            plain = tempered.log_softmax(-1).gather(-1, ids[0, len(prompt) :, None])[:, 0]
+            gaps.append((expected - plain).max().item())
+    assert max(gaps) > 1e-3
+
+
 def test_same_seed_same_draws(drawn, eager_eos_model, prompts) -> None:
     """A fresh sampler (and a second call on one sampler) redraws the same completions."""
     again = sampler()
