@@ -32,9 +32,10 @@ def test_smollm2_converts_and_samples_with_its_chat_template():
     sampler = HFSampler(num_samples=2, max_new_tokens=24, seed=0)
     first = sampler.sample(folder, prompts)
     assert len(first) == 1 and len(first[0]) == 2
-    for ids in first[0]:
+    for ids, logprobs in first[0]:
         assert ids[-1] == tokenizer.eos_token_id or len(ids) == 24  # stopped, or ran to the limit
         assert tokenizer.decode(ids, skip_special_tokens=True).strip()
+        assert len(logprobs) == len(ids) and all(lp <= 0 for lp in logprobs)
     assert sampler.sample(folder, prompts) == first  # seeded by the prompts: a resume redraws the same
 
 
