@@ -53,9 +53,14 @@ def plugin_slots() -> frozenset[str]:
     slots = set()
     for prefix, cls in (("model", NSAModule), ("data", NSADataModule), ("evaluate", Evaluation)):
         for name, hint in typing.get_type_hints(cls.__init__).items():
-            if any(getattr(t, "_is_protocol", False) for t in (hint, *typing.get_args(hint))):
+            if _names_a_protocol(hint):
                 slots.add(f"--{prefix}.{name}")
     return frozenset(slots)
+
+
+def _names_a_protocol(hint: object) -> bool:
+    """Whether a type is a contract, or holds one at any depth (``list[Benchmark] | None``)."""
+    return getattr(hint, "_is_protocol", False) or any(_names_a_protocol(a) for a in typing.get_args(hint))
 
 
 def loss_pairs(loss: object) -> bool:

@@ -65,43 +65,41 @@ def rows_per_shard(recipe: Recipe) -> int:
 
 def generate(recipe: Recipe) -> list[StageOutput]:
     """The rollout stages: problems, sampled answers (or a rollout file), verified answers."""
+    sampled = rollouts.load_rollouts(recipe.rollouts) if recipe.rollouts else _sample(recipe)
+    try:
+        verified = run_stage(
+            recipe.cache_dir,
+            "verify",
+            sampled,
+            {"verifier": recipe.verifier},
+            functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
+            rows_per_shard(recipe),
+            rollouts.summarise_verify,
+        )
+    finally:
+        getattr(recipe.verifier, "close", lambda: None)()
+    return [out for out in (recipe.problems, sampled, verified) if out is not None]
+
+
+def _sample(recipe: Recipe) -> StageOutput:
     model_dir = resolve_policy(recipe.policy)
     tokenizer = load_tokenizer(model_dir)
-    stage = functools.partial(run_stage, recipe.cache_dir)
-    if recipe.rollouts:
-        sampled = rollouts.load_rollouts(recipe.rollouts)
-    else:
-        sampled = stage(
-            "sample",
-            recipe.problems,
-            # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
-            {
-                "sampler": recipe.sampler,
-                "policy": policy_identity(recipe.policy),
-                "template": recipe.prompt_template,
-                "rows": 2,
-            },
-            functools.partial(
-                rollouts.sample_shard,
-                sampler=recipe.sampler,
-                model_dir=model_dir,
-                tokenizer=tokenizer,
-                template=recipe.prompt_template,
-            ),
-            recipe.shard_size,
-            functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
-        )
-        getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
-    verified = stage(
-        "verify",
-        sampled,
-        {"verifier": recipe.verifier},
-        functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
-        rows_per_shard(recipe),
-        rollouts.summarise_verify,
+    # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
+    config = {"sampler": recipe.sampler, "policy": policy_identity(recipe.policy), "template": recipe.prompt_template}
+    sample = functools.partial(
+        rollouts.sample_shard,
+        sampler=recipe.sampler,
+        model_dir=model_dir,
+        tokenizer=tokenizer,
+        template=recipe.prompt_template,
     )
-    getattr(recipe.verifier, "close", lambda: None)()
-    return [out for out in (recipe.problems, sampled, verified) if out is not None]
+    summarise = functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id)
+    try:
+        return run_stage(
+            recipe.cache_dir, "sample", recipe.problems, {**config, "rows": 2}, sample, recipe.shard_size, summarise
+        )
+    finally:
+        getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
 
 
 def run(recipe: Recipe) -> list[StageOutput]:

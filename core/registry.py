@@ -138,5 +138,7 @@ def _rewrite_value(key: str, value: str, plugins: list[Plugin], slots: frozenset
     if key in ("--config", "-c"):
         return _rewrite_config_file(value, plugins)
     if key.endswith((".class_path", ".help")) or key.removesuffix("+") in slots:
+        if value.startswith("[") and value.endswith("]"):  # a list of plugins: --data.judges=[A,B]
+            return "[" + ",".join(resolve_name(v.strip(), plugins) for v in value[1:-1].split(",")) + "]"
         return resolve_name(value, plugins)
     return value

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_siz
         if final.exists():
             continue
         result = fn(data.select(range(start, min(start + shard_size, len(data)))))
-        tmp = out / f".tmp-{i:05d}-{os.getpid()}"
+        tmp = out / f".tmp-{i:05d}-{uuid.uuid4().hex}"  # unique across nodes sharing the cache
         shutil.rmtree(tmp, ignore_errors=True)
         result.save_to_disk(str(tmp))
         _commit(tmp, final)
@@ -115,6 +116,6 @@ def _load_shards(out: Path) -> Dataset:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = path.with_suffix(f".tmp{uuid.uuid4().hex}")
     tmp.write_text(text)
     os.replace(tmp, path)

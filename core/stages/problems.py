@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from pathlib import Path
 
 from datasets import Dataset
@@ -26,9 +28,14 @@ def load_problems(source: str, question_field: str, answer_field: str, split: st
 
 def problems_output(name: str, dataset: Dataset, source: str) -> StageOutput:
     """A stage output for a problem table, fingerprinted by its content."""
-    table = {column: dataset[column] for column in ("id", "question", "answer")}
-    fp = hashlib.sha256(repr(sorted(table.items())).encode()).hexdigest()[:16]
-    return StageOutput(name, dataset, fp, Path(source), {"problems": float(len(dataset))})
+    ids = dataset["id"]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i, n in Counter(ids).items() if n > 1)
+        raise NSAError(f"{source}: id '{twice}' names two problems; ids must be unique (answers are grouped by id)")
+    digest = hashlib.sha256()
+    for row in dataset.select_columns(["id", "question", "answer"]):  # one row at a time: references can be large
+        digest.update(json.dumps([row["id"], row["question"], row["answer"]]).encode())
+    return StageOutput(name, dataset, digest.hexdigest()[:16], Path(source), {"problems": float(len(dataset))})
 
 
 def load_fields(

@@ -44,8 +44,14 @@ def sample_shard(problems: Dataset, sampler: Sampler, model_dir: str, tokenizer,
     """One row per sampled answer, with the generated ids and their sampling log-probs kept as they came."""
     prompts = build_prompts(tokenizer, problems["question"], template)
     completions = sampler.sample(model_dir, prompts)  # [problem][sample] -> Completion
+    counts = {len(group) for group in completions}
+    if len(completions) != len(prompts) or counts - {sampler.num_samples}:
+        raise NSAError(
+            f"{type(sampler).__name__} returned {len(completions)} groups of {sorted(counts)} answers for "
+            f"{len(prompts)} prompts; a sampler returns num_samples={sampler.num_samples} answers per prompt"
+        )
     rows: dict[str, list] = {k: [] for k in ROLLOUT_COLUMNS}
-    for problem, prompt, group in zip(problems, prompts, completions):
+    for problem, prompt, group in zip(problems, prompts, completions, strict=True):
         for ids, logprobs in group:
             rows["group"].append(problem["id"])
             rows["question"].append(problem["question"])

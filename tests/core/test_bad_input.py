@@ -108,3 +108,13 @@ def test_a_loss_that_turns_nan_stops_with_the_step_and_questions(recipe, capsys)
     loss is NaN and the run stops naming the optimizer step and the batch's question ids."""
     line = fails_with(capsys, ["fit", "--config", recipe, "--model.optimizer.init_args.lr=1e30"], "at step 1")
     assert "loss is nan" in line and "questions" in line and "learning rate" in line
+
+
+def test_a_sampler_that_breaks_its_count_is_named(tmp_path, tiny_model, capsys):
+    """A sampler must return num_samples answers for every prompt; zip would drop the rest silently."""
+    bad = "--data.sampler.class_path=tests.bad_plugins.ShortSampler"
+    with pytest.raises(SystemExit):
+        main(["prepare", "--config", str(tiny_recipe(tmp_path, tiny_model)), bad])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "ShortSampler returned 1 groups of [1] answers for 1 prompts" in err
+    assert "num_samples=2" in err

@@ -182,3 +182,15 @@ def test_bad_settings_fail_in_one_line_before_sampling(tmp_path, tiny_model, cap
     assert err.startswith("nsa: error:")
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "cache" / "eval_sample").exists()
+
+
+@pytest.mark.parametrize("flag", ["--evaluate.benchmarks=[MATH500,GSM8K]", "--evaluate.benchmarks+=GSM8K"])
+def test_short_benchmark_names_on_the_command_line(tmp_path, tiny_model, capsys, flag):
+    """``list[Benchmark] | None`` is a plugin slot too: short names resolve, alone or in a list."""
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--config", str(evaluate_recipe(tmp_path, tiny_model)), flag, "--print_config"])
+    assert stop.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    paths = [b["class_path"] for b in printed["evaluate"]["benchmarks"]]
+    assert paths[-1] == "nsa.plugins.benchmarks.gsm8k.GSM8K"
+    assert "nsa.plugins.benchmarks.math500.MATH500" in paths

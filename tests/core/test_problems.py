@@ -40,3 +40,13 @@ def test_missing_file_and_unknown_dataset_are_one_line_errors(tmp_path):
         load_problems(str(tmp_path / "none.jsonl"), "question", "answer", "train", None)
     with pytest.raises(NSAError, match="could not load problems from"):
         load_problems(str(tmp_path / "no_such_folder"), "question", "answer", "train", None)
+
+
+def test_an_id_used_twice_is_a_one_line_error(tmp_path):
+    """Answers are grouped by problem id: two problems with one id would merge their groups."""
+    source = tmp_path / "q.jsonl"
+    source.write_text(
+        "".join(json.dumps({"id": i, "question": f"{n} + 1?", "answer": n}) + "\n" for n, i in enumerate("aba"))
+    )
+    with pytest.raises(NSAError, match=r"q\.jsonl: id 'a' names two problems; ids must be unique"):
+        load_problems(str(source), "question", "answer", "train", None)
