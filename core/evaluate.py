@@ -96,30 +96,38 @@ def check(evaluation: Evaluation, sampler: Sampler) -> list[int]:
     return ks
 
 
-def score(benchmark: Benchmark, sampler: Sampler, model_dir: str, identity: dict, cache_dir: str, shard: int):
-    """Sample and verify one benchmark (cached stages); its verified answers."""
+def load(benchmark: Benchmark) -> tuple[StageOutput, dict[str, str]]:
+    """A benchmark's problems, without their references, and the references by problem id.
+
+    The sampling stage copies a problem's columns into each of its n answers; code tests can
+    be megabytes a problem, so they stay out of the stage and are looked up when verifying.
+    """
     rows = benchmark.load()
     if not len(rows):
         raise NSAError(f"benchmark {benchmark.name} has no problems; check its source and limit")
     problems = problems_output(f"eval-{benchmark.name}", rows, getattr(benchmark, "source", ""))
-    tokenizer = load_tokenizer(model_dir)
-    template = benchmark.prompt_template
-    sampled = run_stage(
-        cache_dir,
-        "eval_sample",
-        problems,
-        {"sampler": sampler, "policy": identity, "template": template, "rows": 2},
-        functools.partial(
-            rollouts.sample_shard, sampler=sampler, model_dir=model_dir, tokenizer=tokenizer, template=template
-        ),
-        shard,
-        functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id),
+    answers = dict(zip(rows["id"], rows["answer"]))
+    problems.dataset = rows.remove_columns("answer").add_column("answer", [""] * len(rows))
+    return problems, answers
+
+
+def score(benchmark: Benchmark, loaded: tuple, sampler: Sampler, policy: str, cache_dir: str, shard: int):
+    """Sample and verify one benchmark (cached stages): its sampled and its verified answers."""
+    problems, answers = loaded
+    model_dir = resolve_policy(policy)
+    tokenizer, template = load_tokenizer(model_dir), benchmark.prompt_template
+    sample = functools.partial(
+        rollouts.sample_shard, sampler=sampler, model_dir=model_dir, tokenizer=tokenizer, template=template
     )
+    config = {"sampler": sampler, "policy": policy_identity(policy), "template": template, "rows": 2}
+    summarise = functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id)
+    sampled = run_stage(cache_dir, "eval_sample", problems, config, sample, shard, summarise)
     verifier = benchmark.verifier()
     try:
-        verify = functools.partial(rollouts.verify_shard, verifier=verifier)
+        verify = functools.partial(rollouts.verify_shard, verifier=verifier, answers=answers)
+        rows = shard * sampler.num_samples
         verified = run_stage(
-            cache_dir, "eval_verify", sampled, {"verifier": verifier}, verify, shard * sampler.num_samples
+            cache_dir, "eval_verify", sampled, {"verifier": verifier}, verify, rows, rollouts.summarise_verify
         )
     finally:
         getattr(verifier, "close", lambda: None)()
@@ -129,12 +137,12 @@ def score(benchmark: Benchmark, sampler: Sampler, model_dir: str, identity: dict
 def evaluate(evaluation: Evaluation, sampler: Sampler, policy: str, cache_dir: str) -> list[dict]:
     """One row per benchmark: its name, size, metrics and the share of answers cut off."""
     ks = check(evaluation, sampler)
-    model_dir, identity = resolve_policy(policy), policy_identity(policy)
     print(f"nsa: evaluate: policy {policy}, {sampler.num_samples} answers per problem", file=sys.stderr)
+    loaded = [load(bench) for bench in evaluation.benchmarks]  # a bad file fails before any sampling
     rows = []
     try:
-        for bench in evaluation.benchmarks:
-            sampled, verified = score(bench, sampler, model_dir, identity, cache_dir, evaluation.shard_size)
+        for bench, problems in zip(evaluation.benchmarks, loaded):
+            sampled, verified = score(bench, problems, sampler, policy, cache_dir, evaluation.shard_size)
             correct = correct_per_problem(verified)
             truncated = 100.0 * sampled.stats["answers_truncated"] / max(1, len(sampled.dataset))
             metrics = {**benchmark_metrics(correct, sampler.num_samples, ks), "truncated%": truncated}

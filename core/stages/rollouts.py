@@ -63,8 +63,11 @@ def sample_shard(problems: Dataset, sampler: Sampler, model_dir: str, tokenizer,
     return Dataset.from_dict(rows, features=ROLLOUT_FEATURES)
 
 
-def verify_shard(rollouts: Dataset, verifier: Verifier) -> Dataset:
-    outcomes = verifier.verify(rollouts["answer"], rollouts["response"])
+def verify_shard(rollouts: Dataset, verifier: Verifier, answers: dict[str, str] | None = None) -> Dataset:
+    """Adds each answer's reward and status; ``answers`` gives the references by problem id when
+    the rows do not carry them (an evaluation keeps large code tests out of its sample stage)."""
+    references = rollouts["answer"] if answers is None else [answers[g] for g in rollouts["group"]]
+    outcomes = verifier.verify(references, rollouts["response"])
     rollouts = rollouts.add_column("reward", [float(o.reward) for o in outcomes])
     return rollouts.add_column("verify_status", [o.status for o in outcomes])
 

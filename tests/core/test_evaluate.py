@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from datasets import load_from_disk
 
 from nsa.cli import main
 from nsa.contracts import Benchmark
@@ -158,6 +159,9 @@ def test_a_second_evaluation_samples_nothing(tmp_path, tiny_model, capsys):
     cache = tmp_path / "cache"
     folders = {stage: sorted(p.name for p in (cache / stage).iterdir()) for stage in ("eval_sample", "eval_verify")}
     assert [len(f) for f in folders.values()] == [2, 2]  # one per benchmark
+    # references (code tests can be megabytes) are not copied into each of the n sampled rows
+    shard = load_from_disk(str(next((cache / "eval_sample").glob("*/shard-00000"))))
+    assert set(shard["answer"]) == {""} and len(shard) > 0
     marker = cache / "eval_sample" / folders["eval_sample"][0] / "stats.json"
     before = marker.stat().st_mtime_ns
     main(["evaluate", "--config", str(recipe)])
