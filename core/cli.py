@@ -167,6 +167,11 @@ def prepare(args: list[str]) -> None:
         print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
 
 
+# generate and evaluate train nothing: the recipe's trainer (8 GPUs x 8 nodes, FSDP) is built
+# for its logger only, so it must not ask for devices (vLLM places itself: engine options)
+ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
+
+
 def generate(args: list[str]) -> None:
     """Sample and verify answers (cached stages); with ``--output``, write them to a file."""
     from nsa import pipeline
@@ -177,7 +182,7 @@ def generate(args: list[str]) -> None:
     known, rest = own.parse_known_args(args)
     if known.output:
         check_output(known.output)  # before any sampling
-    cli = NSACLI(args=rest, run=False, prog="nsa generate")
+    cli = NSACLI(args=rest + ONE_PROCESS, run=False, prog="nsa generate")
     outputs = pipeline.generate(cli.datamodule.recipe())
     print("nsa: rollout stages", file=sys.stderr)
     for out in outputs:
@@ -194,7 +199,7 @@ def evaluate(args: list[str]) -> None:
 
     from nsa import evaluate as ev
 
-    cli = NSACLI(args=args, run=False, prog="nsa evaluate")
+    cli = NSACLI(args=args + ONE_PROCESS, run=False, prog="nsa evaluate")
     evaluation: Evaluation = cli.config_init["evaluate"]
     sampler = evaluation.sampler or cli.datamodule.sampler
     if sampler is None:

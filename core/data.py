@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -27,7 +28,7 @@ class NSADataModule(L.LightningDataModule):
     Args:
         problems: a .jsonl/.json/.parquet file or a dataset id loadable by ``datasets``.
         shared_cache_dir: ``cache_dir`` is on a filesystem every node sees: the data stages then
-            run once, on the job's first process, instead of once per node (concurrently).
+            run once, on the job's first process. False: once per node, on its first process.
         rollouts: a rollout file (``nsa generate --output``, or your own with the same
             columns) to train on instead of sampling; ``problems`` is then not read.
         sampler: draws G answers per problem from the behaviour policy.
@@ -76,7 +77,7 @@ class NSADataModule(L.LightningDataModule):
         pairs: bool = False,
         max_length: int | None = None,
         rollouts: str | None = None,
-        shared_cache_dir: bool = True,
+        shared_cache_dir: bool = False,
     ) -> None:
         super().__init__()
         self.prepare_data_per_node = not shared_cache_dir  # Lightning's switch: per node, or once
@@ -132,8 +133,9 @@ class NSADataModule(L.LightningDataModule):
             raise NSAError(
                 "trainer.reload_dataloaders_every_n_epochs must be 1: each epoch plans its own micro-batches"
             )
-        if not self.stages:
-            self.prepare_data()  # on ranks that did not prepare: every stage is a cache hit
+        if not self.stages:  # a process that did not prepare: read the stages another one wrote
+            several = self.trainer is not None and self.trainer.world_size > 1
+            self.stages = run(replace(self.recipe(), cached_only=several))
         folder = resolve_policy(self.policy)
         rows, self._setup_stats = drop_unusable(self.stages[-1].dataset, self.max_length or policy_context(folder))
         self._warn_dropped()

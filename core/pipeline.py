@@ -38,6 +38,7 @@ class Recipe:
     logprob_precision: str
     logprob_batch_size: int
     rollouts: str | None = None  # a rollout file (``nsa generate --output``) instead of sampling
+    cached_only: bool = False  # every stage must be cached already (see cache.run_stage)
 
 
 def judge_names(judges: Sequence[StepJudge]) -> list[str]:
@@ -75,6 +76,7 @@ def generate(recipe: Recipe) -> list[StageOutput]:
             functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
             rows_per_shard(recipe),
             rollouts.summarise_verify,
+            cached_only=recipe.cached_only,
         )
     finally:
         getattr(recipe.verifier, "close", lambda: None)()
@@ -96,7 +98,14 @@ def _sample(recipe: Recipe) -> StageOutput:
     summarise = functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id)
     try:
         return run_stage(
-            recipe.cache_dir, "sample", recipe.problems, {**config, "rows": 2}, sample, recipe.shard_size, summarise
+            recipe.cache_dir,
+            "sample",
+            recipe.problems,
+            {**config, "rows": 2},
+            sample,
+            recipe.shard_size,
+            summarise,
+            cached_only=recipe.cached_only,
         )
     finally:
         getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
@@ -107,7 +116,7 @@ def run(recipe: Recipe) -> list[StageOutput]:
     model_dir = resolve_policy(recipe.policy)
     tokenizer = load_tokenizer(model_dir)
     policy = policy_identity(recipe.policy)
-    stage = functools.partial(run_stage, recipe.cache_dir)
+    stage = functools.partial(run_stage, recipe.cache_dir, cached_only=recipe.cached_only)
     rows = rows_per_shard(recipe)
     first = generate(recipe)
     verified = first[-1]
@@ -157,6 +166,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
                 functools.partial(steps.judge_shard, judge=judge),
                 rows,
                 functools.partial(_judge_counters, judge=judge),
+                cached_only=recipe.cached_only,
             )
         finally:
             getattr(judge, "close", lambda: None)()  # its model or vLLM process goes, even on an error
@@ -184,6 +194,7 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
         ),
         rows,
         functools.partial(steps.summarise_labels, names=names, judges=recipe.judges),
+        cached_only=recipe.cached_only,
     )
     labelled.stats = {**labelled.stats, **judge_stats}
     return labelled

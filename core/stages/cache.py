@@ -22,6 +22,8 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
+from nsa.errors import NSAError
+
 
 def describe(obj: Any) -> Any:
     """A JSON-able identity of a config value or plugin: class path plus public attributes."""
@@ -63,15 +65,22 @@ def run_stage(
     fn: Callable[[Dataset], Dataset],
     shard_size: int,
     summarise: Callable[[Dataset], dict[str, float]] | None = None,
+    cached_only: bool = False,
 ) -> StageOutput:
     """Run ``fn`` over ``source.dataset`` shard by shard, reusing committed shards.
 
-    Shards are matched by index, so the shard size is part of the fingerprint.
+    Shards are matched by index, so the shard size is part of the fingerprint. ``cached_only``:
+    a finished stage must be in the cache already (a training process that did not run the stages).
     """
     fp = fingerprint(source.fingerprint, name, config, shard_size)
     out = Path(cache_dir) / name / fp
     if (out / "stats.json").exists():
         return StageOutput(name, _load_shards(out), fp, out, json.loads((out / "stats.json").read_text()))
+    if cached_only:
+        raise NSAError(
+            f"stage {name} is not in {out} on this process, though the process that ran the data stages "
+            "finished them; if the nodes do not share data.cache_dir, set data.shared_cache_dir: false"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(describe(config), indent=2, default=str))
     _compute_shards(out, name, source.dataset, fn, shard_size)

@@ -198,3 +198,14 @@ def test_short_benchmark_names_on_the_command_line(tmp_path, tiny_model, capsys,
     paths = [b["class_path"] for b in printed["evaluate"]["benchmarks"]]
     assert paths[-1] == "nsa.plugins.benchmarks.gsm8k.GSM8K"
     assert "nsa.plugins.benchmarks.math500.MATH500" in paths
+
+
+def test_evaluate_ignores_the_recipes_training_devices(tmp_path, tiny_model, capsys):
+    """A recipe for 8 GPUs x 8 nodes (FSDP) evaluates on a machine without them: evaluate
+    trains nothing, and its samplers place themselves."""
+    recipe = yaml.safe_load(evaluate_recipe(tmp_path, tiny_model).read_text())
+    recipe["trainer"].update(accelerator="gpu", devices=8, num_nodes=8, strategy="fsdp")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    main(["evaluate", "--config", str(path)])
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["math500", "3", "16.67"]

@@ -19,6 +19,7 @@ By hand:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,18 @@ def test_shared_cache_dir_decides_where_the_stages_run(tmp_path, tiny_model, sha
     True, else on the job's first process only; the others then find every stage cached."""
     cli = NSACLI(["--config", str(tiny_recipe(tmp_path, tiny_model)), f"--data.shared_cache_dir={shared}"], run=False)
     assert cli.datamodule.prepare_data_per_node is per_node
+
+
+def test_a_process_that_did_not_prepare_only_reads_the_cache(tmp_path, tiny_model):
+    """With several processes, setup() on one that did not run the stages reads them; a stage
+    missing there (nodes that do not share cache_dir) is a one-line error, not a second
+    concurrent run of every sampler and judge."""
+    from nsa.errors import NSAError
+    from nsa.pipeline import run
+
+    recipe = prepare(tiny_recipe(tmp_path, tiny_model)).recipe()
+    again = run(replace(recipe, cached_only=True))  # all cached: the same rows
+    assert again[-1].dataset["response_ids"] == run(recipe)[-1].dataset["response_ids"]
+    elsewhere = replace(recipe, cache_dir=str(tmp_path / "node-local"), cached_only=True)
+    with pytest.raises(NSAError, match=r"stage sample is not in .*node-local.*set data.shared_cache_dir: false"):
+        run(elsewhere)
