@@ -53,7 +53,7 @@ def load_fields(
     an error naming the field, the source and ``hint`` (what to set). Rows without an
     ``id_field`` are numbered.
     """
-    raw = _load_raw(source, split, subset)
+    raw = load_raw(source, split, subset)
     for field in fields.values():
         if field not in raw.column_names:
             raise NSAError(f"{source}: no field '{field}' (fields: {', '.join(raw.column_names)}); {hint}")
@@ -68,7 +68,7 @@ def load_fields(
     return Dataset.from_dict(table)
 
 
-def _load_raw(source: str, split: str, subset: str | None = None) -> Dataset:
+def load_raw(source: str, split: str, subset: str | None = None) -> Dataset:
     import datasets
 
     builder = FILE_BUILDERS.get(Path(source).suffix)

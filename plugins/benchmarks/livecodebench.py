@@ -21,6 +21,7 @@ import json
 import pickle
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -56,6 +57,7 @@ class LiveCodeBench:
     """
 
     source: str = "livecodebench/code_generation_lite"
+    hub_files: str | None = "test*.jsonl"  # releases v1-v6; "test6.jsonl" is v6's new problems alone
     split: str = "test"
     limit: int | None = None
     since: str | None = None
@@ -67,9 +69,7 @@ class LiveCodeBench:
     workers: int = 2
 
     def load(self) -> Dataset:
-        from nsa.stages.problems import _load_raw
-
-        raw = _load_raw(self.source, self.split)
+        raw = self._raw()
         needed = FIELDS + (("contest_date",) if self.since or self.until else ())
         for field in needed:
             if field not in raw.column_names:
@@ -92,6 +92,21 @@ class LiveCodeBench:
         from nsa.plugins.verifiers.code import CodeVerifier
 
         return CodeVerifier(timeout_s=self.timeout_s, memory_mb=self.memory_mb, workers=self.workers)
+
+    def _raw(self) -> Dataset:
+        """The rows: a local file through ``datasets``; a hub id as its ``hub_files``, read by the
+        json builder (the hub repo's loading script is refused by datasets >= 4)."""
+        import datasets
+
+        from nsa.stages.problems import FILE_BUILDERS, load_raw
+
+        if Path(self.source).suffix in FILE_BUILDERS or not self.hub_files:
+            return load_raw(self.source, self.split)
+        files = f"hf://datasets/{self.source}/{self.hub_files}"
+        try:
+            return datasets.load_dataset("json", data_files=files, split="train")
+        except Exception as err:  # offline, or a repo without such files
+            raise NSAError(f"could not load LiveCodeBench files {files}: {str(err).splitlines()[0]}") from None
 
     def _in_range(self, date: str) -> bool:
         return (not self.since or date >= self.since) and (not self.until or date < self.until)
