@@ -17,6 +17,9 @@ from pathlib import Path
 from nsa.errors import NSAError
 
 PKG_PREFIX = "pkg:"
+# The files of a local model folder that change what it samples or scores: weights, config,
+# tokenizer (vocab.txt, merges.txt, tokenizer.model) and a chat template kept on its own.
+IDENTITY_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja")
 
 
 def model_cache() -> Path:
@@ -51,7 +54,7 @@ def policy_identity(spec: str) -> dict:
         files = [_package_file(spec)]
     elif _looks_like_path(spec) and Path(spec).expanduser().is_dir():
         folder = Path(spec).expanduser()
-        files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
+        files = sorted(p for p in folder.iterdir() if p.suffix in IDENTITY_SUFFIXES)
     else:
         files = []
     return {"spec": spec, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}

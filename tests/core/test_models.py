@@ -42,3 +42,17 @@ def test_a_judge_is_rescored_when_its_local_weights_change(tmp_path, tiny_model)
     weights = folder / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
     assert scoring_identity(PRMJudge(str(folder), convention="token-classification")) != before
+
+
+def test_a_new_chat_template_file_is_a_new_policy(tmp_path):
+    """Sampling prompts go through the chat template: a folder whose chat_template.jinja (or
+    merges.txt) changes must not reuse the samples of the old one."""
+    from nsa.models import policy_identity
+
+    (tmp_path / "config.json").write_text("{}")
+    before = policy_identity(str(tmp_path))
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+    with_template = policy_identity(str(tmp_path))
+    assert with_template != before and "chat_template.jinja" in with_template["files"]
+    (tmp_path / "merges.txt").write_text("a b\n")
+    assert "merges.txt" in policy_identity(str(tmp_path))["files"]
