@@ -47,8 +47,6 @@ def test_a_judge_is_rescored_when_its_local_weights_change(tmp_path, tiny_model)
 def test_a_new_chat_template_file_is_a_new_policy(tmp_path):
     """Sampling prompts go through the chat template: a folder whose chat_template.jinja (or
     merges.txt) changes must not reuse the samples of the old one."""
-    from nsa.models import policy_identity
-
     (tmp_path / "config.json").write_text("{}")
     before = policy_identity(str(tmp_path))
     (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
