@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
+from nsa.errors import NSAError
 from nsa.plugins.benchmarks.problem_file import ProblemFile
 
 
@@ -24,7 +25,16 @@ class GSM8K(ProblemFile):
     split: str = "test"
 
     def load(self) -> Dataset:
-        return super().load().map(lambda row: {"answer": final_number(row["answer"])})
+        rows = super().load()
+        answers = []
+        for row, solution in enumerate(rows["answer"]):
+            if "####" not in solution:
+                raise NSAError(
+                    f"{self.source}: answer of row {row} has no '#### <number>'; "
+                    "for plain answers use the ProblemFile benchmark"
+                )
+            answers.append(final_number(solution))
+        return rows.remove_columns("answer").add_column("answer", answers)
 
 
 def final_number(solution: str) -> str:

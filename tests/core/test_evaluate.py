@@ -100,6 +100,13 @@ def test_problem_file_selects_a_held_out_range(tmp_path):
         ProblemFile(source=source, question_field="prompt").load()
 
 
+def test_a_gsm8k_answer_without_its_final_number_is_named(tmp_path):
+    broken = tmp_path / "gsm8k.jsonl"
+    broken.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "It is 5."}) + "\n")
+    with pytest.raises(NSAError, match=r"gsm8k\.jsonl: answer of row 0 has no '#### <number>'"):
+        GSM8K(source=str(broken)).load()
+
+
 def test_a_missing_field_names_the_field_and_the_file(tmp_path):
     broken = tmp_path / "math500.jsonl"
     broken.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "5", "unique_id": "a"}) + "\n")
