@@ -5,14 +5,24 @@ The reference is a JSON string of tests::
     {"tests": [{"input": "1 2\\n", "output": "3\\n"}, ...]}                       stdin/stdout tests
     {"fn_name": "twoSum", "tests": [{"input": "[2,7]\\n9", "output": "[0,1]"}]}   functional tests
 
-Without ``fn_name`` the program reads ``input`` on stdin and must print ``output``; as in LiveCodeBench's
-grader, the two are compared line by line after whitespace is stripped from both ends of each line, and
-trailing blank lines are dropped (so ``"  3 \\n\\n"`` matches ``"3"``, but ``"3 4"`` does not match ``"3  4"``).
-With ``fn_name`` (LeetCode style, as in LiveCodeBench) each line of ``input`` is one JSON argument; the
-program's ``Solution().<fn_name>`` (or a top-level function of that name) is called with them, and its
-result, serialised to JSON inside the sandbox, must equal the JSON ``output`` (tuples count as lists).
-Functional programs see ``typing`` and ``collections`` names (``List``, ``deque``) without importing them,
-as LeetCode starter code assumes.
+Grading follows LiveCodeBench's grader (``lcb_runner/evaluation/testing_util.py``). Without ``fn_name``
+the program reads ``input`` on stdin and must print ``output``: both are stripped at both ends, split into
+lines and each line stripped; the line counts must match, and each line must be equal or, failing that, a
+line of numbers equal as Decimals (so ``"  3 \\n\\n"`` matches ``"3"`` and ``"0.50"`` matches ``"0.5"``, but
+``"a  b"`` does not match ``"a b"``, nor ``"0.333"`` ``"0.3333"``). With ``fn_name`` (LeetCode style) each
+line of ``input`` is one JSON argument, and the program runs as module ``tmp_sol`` (so its ``__main__``
+block does not run); its ``Solution().<fn_name>`` (or a top-level function of that name) is called with
+the arguments, and its result must equal the JSON ``output`` (tuples count as lists). Both modes first
+run LiveCodeBench's ``import_string`` (``from math import *``, ``heapq``, ``functools``, ``typing`` ...
+and ``sys.setrecursionlimit(50000)``), so answers may use ``List``, ``cache``, ``inf`` or ``heappush``
+unimported.
+
+What still differs from LiveCodeBench: each test is a fresh process on the real stdin, rather than a
+function called in one process with stdin patched (so a stdin program runs as ``__main__`` and any
+``__main__`` block runs, where LiveCodeBench runs only one that is the program's last statement); a
+functional result is compared after a JSON round trip inside the sandbox (so an object cannot fake
+equality, nested tuples count as lists too, dict keys as strings, and a result that JSON cannot hold,
+such as a set, is a runtime error), and blank lines in a functional ``input`` are skipped.
 
 The program is the last fenced block tagged ``python``, ``python3`` or ``py`` in the response; when there
 is none, the last fenced block with no language tag. A response earns 1.0 when every test passes, else
@@ -43,6 +53,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 
 from nsa.contracts import Outcome
 from nsa.errors import NSAError
@@ -96,7 +107,8 @@ class CodeVerifier:
 
     ``timeout_s`` bounds each test run (wall clock, plus a second for the interpreter to start, and
     CPU time), ``memory_mb`` its address space, ``output_mb`` what it may write. ``workers`` runs go at
-    once, each launched from its own thread.
+    once, each launched from its own thread; it changes no score, so it is kept private, out of the
+    stage cache key (the public attributes).
     """
 
     def __init__(self, timeout_s: float = 6.0, memory_mb: int = 1024, output_mb: int = 16, workers: int = 2) -> None:
@@ -108,7 +120,7 @@ class CodeVerifier:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.output_mb = output_mb
-        self.workers = workers
+        self._workers = workers
         self._limits = Limits(timeout_s, memory_mb, output_mb)
 
     def close(self) -> None:
@@ -128,7 +140,7 @@ class CodeVerifier:
             parsed = tests[reference]
             jobs.extend((index, number, program, case, parsed.fn_name) for number, case in enumerate(parsed.cases))
         if jobs:
-            for index, status in _run_jobs(jobs, checked_limits(self._limits), self.workers).items():
+            for index, status in _run_jobs(jobs, checked_limits(self._limits), self._workers).items():
                 outcomes[index] = Outcome(0.0, status)
         return outcomes
 
@@ -170,14 +182,22 @@ def run_test(program: str, case: tuple[str, str], fn_name: str | None, limits: L
 
 def _same_output(output: str, expected: str, fn_name: str | None) -> bool:
     if fn_name is None:
-        return _normalise(output) == _normalise(expected)
+        got, want = _stripped_lines(output), _stripped_lines(expected)
+        return len(got) == len(want) and all(a == b or _same_numbers(a, b) for a, b in zip(got, want))
     try:
         return json.loads(output) == json.loads(expected)
     except ValueError:
         return False
 
 
-def _normalise(text: str) -> str:
-    # As LiveCodeBench's grader: each line stripped at both ends (so "\r\n" endings pass too); the final
-    # rstrip drops trailing blank lines. Blank lines before or between others still count.
-    return "\n".join(line.strip() for line in text.split("\n")).rstrip()
+def _stripped_lines(text: str) -> list[str]:
+    # As LiveCodeBench's get_stripped_lines: blank lines around the output drop, those between others count.
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def _same_numbers(got: str, want: str) -> bool:
+    """As LiveCodeBench, where two lines differ: both all numbers, equal as Decimals ("0.50" == "0.5", no tolerance)."""
+    try:
+        return [Decimal(word) for word in got.split()] == [Decimal(word) for word in want.split()]
+    except ArithmeticError:  # decimal.InvalidOperation: not a number (or a signalling NaN compared)
+        return False

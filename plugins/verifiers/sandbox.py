@@ -16,11 +16,17 @@ program runs:
    (it never binds uid 0, and elsewhere it would count all of the user's processes).
 4. Files: Landlock refuses writes (creating, removing, truncating, renaming, linking) outside the folder,
    except to its stdout, stderr and /dev/null.
-5. No root: a child started by root becomes uid/gid 65534, keeping only CAP_DAC_READ_SEARCH so that it
-   can still read an interpreter installed under /root.
+5. No root: a child started by root becomes uid/gid 65534 with no capabilities. Only where the interpreter
+   cannot be read without it (installed under /root, mode 0700) does it keep CAP_DAC_READ_SEARCH, which
+   reads (never writes) any file; ``sandbox_report()["user"]`` says which.
 6. An audit hook (``sys.addaudithook``) refuses the same in Python, so that such a program scores
    ``blocked``, and also ctypes library loading and raw memory, cffi, other processes' /proc, and
-   directory handles outside the folder. It is no security boundary by itself (Python says so).
+   directory handles outside the folder. Where Landlock is missing it is the only file layer, so it also
+   checks what Landlock leaves alone or its events do not show: chmod, chown, utime and xattrs (a
+   descriptor counts as the file /proc/self/fd names), ``os.open`` with ``dir_fd`` (checked where it
+   points), sqlite3 databases (and ATTACH), and dbm (its C modules are withheld: dbm.dumb writes through
+   ``open``). It is no security boundary by itself (Python says so): a program that digs out what it
+   replaced can undo it.
 
 The parent kills the run's whole process group on timeout and after every run. Where a kernel layer is
 missing (no user namespaces or Landlock in an unprivileged container; seccomp on architectures other
@@ -262,9 +268,8 @@ def _sandbox_isolate(config: dict) -> dict:
     root, newuser, newnet = os.geteuid() == 0, 0x10000000, 0x40000000
     network = "network namespace" if config["namespaces"] and libc.unshare(newnet) == 0 else ""
     dropped = root and config["drop_root"]
-    if dropped:
-        _sandbox_drop_root(libc)
-    user = f"{os.getuid()}" + (" (CAP_DAC_READ_SEARCH only)" if dropped else "")  # ours, seen from outside
+    capabilities = _sandbox_drop_root(libc) if dropped else ""
+    user = f"{os.getuid()}" + (f" ({capabilities})" if dropped else "")  # ours, seen from outside
     if config["namespaces"] and not network and libc.unshare(newuser | newnet) == 0:
         network = "user + network namespace"  # the unprivileged way: a user namespace owns the new one
     processes = []
@@ -284,21 +289,37 @@ def _sandbox_isolate(config: dict) -> dict:
     }
 
 
-def _sandbox_drop_root(libc) -> None:
-    """Become uid/gid 65534, keeping CAP_DAC_READ_SEARCH only: read (never write) the interpreter's files."""
-    import ctypes
+def _sandbox_drop_root(libc) -> str:
+    """Become uid/gid 65534 with no capabilities; where the interpreter's folders are unreadable then (under
+    /root, mode 0700), keep CAP_DAC_READ_SEARCH so that imports work: it reads (never writes) any file."""
     import os
+    import sys
 
+    folders = [folder for folder in sys.path if os.path.isdir(folder)]  # as root, which sees them all
     libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep the permitted set across setuid
     os.setgroups([])
     os.setgid(_NOBODY)
     os.setuid(_NOBODY)
+    libc.prctl(8, 0, 0, 0, 0)
     read_search = 1 << 2
+    _sandbox_capset(libc, 0, read_search)  # none in effect; CAP_DAC_READ_SEARCH may come back once
+    try:
+        for folder in folders:
+            os.listdir(folder)
+    except OSError:
+        _sandbox_capset(libc, read_search, read_search)
+        return "CAP_DAC_READ_SEARCH only: the interpreter is unreadable without it"
+    _sandbox_capset(libc, 0, 0)
+    return "no capabilities"
+
+
+def _sandbox_capset(libc, effective: int, permitted: int) -> None:
+    import ctypes
+
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)(read_search, read_search, 0, 0, 0, 0)  # effective, permitted, inheritable
+    data = (ctypes.c_uint32 * 6)(effective, permitted, 0, 0, 0, 0)  # effective, permitted, inheritable
     if libc.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset failed")
-    libc.prctl(8, 0, 0, 0, 0)
 
 
 def _sandbox_landlock(libc, folder: str) -> str:
@@ -380,11 +401,13 @@ def _sandbox_guard(folder: str) -> None:
 
     _sandbox_disarm()
     check_path = _sandbox_path_check(folder)
+    _sandbox_wrap_open(check_path)
+    _sandbox_wrap_sqlite()
     denied = frozenset(
         "os.fork os.forkpty os.exec os.posix_spawn os.spawn os.system os.startfile subprocess.Popen os.kill "
         "os.killpg ctypes.dlopen ctypes.dlsym ctypes.dlsym/handle ctypes.call_function ctypes.cdata "
         "ctypes.string_at ctypes.wstring_at ctypes.PyObj_FromPtr gc.get_objects gc.get_referrers "
-        "gc.get_referents".split()
+        "gc.get_referents sqlite3.enable_load_extension sqlite3.load_extension".split()
     )
     # Modules the program gets only as the launcher left them (cached, disarmed): a re-import is refused.
     modules = frozenset({"cffi", "_cffi_backend", "_posixsubprocess", "posix", "_signal"})
@@ -394,6 +417,9 @@ def _sandbox_guard(folder: str) -> None:
             raise _Refused(f"refused by the nsa sandbox: {event}")
         if event == "import" and args[0].partition(".")[0] in modules:
             raise _Refused(f"refused by the nsa sandbox: import {args[0]}")
+        if event == "import" and args[0] in ("_gdbm", "_dbm"):
+            # They write in C, unseen here; as if not installed, dbm falls back to dbm.dumb, which uses open().
+            raise ModuleNotFoundError(f"{args[0]} is withheld by the nsa sandbox")
         check_path(event, args)
 
     sys.addaudithook(hook)
@@ -427,48 +453,111 @@ def _sandbox_disarm() -> None:
 def _sandbox_path_check(folder: str):
     """The file part of the hook: writes (and directory handles, other processes' /proc) only inside ``folder``."""
     import os
+    import urllib.parse  # noqa: F401 (for _sandbox_database, which runs inside the hook: no import there)
 
-    root, own = os.path.realpath(folder), f"/proc/{os.getpid()}"
-    streams = {"/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/null"}
-    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    # event -> (indexes of paths that must lie inside the folder, indexes of dir_fd arguments: -1 is none)
-    events = {
-        "os.chmod": ((0,), (2,)),
-        "os.chown": ((0,), (3,)),
-        "os.link": ((0, 1), (2, 3)),
-        "os.mkdir": ((0,), (2,)),
-        "os.remove": ((0,), (1,)),
-        "os.rename": ((0, 1), (2, 3)),
-        "os.rmdir": ((0,), (1,)),
-        "os.symlink": ((1,), (2,)),
-        "os.truncate": ((0,), ()),
-        "os.utime": ((0,), (3,)),
-        "os.setxattr": ((0,), ()),
-        "os.removexattr": ((0,), ()),
-    }
+    root = os.path.realpath(folder)
 
-    def inside(path: object) -> bool:
-        if isinstance(path, int):
-            return True  # an open descriptor: its path was checked when it was opened
-        real = os.path.realpath(os.fsdecode(path))
-        return real == root or real.startswith(root + os.sep)
+    def inside(path: object, dir_fd: int | None = None) -> bool:
+        real = _sandbox_real_path(path, None if dir_fd == -1 else dir_fd)  # the events say -1 for no dir_fd
+        return real is not None and (real == root or real.startswith(root + os.sep))
 
     def refused(event: str, args: tuple) -> bool:
-        if event in events:
-            paths, dir_fds = events[event]
-            return any(args[i] not in (None, -1) for i in dir_fds) or not all(inside(args[i]) for i in paths)
-        if event != "open" or isinstance(args[0], int) or os.fsdecode(args[0]) in streams or inside(args[0]):
-            return False
-        real, mode, flags = os.path.realpath(os.fsdecode(args[0])), args[1] or "", args[2] or 0
-        other_process = real.startswith("/proc/") and real.split("/")[2].isdigit() and not real.startswith(own)
-        # a directory descriptor would let os.open(name, dir_fd=...) write outside, unseen by this hook
-        return bool(flags & writes) or any(c in mode for c in "wax+") or other_process or os.path.isdir(real)
+        if event in _SANDBOX_PATH_EVENTS:
+            pairs = _SANDBOX_PATH_EVENTS[event]
+            return not all(inside(args[path], None if dir_fd is None else args[dir_fd]) for path, dir_fd in pairs)
+        if event == "sqlite3.connect":
+            database = _sandbox_database(args[0])
+            return database is not None and not inside(database)
+        return event == "open" and _sandbox_open_refused(args, inside)
 
     def check(event: str, args: tuple) -> None:
         if refused(event, args):
             raise _Refused(f"refused by the nsa sandbox: {event} {args[0]!r}")
 
     return check
+
+
+def _sandbox_open_refused(args: tuple, inside) -> bool:
+    """Whether to refuse an ``open`` event: outside the folder, a write, a directory or another process's /proc."""
+    import os
+
+    if isinstance(args[0], int) or os.fsdecode(args[0]) in _SANDBOX_STREAMS or inside(args[0]):
+        return False  # a descriptor already open (open(fd)): nothing new is reached
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    real, mode, flags = os.path.realpath(os.fsdecode(args[0])), args[1] or "", args[2] or 0
+    other_process = real.startswith("/proc/") and real.split("/")[2].isdigit()
+    other_process = other_process and not real.startswith(f"/proc/{os.getpid()}")
+    # a directory descriptor outside: a way past path checks for calls that raise no event (fchdir, scandir)
+    return bool(flags & writes) or any(c in mode for c in "wax+") or other_process or os.path.isdir(real)
+
+
+def _sandbox_real_path(path: object, dir_fd: int | None = None) -> str | None:
+    """The real path a call reaches: a descriptor's from /proc/self/fd, a dir_fd-relative path's from the folder
+    that dir_fd is. None for a closed descriptor or one that is no file in a folder (a pipe, a socket)."""
+    import os
+
+    try:
+        if isinstance(path, int):
+            path = os.readlink(f"/proc/self/fd/{path}")
+            if not path.startswith("/"):  # "pipe:[...]", "socket:[...]", "anon_inode:[...]"
+                return None
+        elif dir_fd is not None:
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), os.fsdecode(path))
+        return os.path.realpath(os.fsdecode(path))
+    except OSError:
+        return None
+
+
+def _sandbox_wrap_open(check) -> None:
+    """``os.open``'s audit event carries no dir_fd: check a dir_fd-relative open again, where it points."""
+    import os
+    import posix
+
+    plain_open = posix.open
+
+    def open(path, flags, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None:
+            check("open", (_sandbox_real_path(path, dir_fd) or "/", None, flags))  # None: refused, as "/" is
+        return plain_open(path, flags, mode, dir_fd=dir_fd)
+
+    os.open = posix.open = open
+
+
+def _sandbox_wrap_sqlite() -> None:
+    """sqlite3 connections allow no ATTACH (nor VACUUM INTO): SQL names files there that no audit event shows.
+
+    Done here, not in the hook: the connection's own audit event comes before it can be configured.
+    """
+    try:
+        import _sqlite3
+        import sqlite3
+    except ImportError:
+        return
+    plain_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        connection = plain_connect(*args, **kwargs)
+        connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        return connection
+
+    _sqlite3.connect = sqlite3.connect = sqlite3.dbapi2.connect = connect
+
+
+def _sandbox_database(name: object) -> str | None:
+    """The file an sqlite3 database name opens; None for none (":memory:", and "": a temporary file in TMPDIR).
+
+    A "file:" URI is read as a URI (its path, percent-decoded) whether or not ``uri=True``: the event omits it.
+    """
+    import os
+    from urllib.parse import unquote_to_bytes
+
+    name = os.fsdecode(name)
+    if name[:5].lower() == "file:":
+        # the bytes SQLite decodes, back to a str as os would (not UTF-8 only): so realpath sees the same names
+        name = os.fsdecode(unquote_to_bytes(name[5:].partition("?")[0].partition("#")[0]))
+        if name.startswith("//"):  # file://host/path
+            name = "/" + name[2:].partition("/")[2]
+    return None if name in ("", ":memory:") else name
 
 
 def _sandbox_can_import() -> str:
@@ -481,22 +570,24 @@ def _sandbox_can_import() -> str:
 
 
 def _sandbox_run(source: str, fn_name: str | None) -> int:
-    """Run the program as ``__main__``; functional tests call ``fn_name`` and write its JSON result to stdout."""
+    """Run the program after LiveCodeBench's imports: on stdin as ``__main__``, or for functional tests as
+    ``tmp_sol`` (as LiveCodeBench does: a ``__main__`` block must not eat the JSON arguments on stdin), then
+    call ``fn_name`` and write its JSON result to stdout."""
     import os
     import sys
     import traceback
     import types
 
-    module = types.ModuleType("__main__")
+    module = types.ModuleType("tmp_sol" if fn_name else "__main__")
     module.__file__ = "solution.py"
-    sys.modules["__main__"], sys.argv = module, ["solution.py"]
+    sys.modules[module.__name__], sys.argv = module, ["solution.py"]
     result_fd = None
     if fn_name:
         # The program's own prints go to stderr; only the result reaches stdout.
         result_fd = os.dup(1)
         os.dup2(2, 1)
-        exec(_SANDBOX_PRELUDE, module.__dict__)
     try:
+        exec(_SANDBOX_IMPORTS, module.__dict__)
         exec(compile(source, "solution.py", "exec"), module.__dict__)
         if fn_name:
             _sandbox_call(module, fn_name, result_fd)
@@ -527,8 +618,32 @@ def _sandbox_call(module, fn_name: str, result_fd: int) -> None:
         text = text[os.write(result_fd, text) :]
 
 
-# LeetCode starter code uses these names (List, Optional, ...) without importing them.
-_SANDBOX_PRELUDE = "from typing import *\nfrom collections import *\nimport math, heapq, bisect, itertools, functools\n"
+# event -> the (path, dir_fd) argument indexes of each path that must lie inside the folder, where the dir_fd
+# (or a path that is a descriptor) says where it is
+_SANDBOX_PATH_EVENTS = {
+    "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),),
+    "os.link": ((0, 2), (1, 3)),
+    "os.mkdir": ((0, 2),),
+    "os.remove": ((0, 1),),
+    "os.rename": ((0, 2), (1, 3)),
+    "os.rmdir": ((0, 1),),
+    "os.symlink": ((1, 2),),
+    "os.truncate": ((0, None),),
+    "os.utime": ((0, 3),),
+    "os.setxattr": ((0, None),),
+    "os.removexattr": ((0, None),),
+}
+_SANDBOX_STREAMS = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/null")
+# LiveCodeBench's import_string (lcb_runner/evaluation/testing_util.py), run before every program as it does:
+# its answers use these names (List, cache, inf, heappush, ...) without importing them, and recurse deep.
+_LCB_MODULES = ["string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random"]
+_LCB_MODULES += ["statistics", "itertools", "functools", "operator", "io", "sys", "json"]
+_SANDBOX_IMPORTS = "".join(
+    [f"from {name} import *\n" for name in [*_LCB_MODULES, "builtins", "typing"]]
+    + [f"import {name}\n" for name in _LCB_MODULES]
+    + ["sys.setrecursionlimit(50000)\n"]
+)
 
 
 @functools.cache
@@ -539,19 +654,27 @@ def _launcher_source() -> str:
         _sandbox_limit,
         _sandbox_isolate,
         _sandbox_drop_root,
+        _sandbox_capset,
         _sandbox_landlock,
         _sandbox_landlock_rule,
         _sandbox_seccomp,
         _sandbox_guard,
         _sandbox_disarm,
         _sandbox_path_check,
+        _sandbox_open_refused,
+        _sandbox_real_path,
+        _sandbox_wrap_open,
+        _sandbox_wrap_sqlite,
+        _sandbox_database,
         _sandbox_can_import,
         _sandbox_run,
         _sandbox_call,
     ]
     body = "\n\n".join(inspect.getsource(part) for part in parts)
     constants = {
-        "_SANDBOX_PRELUDE": _SANDBOX_PRELUDE,
+        "_SANDBOX_IMPORTS": _SANDBOX_IMPORTS,
+        "_SANDBOX_PATH_EVENTS": _SANDBOX_PATH_EVENTS,
+        "_SANDBOX_STREAMS": _SANDBOX_STREAMS,
         "EXIT_MEMORY": EXIT_MEMORY,
         "EXIT_REFUSED": EXIT_REFUSED,
         "_MAX_TASKS": _MAX_TASKS,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,7 +115,9 @@ def test_meets_the_verifier_contract_and_hashes_only_its_config():
     verifier = CodeVerifier(timeout_s=2.5, memory_mb=256, output_mb=4, workers=3)
     assert isinstance(verifier, Verifier)
     public = {name: value for name, value in vars(verifier).items() if not name.startswith("_")}
-    assert public == {"timeout_s": 2.5, "memory_mb": 256, "output_mb": 4, "workers": 3}
+    # workers changes no score, so it stays out of the stage cache key (the public attributes)
+    assert public == {"timeout_s": 2.5, "memory_mb": 256, "output_mb": 4}
+    assert verifier._workers == 3
     verifier.close()
 
 
@@ -219,12 +224,22 @@ def test_functional_tests_call_the_solution_and_compare_json():
         ("3\n", "3\n", True),
         ("  3  \n", "3\n", True),  # each line is stripped at both ends, as LiveCodeBench does
         ("1 2\r\n3\r\n", "1 2\n3\n", True),
-        ("1\n2\n\n \n", "1\n2", True),  # trailing blank lines are dropped
+        ("1\n2\n\n \n", "1\n2", True),  # and so is the whole output: blank lines around it drop
         ("3", "3\n\n", True),
-        ("1  2\n", "1 2\n", False),  # spaces inside a line count
+        ("\n \n3\n", "3\n", True),
+        ("a  b\n", "a b\n", False),  # spaces inside a line count
         ("1\n\n2\n", "1\n2\n", False),  # and so do blank lines between others
-        ("\n3\n", "3\n", False),  # and before them
         ("", "3\n", False),
+        ("", "\n", True),
+        # where the strings differ, a line of numbers is compared as Decimals, as LiveCodeBench does
+        ("0.50\n", "0.5\n", True),
+        ("3.0 -0\n7\n", "3 0\n7.00\n", True),
+        ("1  2\n", "1 2\n", True),
+        ("1e3\n", "1000\n", True),
+        ("0.3333\n", "0.33333\n", False),  # no tolerance
+        ("1 2 3\n", "1 2\n", False),
+        ("1 x\n", "1.0 x\n", False),  # the whole line must be numbers
+        ("NaN\n", "nan\n", False),
     ],
 )
 def test_stdin_output_is_compared_line_by_line_ignoring_surrounding_whitespace(output, expected, same):
@@ -258,3 +273,159 @@ def test_a_bad_reference_is_an_error_naming_the_answer_field(reference):
         parse_reference(reference)
     with pytest.raises(NSAError):
         CodeVerifier().verify([reference], [fenced(GOOD)])
+
+
+# As LiveCodeBench's grader: its imports come first, in both modes, and functional programs run as a module.
+LCB_STYLE = """
+class Solution:
+    def chain(self, n: int) -> int:
+        @cache
+        def depth(i):
+            return 0 if i == 0 else 1 + depth(i - 1)
+
+        heap = []
+        heappush(heap, depth(n))
+        return min(heappop(heap), inf)
+
+
+if __name__ == "__main__":
+    print(Solution().chain(int(sys.stdin.read())))
+"""
+
+
+def test_functional_programs_get_livecodebench_imports_and_their_main_block_does_not_run():
+    """The __main__ block would eat the JSON arguments on stdin; @cache, heappush, inf come unimported;
+    the recursion is 5000 deep (LiveCodeBench allows 50000)."""
+    reference = reference_json([("5000", "5000"), ("3", "3")], fn_name="chain")
+    outcome = CodeVerifier(timeout_s=5.0, memory_mb=512).verify([reference], [fenced(LCB_STYLE)])
+    assert outcome == [Outcome(1.0, "ok")]
+
+
+def test_stdin_programs_get_livecodebench_imports_too():
+    program = LCB_STYLE + "    print(sqrt(4), gcd(4, 6), Counter('aab')['a'], bisect_left([1, 3], 2), deque([1])[0])\n"
+    limits = Limits(timeout_s=5.0, memory_mb=512, output_mb=1)
+    assert run_test(program, ("5000\n", "5000\n2.0 2 2 1 1\n"), None, limits) == "ok"
+
+
+# Only the audit hook between the program and `outside`: no Landlock, and uid 0 (where the verifier is not root).
+HOOK_ONLY = Limits(timeout_s=2.0, memory_mb=512, output_mb=1, drop_root=False, filters=False)
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "os.close(os.open('link/dir_fd.txt', os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))",
+        "os.mkdir('link/dir_fd.txt', dir_fd=fd)",
+        "os.symlink('/', 'link/dir_fd.txt', dir_fd=fd)",
+        "os.rename('inside.txt', 'link/dir_fd.txt', src_dir_fd=fd, dst_dir_fd=fd)",
+    ],
+)
+def test_a_dir_fd_relative_path_is_checked_where_it_points(outside, escape):
+    """``os.open``'s audit event has no dir_fd: `link/...` looks inside the folder from its cwd, but is not."""
+    program = f"""import os, shutil, tempfile
+with tempfile.TemporaryDirectory() as scratch:  # shutil.rmtree, with dir_fd, inside the folder: fine
+    os.mkdir(os.path.join(scratch, "sub"))
+os.mkdir("d")
+os.symlink({str(outside)!r}, "d/link")
+fd = os.open("d", os.O_RDONLY)
+os.close(os.open("inside.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd))  # fine: d/inside.txt
+assert os.path.exists("d/inside.txt")
+{escape}
+print(3)
+"""
+    assert run_test(program, ("", "3"), None, HOOK_ONLY) == "blocked"
+    assert not (outside / "dir_fd.txt").exists()
+    assert run_test(program.replace(escape, ""), ("", "3"), None, HOOK_ONLY) == "ok"  # all but the escape
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        "sqlite3.connect({db!r}).execute('create table t (x)')",
+        "sqlite3.connect('file:' + {db!r}.replace('/', '%2F') + '?mode=rwc', uri=True).execute('create table t (x)')",
+        "sqlite3.connect(':memory:').execute('attach database ' + repr({db!r}) + ' as other')",
+        "sqlite3.connect('inside.db').execute('vacuum into ' + repr({db!r}))",
+    ],
+)
+def test_sqlite_writes_only_inside_the_folder(outside, attempt):
+    database = outside / "escaped.db"
+    program = "import sqlite3\n" + attempt.format(db=str(database)) + "\nprint(3)"
+    assert run_test(program, ("", "3"), None, HOOK_ONLY) in ("blocked", "runtime_error")
+    assert not database.exists()
+
+
+def test_sqlite_still_works_inside_the_folder():
+    program = """import sqlite3
+for name in ("inside.db", ":memory:", ""):
+    database = sqlite3.connect(name)
+    database.execute("create table t (x)")
+    database.execute("insert into t values (3)")
+    print(database.execute("select x from t").fetchone()[0])
+"""
+    assert run_test(program, ("", "3\n3\n3"), None, HOOK_ONLY) == "ok"
+
+
+def interpreters_with(module: str) -> list[str]:
+    """Of this interpreter and the system's, those that have ``module``."""
+    candidates = dict.fromkeys([sys.executable, "/usr/bin/python3"])
+    return [
+        python
+        for python in candidates
+        if os.path.exists(python) and subprocess.run([python, "-I", "-c", f"import {module}"]).returncode == 0
+    ]
+
+
+@pytest.mark.parametrize("module", ["_dbm"])  # _gdbm refused the same way; no interpreter here has it
+def test_dbm_writes_only_inside_the_folder(outside, monkeypatch, module):
+    """dbm.gnu and dbm.ndbm write in C, with no audit event: dbm falls back to dbm.dumb, which the hook sees."""
+    pythons = interpreters_with(module)
+    if not pythons:
+        pytest.skip(f"no interpreter here has {module}")
+    monkeypatch.setattr(sys, "executable", pythons[0])
+    program = (
+        f"import dbm\nfor name in ('inside', {str(outside / module)!r}):\n    dbm.open(name, 'c').close()\nprint(3)"
+    )
+    assert run_test(program, ("", "3"), None, HOOK_ONLY) == "blocked"
+    assert not [path for path in outside.iterdir() if path.name.startswith(module)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["os.fchmod(fd, 0)", "os.chmod(fd, 0)", "os.utime(fd, (0, 0))", "os.fchown(fd, 12345, 12345)"],
+)
+def test_a_descriptor_is_checked_as_the_file_it_names(outside, change):
+    """Landlock has no right for chmod, chown or utime: the hook resolves descriptors through /proc/self/fd."""
+    target = outside / "descriptor.txt"
+    target.write_text("x")
+    before = target.stat()
+    program = f"import os\nfd = os.open({str(target)!r}, os.O_RDONLY)\n{change}\nprint(3)"
+    assert run_test(program, ("", "3"), None, HOOK_ONLY) == "blocked"
+    after = target.stat()
+    assert (after.st_mode, after.st_uid, after.st_mtime_ns) == (before.st_mode, before.st_uid, before.st_mtime_ns)
+    inside = (
+        "import os\nfd = os.open('mine', os.O_WRONLY | os.O_CREAT)\n" + change.replace("12345", "-1") + "\nprint(3)"
+    )
+    assert run_test(inside, ("", "3"), None, HOOK_ONLY) == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox drops root only when it has it")
+def test_the_dropped_user_keeps_no_capability_where_it_needs_none(monkeypatch):
+    """CAP_DAC_READ_SEARCH reads any file: kept only where the interpreter is unreadable without it."""
+    ours = sandbox_report()["user"]
+    assert ours in (
+        "65534 (no capabilities)",
+        "65534 (CAP_DAC_READ_SEARCH only: the interpreter is unreadable without it)",
+    )
+    # the launcher needs ctypes; outside /root, the interpreter's files are readable without the capability
+    readable = [python for python in interpreters_with("ctypes") if not os.path.realpath(python).startswith("/root/")]
+    if not readable:
+        pytest.skip("no interpreter here outside /root")
+    monkeypatch.setattr(sys, "executable", readable[0])
+    assert sandbox_report()["user"] == "65534 (no capabilities)"
+    descriptor, secret = tempfile.mkstemp()  # mode 0600, root's, in /tmp, which anyone may pass through
+    os.close(descriptor)
+    try:
+        program = f"print(open({secret!r}).read() or 3)"
+        assert run_test(program, ("", "3"), None, Limits(timeout_s=2.0, memory_mb=512, output_mb=1)) == "runtime_error"
+    finally:
+        os.remove(secret)

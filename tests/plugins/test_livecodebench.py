@@ -107,3 +107,19 @@ def test_functional_tests_need_a_function_name(tmp_path):
     broken.write_text(json.dumps(row) + "\n")
     with pytest.raises(NSAError, match=r"lcb\.jsonl: problem 9001 has functional tests but no func_name"):
         LiveCodeBench(source=str(broken)).load()
+
+
+def test_the_verifier_grades_as_livecodebench_does(rows):
+    """Its imports come first (an answer may use Counter, cache, inf unimported), a functional answer's
+    __main__ block does not run (it would eat the arguments on stdin), and numbers compare as Decimals."""
+    verifier = LiveCodeBench(source=str(COPY), timeout_s=2.0).verifier()
+    as_float = "```python\na, b = map(int, input().split())\nprint(float(a + b))\n```"  # "3.0" for "3"
+    count_vowels = (
+        "```python\nclass Solution:\n    def countVowels(self, word: str) -> int:\n"
+        "        @cache\n        def vowels(letters):\n"
+        "            return sum(Counter(letters)[v] for v in 'aeiou')\n"
+        "        return min(vowels(word), inf)\n\n\n"
+        'if __name__ == "__main__":\n    print(Solution().countVowels(input()))\n```'
+    )
+    outcomes = verifier.verify([rows["answer"][0], rows["answer"][3]], [as_float, count_vowels])
+    assert [o.status for o in outcomes] == ["ok", "ok"]
