@@ -23,7 +23,7 @@ from nsa.errors import NSAError
 from nsa.evaluate import Evaluation
 from nsa.module import NSAModule
 from nsa.registry import Plugin, advertised, rewrite_args
-from nsa.tracking import MLflowConfig, StageStats
+from nsa.tracking import MLflowConfig, StageStats, check_reachable
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -146,6 +146,7 @@ class NSACLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        check_reachable(trainer.loggers)  # before any data stage runs
         trainer.callbacks.append(StageStats())
         return trainer
 

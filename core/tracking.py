@@ -35,3 +35,29 @@ class StageStats(L.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams({f"stage/{name}": fp for name, fp in datamodule.fingerprints.items()})
             logger.log_metrics({f"data/{k}": v for k, v in datamodule.stats.items()}, step=0)
+
+
+def check_reachable(loggers: list) -> None:
+    """A tracking server that cannot be reached fails here, in one line, before any stage runs.
+
+    MLflow's client retries for minutes and Lightning creates the run only when training starts,
+    so without this check an unreachable server would surface after hours of sampling.
+    """
+    import urllib.error
+    import urllib.request
+
+    from nsa.errors import NSAError
+
+    for logger in loggers:
+        uri = getattr(logger, "_tracking_uri", None) if isinstance(logger, MLFlowLogger) else None
+        if not uri or not uri.startswith(("http://", "https://")):
+            continue  # a local store (sqlite:, file:) needs no server
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as reply:
+                reply.read()
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise NSAError(
+                f"MLflow server {uri} is unreachable ({reason}); start it, or set "
+                "trainer.logger.init_args.tracking_uri to a local store such as sqlite:///mlflow.db"
+            ) from None
