@@ -96,7 +96,13 @@ DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augm
                            --data.rollouts=F trains on later
   nsa evaluate --config R  sample n answers per benchmark problem (the recipe's evaluate:
                            section), verify, print and log avg@n and pass@k to MLflow
+  nsa sweep --config S     run each cell of a sweep file (a base recipe and its overrides,
+                           e.g. recipes/ablations/beta.yaml) as nsa fit, skipping finished
+                           ones; MLflow child runs of one parent, with a summary table
   nsa judge-eval --file F --judge J   score a step judge on a ProcessBench-style file
+  nsa iterate --config R --iterations N
+                           N rounds of sample (with the last trained policy), verify,
+                           judge, train, evaluate; one MLflow child run each, resumable
   nsa plugins              list the advertised plugins (imports none)"""
 
 
@@ -214,6 +220,13 @@ def evaluate(args: list[str]) -> None:
             print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
 
 
+def sweep(args: list[str]) -> None:
+    """Run the cells of a sweep file (nsa.sweep); imported here so other commands skip matplotlib."""
+    from nsa import sweep as sweeps
+
+    sweeps.run(args)
+
+
 def quiet_libraries() -> None:
     """nsa draws one progress bar per stage; the libraries' own bars would bury it."""
     import datasets
@@ -231,10 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args[:1] == ["plugins"]:
             return print_plugins()
+        # a sweep file must reach nsa.sweep as a path, not rewritten YAML; it rewrites each cell's arguments
+        if args[:1] == ["sweep"]:
+            return sweep(args[1:])
         args = rewrite_args(args, advertised(), plugin_slots() | {"--judge"})
         commands = {"prepare": prepare, "generate": generate, "evaluate": evaluate}
         if args[:1] and args[0] in commands:
             return commands[args[0]](args[1:])
+        if args[:1] == ["iterate"]:
+            from nsa import iterate
+
+            return iterate.run(args[1:])
         if args[:1] == ["judge-eval"]:
             from nsa import judge_eval
 

@@ -187,4 +187,5 @@ def log_results(logger, rows: list[dict], policy: str, config_text: str) -> None
     client.log_table(run_id, data=table, artifact_file="eval/results.json")
     client.log_text(run_id, format_table(rows) + "\n", "eval/results.txt")
     client.log_text(run_id, config_text, "config.yaml")
-    client.set_tag(run_id, "nsa.command", "evaluate")
+    if "nsa.command" not in client.get_run(run_id).data.tags:  # an iteration's run keeps its own
+        client.set_tag(run_id, "nsa.command", "evaluate")

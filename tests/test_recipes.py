@@ -10,7 +10,10 @@ import yaml
 from nsa.cli import main
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-ABLATIONS = sorted((Path(__file__).parents[1] / "recipes" / "ablations").glob("*.yaml"))
+ABLATION_FILES = sorted((Path(__file__).parents[1] / "recipes" / "ablations").glob("*.yaml"))
+# an overlay is a partial recipe; a sweep file (nsa sweep) names its base recipe
+ABLATIONS = [p for p in ABLATION_FILES if "base" not in yaml.safe_load(p.read_text())]
+SWEEPS = [p for p in ABLATION_FILES if p not in ABLATIONS]
 
 
 def resolved(capsys, recipe: Path, *overlays: Path) -> dict:
@@ -72,6 +75,49 @@ def test_each_table_3_row_is_one_overlay_on_the_math_recipe(capsys, overlay):
 
 def test_every_ablation_file_is_tested():
     assert {p.name for p in ABLATIONS} == set(TABLE_3)
+    assert {p.name for p in SWEEPS} == set(SWEEP_CELLS)
+
+
+def loss_of(config: dict) -> tuple:
+    loss = config["model"]["loss"]
+    return loss["class_path"].rsplit(".", 1)[1], (loss.get("init_args") or {}).get("beta")
+
+
+SWEEP_CELLS = {  # cell -> what it must resolve to: (loss, its beta) or the judges that vote
+    "table3.yaml": {
+        "rft": ("RFT", None),
+        "dpo": ("DPO", 0.5),
+        "topr": ("TOPR", None),
+        "grpo-offline": ("GRPOOffline", None),
+        "bcpg": ("BCPG", 1.0),
+        "bcpg-nsa": ("BCPG", 0.5),
+    },
+    "annotators.yaml": {"consensus": ["PRMJudge", "LLMJudge"], "prm-only": ["PRMJudge"], "llm-only": ["LLMJudge"]},
+    "beta.yaml": {f"beta={b}": ("BCPG", b) for b in (1.0, 0.5, 0.0, -0.5)},
+}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_each_sweep_file_resolves_every_cell_on_the_math_recipe(path):
+    """Every cell parses (as `nsa sweep` checks before training), logs to the recipe's MLflow
+    experiment, and exports and checkpoints to its own folders."""
+    from nsa import sweep
+
+    spec = sweep.load(str(path), [])
+    configs = {cell.name: sweep.resolve(cell) for cell in spec.cells}
+    assert sweep.tracking(configs) == ("sqlite:///mlflow.db", "nsa-math")
+    sweep.check_folders(configs)  # raises when two cells share a folder
+    assert len(sweep.export_dirs(configs)) == len(sweep.ckpt_dirs(configs)) == len(configs)
+    expected = SWEEP_CELLS[path.name]
+    assert list(configs) == list(expected)
+    for name, config in configs.items():
+        if path.name == "annotators.yaml":
+            assert config["data"]["consensus"]["init_args"]["judges"] == expected[name]
+        else:
+            assert loss_of(config) == expected[name]
+    if path.name == "table3.yaml":
+        assert configs["rft"]["model"]["optimizer"]["init_args"]["lr"] == 2.5e-6
+        assert configs["rft"]["trainer"]["max_epochs"] == 6
 
 
 @pytest.mark.parametrize(("precision", "expected"), [(None, "32-true"), ("bf16-mixed", "bf16-mixed")])

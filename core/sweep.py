@@ -1,0 +1,415 @@
+"""``nsa sweep``: run the cells of an ablation (one recipe, several overrides) and compare them.
+
+A sweep file names a ``base`` recipe (a path relative to the sweep file) and its cells:
+
+    base: ../math.yaml
+    grid:                                 # the cartesian product of these values ...
+      model.loss.init_args.beta: [1.0, 0.5]
+    cells:                                # ... or a list of cells, each a set of overrides
+      - name: rft                         #   (optional; default: its overrides)
+        config: rft.yaml                  #   overlay recipe(s), relative to the sweep file
+        model.optimizer.init_args.lr: 2.5e-6
+    per_cell:                             # overrides for every cell; "{cell}" is its name
+      model.export_dir: runs/beta/{cell}/policy
+    metrics: [train/loss]                 # summary columns; default train/loss and eval/*
+    evaluate: false                       # also `nsa evaluate` each trained policy
+    name: beta                            # the sweep's name; default the file's stem
+
+Each cell is ``nsa fit`` in this process, logging into its own MLflow child run of one parent
+run. Cells share the data stages' cache, so a sweep over losses samples and judges once. A
+cell whose child run is FINISHED (with the same overrides and recipe files) is skipped, so a
+killed or failed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import math
+import re
+import shlex
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nsa.errors import NSAError
+
+KEYS = {"base", "grid", "cells", "per_cell", "metrics", "evaluate", "name"}
+
+
+@dataclass
+class Cell:
+    name: str
+    args: list[str]  # the arguments of `nsa fit` after "fit", without the MLflow run id
+    fingerprint: str  # the overrides and the recipe files' text: a changed cell runs again
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    cells: list[Cell]
+    metrics: list[str] | None
+    evaluate: bool
+
+
+def load(path: str, extra: list[str]) -> Sweep:
+    """Read a sweep file; ``extra`` are overrides for every cell (from the command line)."""
+    file = Path(path)
+    if not file.is_file():
+        raise NSAError(f"sweep file not found: {path}")
+    try:
+        spec = check_spec(yaml.safe_load(file.read_text()), path)
+    except yaml.YAMLError as err:
+        raise NSAError(f"sweep {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = grid_cells(spec["grid"], path) if "grid" in spec else listed_cells(spec["cells"], path)
+    names = [name for name, _, _ in raw]
+    if len(set(names)) != len(names):
+        raise NSAError(f"sweep {path}: two cells share a name in {names}")
+    base, per_cell = file.parent / spec["base"], spec.get("per_cell") or {}
+    cells = [
+        make_cell(name, base, [file.parent / c for c in configs], per_cell, extra, overrides)
+        for name, configs, overrides in raw
+    ]
+    return Sweep(file, str(spec.get("name") or file.stem), cells, spec.get("metrics"), bool(spec.get("evaluate")))
+
+
+def check_spec(spec: object, path: str) -> dict:
+    """The sweep file's top level, or a one-line error naming what is wrong with it."""
+    if not isinstance(spec, dict):
+        raise NSAError(f"sweep {path}: expected a mapping with base and grid or cells")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise NSAError(f"sweep {path}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(KEYS))}")
+    if not spec.get("base"):
+        raise NSAError(f"sweep {path}: no base recipe; set `base:` (a path relative to the sweep file)")
+    if ("grid" in spec) == ("cells" in spec):
+        raise NSAError(f"sweep {path}: give either `grid` or `cells`, not {'both' if 'grid' in spec else 'neither'}")
+    if not isinstance(spec.get("per_cell") or {}, dict):
+        raise NSAError(f"sweep {path}: per_cell must map dotted keys to values")
+    metrics = spec.get("metrics")
+    if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+        raise NSAError(f"sweep {path}: metrics must be a list of metric names, e.g. [train/loss]")
+    return spec
+
+
+def grid_cells(grid: dict, path: str) -> list[tuple[str, list[str], dict]]:
+    """One cell per combination, named ``beta=0.5,rule=any`` (key tails, or whole keys if tails clash)."""
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise NSAError(f"sweep {path}: grid must map each dotted key to a non-empty list of values")
+    tails = [key.rsplit(".", 1)[-1] for key in grid]
+    labels = tails if len(set(tails)) == len(tails) else list(grid)
+    cells = []
+    for values in itertools.product(*grid.values()):
+        name = ",".join(f"{label}={value_text(v)}" for label, v in zip(labels, values))
+        cells.append((name, [], dict(zip(grid, values))))
+    return cells
+
+
+def listed_cells(cells: list, path: str) -> list[tuple[str, list[str], dict]]:
+    if not isinstance(cells, list) or not cells or not all(isinstance(c, dict) for c in cells):
+        raise NSAError(f"sweep {path}: cells must be a non-empty list of mappings (dotted key: value)")
+    out = []
+    for cell in cells:
+        overrides = {k: v for k, v in cell.items() if k not in ("name", "config")}
+        configs = cell.get("config") or []
+        configs = [configs] if isinstance(configs, str) else list(configs)
+        default = ",".join(f"{k.rsplit('.', 1)[-1]}={value_text(v)}" for k, v in overrides.items()) or "base"
+        out.append((str(cell.get("name") or default), configs, overrides))
+    return out
+
+
+def make_cell(name: str, base: Path, configs: list[Path], per_cell: dict, extra: list[str], overrides: dict) -> Cell:
+    """``--config base [--config overlay] per_cell extra overrides``: later ones win."""
+    for file in (base, *configs):
+        if not file.is_file():
+            raise NSAError(f"sweep cell {name}: recipe file not found: {file}")
+    templated = {key: with_cell_name(value, path_safe(name)) for key, value in per_cell.items()}
+    flags = (
+        [override(k, v) for k, v in templated.items()] + list(extra) + [override(k, v) for k, v in overrides.items()]
+    )
+    args = ["--config", str(base), *(f"--config={c}" for c in configs), *flags]
+    texts = [file.read_text() for file in (base, *configs)]
+    fingerprint = hashlib.sha256(json.dumps([texts, flags]).encode()).hexdigest()[:16]
+    return Cell(name, args, fingerprint)
+
+
+def override(key: str, value: object) -> str:
+    return f"--{key}={value_text(value)}"
+
+
+def value_text(value: object) -> str:
+    """A value as jsonargparse reads it; a list of names stays ``[A,B]`` so short plugin names resolve."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list) and all(isinstance(v, str | int | float) and "," not in str(v) for v in value):
+        return "[" + ",".join(value_text(v) for v in value) + "]"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def with_cell_name(value: object, name: str) -> object:
+    """Replace ``{cell}`` in every string of a value (plain replace: other braces are left alone)."""
+    if isinstance(value, str):
+        return value.replace("{cell}", name)
+    if isinstance(value, list):
+        return [with_cell_name(v, name) for v in value]
+    if isinstance(value, dict):
+        return {k: with_cell_name(v, name) for k, v in value.items()}
+    return value
+
+
+def path_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)
+
+
+def fit_args(cell: Cell, run_id: str | None) -> list[str]:
+    """The cell's ``nsa fit`` arguments, short plugin names resolved as ``nsa.cli.main`` does."""
+    from nsa.cli import plugin_slots
+    from nsa.registry import advertised, rewrite_args
+
+    tracked = [f"--trainer.logger.init_args.run_id={run_id}"] if run_id else []
+    return rewrite_args(["fit", *cell.args, *tracked], advertised(), plugin_slots() | {"--judge"})
+
+
+def resolve(cell: Cell) -> dict:
+    """The cell's fully resolved config (``--print_config``): checks every override before any training."""
+    from nsa.cli import NSACLI, one_line
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            NSACLI(args=[*fit_args(cell, None), "--print_config"])
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise NSAError(f"sweep cell {cell.name}: its config does not parse") from None
+    except (NSAError, argparse.ArgumentError) as err:
+        raise NSAError(f"sweep cell {cell.name}: {one_line(str(err))}") from None
+    return yaml.safe_load(printed.getvalue())
+
+
+def tracking(configs: dict[str, dict]) -> tuple[str, str]:
+    """The (tracking_uri, experiment_name) every cell logs to: one MLFlowLogger, shared by all cells."""
+    places = set()
+    for name, config in configs.items():
+        logger = config["trainer"].get("logger")
+        if not isinstance(logger, dict) or not str(logger.get("class_path", "")).endswith("MLFlowLogger"):
+            raise NSAError(f"sweep cell {name}: trainer.logger must be an MLFlowLogger (a sweep is tracked in MLflow)")
+        places.add((logger["init_args"]["tracking_uri"], logger["init_args"]["experiment_name"]))
+    if len(places) != 1:
+        raise NSAError(f"sweep cells must share one tracking_uri and experiment_name, got {sorted(places)}")
+    return places.pop()
+
+
+def check_folders(configs: dict[str, dict]) -> None:
+    """Cells must not overwrite each other's trained policy or resume from each other's checkpoints."""
+    for what, folders in (("model.export_dir", export_dirs(configs)), ("checkpoint dirpath", ckpt_dirs(configs))):
+        seen: dict[str, str] = {}
+        for name, folder in folders:
+            if folder in seen:
+                raise NSAError(
+                    f"sweep cells {seen[folder]} and {name} share {what} {folder}; "
+                    "set it per cell (per_cell: with {cell} in the path)"
+                )
+            seen[folder] = name
+
+
+def export_dirs(configs: dict[str, dict]) -> list[tuple[str, str]]:
+    return [(n, c["model"]["export_dir"]) for n, c in configs.items() if c["model"].get("export_dir")]
+
+
+def ckpt_dirs(configs: dict[str, dict]) -> list[tuple[str, str]]:
+    """Explicit ModelCheckpoint folders (without one, Lightning checkpoints under the run's own id)."""
+    out = []
+    for name, config in configs.items():
+        for callback in config["trainer"].get("callbacks") or []:
+            dirpath = isinstance(callback, dict) and (callback.get("init_args") or {}).get("dirpath")
+            if dirpath:
+                out.append((name, dirpath))
+    return out
+
+
+# --- MLflow: one parent run per sweep, one child run per cell ---------------------------------
+
+
+def parent_run(client, experiment_id: str, sweep: Sweep, fresh: bool) -> str:
+    """The sweep's latest parent run (resumed), or a new one when there is none or ``fresh``."""
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`nsa.command` = 'sweep' and tags.`nsa.sweep` = '{sweep.name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found and not fresh:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        print(f"nsa: sweep {sweep.name}: resuming MLflow run {run_id}", file=sys.stderr)
+    else:
+        tags = {"nsa.command": "sweep", "nsa.sweep": sweep.name}
+        run_id = client.create_run(experiment_id, run_name=sweep.name, tags=tags).info.run_id
+    client.log_artifact(run_id, str(sweep.path))  # again on resuming: the file may have been fixed
+    return run_id
+
+
+def finished_children(client, experiment_id: str, parent: str) -> dict[tuple[str, str], str]:
+    """(cell name, fingerprint) -> the run id of its FINISHED child; a child left RUNNING by a
+    killed sweep is marked KILLED (its cell runs again)."""
+    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000)
+    done = {}
+    for child in sorted(children, key=lambda r: r.info.start_time):
+        tags = child.data.tags
+        if child.info.status == "FINISHED":
+            done[(tags.get("nsa.cell"), tags.get("nsa.cell_fingerprint"))] = child.info.run_id
+        elif child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, "KILLED")
+    return done
+
+
+def run_cell(client, experiment_id: str, parent: str, sweep: Sweep, cell: Cell) -> str:
+    """``nsa fit`` (and ``nsa evaluate``) of one cell in a new child run; FAILED if it raises."""
+    from nsa import cli
+
+    tags = {
+        "mlflow.parentRunId": parent,
+        "nsa.cell": cell.name,
+        "nsa.cell_fingerprint": cell.fingerprint,
+        "nsa.sweep": sweep.name,
+    }
+    child = client.create_run(experiment_id, run_name=cell.name, tags=tags).info.run_id
+    print(f"nsa: sweep {sweep.name}: cell {cell.name} (MLflow run {child})", file=sys.stderr)
+    try:
+        args = fit_args(cell, child)
+        cli.NSACLI(args=args)
+        if sweep.evaluate:
+            client.update_run(child, status="RUNNING")  # fit finished the run; the cell is not done yet
+            cli.evaluate(args[1:])
+    except BaseException as err:  # an interrupt too: the child must not stay RUNNING
+        client.set_terminated(child, "FAILED")
+        if isinstance(err, Exception):
+            raise cell_error(cell, err) from None
+        raise
+    client.set_tag(child, "nsa.command", "fit,evaluate" if sweep.evaluate else "fit")
+    client.set_terminated(child, "FINISHED")
+    return child
+
+
+def cell_error(cell: Cell, err: Exception) -> NSAError:
+    from nsa.cli import one_line
+
+    if not isinstance(err, NSAError | argparse.ArgumentError | ValueError):
+        traceback.print_exc()  # an unexpected failure: keep the trace above the one-line error
+    text = one_line(str(err)) or type(err).__name__
+    return NSAError(f"sweep cell {cell.name} failed: {text}; finished cells are kept, rerun the sweep to resume")
+
+
+# --- the summary: cells x metrics ---------------------------------------------------------------
+
+
+def summary(client, children: dict[str, str], metrics: list[str] | None) -> tuple[list[str], list[dict]]:
+    """The metric columns and one row per cell: each metric's last value in the cell's child run."""
+    logged = {name: client.get_run(run_id).data.metrics for name, run_id in children.items()}
+    if metrics is None:
+        evals = sorted({k for m in logged.values() for k in m if k.startswith("eval/")})
+        metrics = ["train/loss", *evals]
+    rows = [{"cell": name, **{m: values.get(m) for m in metrics}} for name, values in logged.items()]
+    return metrics, rows
+
+
+def format_summary(metrics: list[str], rows: list[dict]) -> str:
+    columns = ["cell", *metrics]
+    cells = [[row["cell"], *("-" if row[m] is None else f"{row[m]:.4g}" for m in metrics)] for row in rows]
+    widths = [max(len(x) for x in [c, *(line[i] for line in cells)]) for i, c in enumerate(columns)]
+    return "\n".join(
+        "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
+        for line in [columns, *cells]
+    )
+
+
+def plot_summary(metrics: list[str], rows: list[dict], path: Path) -> None:
+    """One bar chart per metric, a bar per cell (matplotlib's Agg canvas: no display needed)."""
+    from matplotlib.figure import Figure
+
+    names = [row["cell"] for row in rows]
+    figure = Figure(figsize=(max(4.0, 0.9 * len(names) + 2), 2.6 * len(metrics)), layout="constrained")
+    for axes, metric in zip(figure.subplots(len(metrics), 1, squeeze=False)[:, 0], metrics):
+        values = [math.nan if row[metric] is None else row[metric] for row in rows]
+        axes.bar(names, values, color="tab:blue")
+        axes.set_title(metric)
+        axes.tick_params(axis="x", labelrotation=30)
+    figure.savefig(path, dpi=100)
+
+
+def log_summary(client, parent: str, metrics: list[str], rows: list[dict]) -> None:
+    table = {column: [row[column] for row in rows] for column in ["cell", *metrics]}
+    client.log_table(parent, data=table, artifact_file="sweep/summary.json")
+    client.log_text(parent, format_summary(metrics, rows) + "\n", "sweep/summary.txt")
+    with tempfile.TemporaryDirectory() as folder:
+        png = Path(folder) / "summary.png"
+        plot_summary(metrics, rows, png)
+        client.log_artifact(parent, str(png), "sweep")
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="nsa sweep",
+        description="Run every cell of a sweep file (a base recipe and its overrides) as `nsa fit`, "
+        "tracked as MLflow child runs of one parent run; further --key=value overrides apply to every cell.",
+    )
+    parser.add_argument("--config", required=True, help="the sweep file")
+    parser.add_argument("--fresh", action="store_true", help="start a new parent run instead of resuming")
+    parser.add_argument("--dry_run", action="store_true", help="check every cell and list them; train nothing")
+    return parser.parse_known_args(args)
+
+
+def run(args: list[str]) -> None:
+    """``nsa sweep --config SWEEP [--fresh] [--dry_run] [--key=value ...]``."""
+    from mlflow import MlflowClient
+
+    known, extra = parse(args)
+    sweep = load(known.config, extra)
+    configs = {cell.name: resolve(cell) for cell in sweep.cells}  # every cell parses before any trains
+    uri, experiment = tracking(configs)
+    check_folders(configs)
+    if known.dry_run:
+        for cell in sweep.cells:
+            print(f"{cell.name}: nsa fit {shlex.join(cell.args)}")
+        return
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    parent = parent_run(client, experiment_id, sweep, known.fresh)
+    children = run_cells(client, experiment_id, parent, sweep)
+    metrics, rows = summary(client, children, sweep.metrics)
+    print(format_summary(metrics, rows))
+    log_summary(client, parent, metrics, rows)
+    client.set_terminated(parent, "FINISHED")
+    print(f"nsa: sweep {sweep.name}: {len(rows)} cells, summary logged to MLflow run {parent}", file=sys.stderr)
+
+
+def run_cells(client, experiment_id: str, parent: str, sweep: Sweep) -> dict[str, str]:
+    """Each cell's finished child run id, running the cells that have none; the parent FAILS with a cell."""
+    done = finished_children(client, experiment_id, parent)
+    children = {}
+    for cell in sweep.cells:
+        if (cell.name, cell.fingerprint) in done:
+            print(f"nsa: sweep {sweep.name}: cell {cell.name} already finished, skipped", file=sys.stderr)
+            children[cell.name] = done[(cell.name, cell.fingerprint)]
+            continue
+        try:
+            children[cell.name] = run_cell(client, experiment_id, parent, sweep, cell)
+        except BaseException:
+            client.set_terminated(parent, "FAILED")
+            raise
+    return children
