@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from nsa.errors import NSAError
+from nsa.tracking import check_server
 
 KEYS = {"base", "grid", "cells", "per_cell", "metrics", "evaluate", "name"}
 
@@ -381,6 +382,7 @@ def run(args: list[str]) -> None:
     sweep = load(known.config, extra)
     configs = {cell.name: resolve(cell) for cell in sweep.cells}  # every cell parses before any trains
     uri, experiment = tracking(configs)
+    check_server(uri)  # before any cell trains: MLflow's client would retry for minutes
     check_folders(configs)
     if known.dry_run:
         for cell in sweep.cells:

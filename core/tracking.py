@@ -43,21 +43,26 @@ def check_reachable(loggers: list) -> None:
     MLflow's client retries for minutes and Lightning creates the run only when training starts,
     so without this check an unreachable server would surface after hours of sampling.
     """
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            check_server(logger._tracking_uri)
+
+
+def check_server(uri: str | None) -> None:
+    """One-line error unless the MLflow server at ``uri`` answers; a local store needs no server."""
     import urllib.error
     import urllib.request
 
     from nsa.errors import NSAError
 
-    for logger in loggers:
-        uri = getattr(logger, "_tracking_uri", None) if isinstance(logger, MLFlowLogger) else None
-        if not uri or not uri.startswith(("http://", "https://")):
-            continue  # a local store (sqlite:, file:) needs no server
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as reply:
-                reply.read()
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise NSAError(
-                f"MLflow server {uri} is unreachable ({reason}); start it, or set "
-                "trainer.logger.init_args.tracking_uri to a local store such as sqlite:///mlflow.db"
-            ) from None
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as reply:
+            reply.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise NSAError(
+            f"MLflow server {uri} is unreachable ({reason}); start it, or set "
+            "trainer.logger.init_args.tracking_uri to a local store such as sqlite:///mlflow.db"
+        ) from None

@@ -51,9 +51,9 @@ def server(tmp_path_factory):
     process.wait(timeout=30)
 
 
-def remote_recipe(tmp_path: Path, model: str, uri: str) -> Path:
+def remote_recipe(tmp_path: Path, model: str, uri: str, experiment: str = "remote") -> Path:
     recipe = yaml.safe_load(tiny_recipe(tmp_path, model).read_text())
-    recipe["trainer"]["logger"]["init_args"].update(tracking_uri=uri, experiment_name="remote")
+    recipe["trainer"]["logger"]["init_args"].update(tracking_uri=uri, experiment_name=experiment)
     recipe["evaluate"] = {
         "benchmarks": [{"class_path": "MATH500", "init_args": {"source": str(COPIES / "math500.jsonl"), "workers": 1}}],
         "pass_k": [1, 4],
@@ -80,11 +80,44 @@ def test_fit_and_evaluate_log_to_the_server(server, tmp_path, tiny_model, capsys
     assert table["data"][0][:2] == ["math500", 3]
 
 
+def test_a_tiny_sweep_tracks_its_cells_on_the_server(server, tmp_path, tiny_model, capsys):
+    """Two cells (beta 1 and 0.5): a parent run with the summary, two FINISHED child runs."""
+    sweep = tmp_path / "sweep.yaml"
+    grid = {"model.loss.init_args.beta": [1.0, 0.5]}
+    per_cell = {"model.export_dir": str(tmp_path / "{cell}" / "policy")}
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(remote_recipe(tmp_path, tiny_model, server, "remote-sweep")),
+                "grid": grid,
+                "per_cell": per_cell,
+            }
+        )
+    )
+    main(["sweep", "--config", str(sweep)])
+    capsys.readouterr()
+    client = mlflow.MlflowClient(server)
+    everything = client.search_runs([client.get_experiment_by_name("remote-sweep").experiment_id])
+    (parent,) = [r for r in everything if r.data.tags.get("nsa.command") == "sweep"]
+    children = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.tags["nsa.cell"] for c in children) == ["beta=0.5", "beta=1.0"]
+    assert all(c.info.status == "FINISHED" and "train/loss" in c.data.metrics for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/summary.json", "sweep/summary.png"} <= artifacts
+
+
 def test_an_unreachable_server_stops_before_any_stage(tmp_path, tiny_model, capsys):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    for command in ("fit", "prepare", "evaluate"):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": str(remote_recipe(tmp_path, tiny_model, dead)), "cells": [{"name": "a"}]}))
+    commands = [[c, "--config", str(remote_recipe(tmp_path, tiny_model, dead))] for c in ("fit", "prepare", "evaluate")]
+    commands += [
+        ["sweep", "--config", str(sweep)],
+        ["iterate", "--config", str(tmp_path / "remote.yaml"), "--iterations", "1"],
+    ]
+    for command in commands:
         with pytest.raises(SystemExit):
-            main([command, "--config", str(remote_recipe(tmp_path, tiny_model, dead))])
+            main(command)
         lines = capsys.readouterr().err.strip().splitlines()
         assert lines[-1].startswith(f"nsa: error: MLflow server {dead} is unreachable"), lines[-1]
         assert "sqlite:///mlflow.db" in lines[-1]
