@@ -103,6 +103,9 @@ DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augm
   nsa iterate --config R --iterations N
                            N rounds of sample (with the last trained policy), verify,
                            judge, train, evaluate; one MLflow child run each, resumable
+  nsa inspect --config R [--output F.html]
+                           a page of the judged negatives: steps coloured by consensus,
+                           each judge's verdicts, the weights, agreement counts; to MLflow
   nsa plugins              list the advertised plugins (imports none)"""
 
 
@@ -255,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
             from nsa import iterate
 
             return iterate.run(args[1:])
+        if args[:1] == ["inspect"]:
+            from nsa import inspector
+
+            return inspector.run(args[1:])
         if args[:1] == ["judge-eval"]:
             from nsa import judge_eval
 
