@@ -35,3 +35,17 @@ class ScriptedSampler:
         tokenizer = load_tokenizer(model_dir)
         ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in self.answers]
         return [[Completion(list(i), [0.0] * len(i)) for i in ids] for _ in prompt_ids]
+
+
+class SlowScriptedSampler(ScriptedSampler):
+    """The scripted answers after ``delay_s`` seconds: a sampling long enough to kill a run inside it."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[Completion]]:
+        import time
+
+        time.sleep(self.delay_s)
+        return super().sample(model_dir, prompt_ids)

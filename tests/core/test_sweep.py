@@ -171,3 +171,40 @@ def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, tiny_model, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("nsa: error:") and re.search(message, err), err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_killed_sweep_resumes_skipping_finished_cells(tmp_path, tiny_model):
+    """SIGKILL the sweep while cell `slow` samples (cell `ok` done): the rerun keeps the parent,
+    skips `ok`, marks the stale `slow` run KILLED and runs `slow` to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cells(delay: float) -> list[dict]:
+        slow = {"class_path": "tests.scripted.SlowScriptedSampler", "init_args": {"delay_s": delay}}
+        return [{"name": "ok"}, {"name": "slow", "data.sampler": slow}]
+
+    sweep = write_sweep(tmp_path, tiny_model, cells=cells(120.0))
+    code = f"from nsa.cli import main; main(['sweep', '--config', {str(sweep)!r}])"
+    repo = str(Path(__file__).parents[2])
+    env = {**os.environ, "PYTHONPATH": repo}  # tests.scripted, for the recipe's sampler
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=repo, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    seen = []
+    for line in process.stderr:  # wait until the slow cell has started
+        seen.append(line)
+        if "cell slow (MLflow run" in line:
+            break
+    assert "cell slow (MLflow run" in seen[-1], "".join(seen[-20:])
+    time.sleep(3)  # inside its sampling now
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    statuses = {r.data.tags.get("nsa.cell", "parent"): r.info.status for r in runs(tmp_path)}
+    assert statuses == {"parent": "RUNNING", "ok": "FINISHED", "slow": "RUNNING"}  # as the kill left them
+
+    main(["sweep", "--config", str(write_sweep(tmp_path, tiny_model, cells=cells(0.0)))])
+    by_cell = sorted((r.data.tags.get("nsa.cell", "parent"), r.info.status) for r in runs(tmp_path))
+    assert by_cell == [("ok", "FINISHED"), ("parent", "FINISHED"), ("slow", "FINISHED"), ("slow", "KILLED")]
