@@ -23,12 +23,11 @@ from nsa.errors import NSAError
 
 def run(args: list[str]) -> None:
     own = argparse.ArgumentParser(prog="nsa iterate", add_help=False)
-    own.add_argument("--iterations", type=int, required=True)
-    try:
-        known, rest = own.parse_known_args(args)
-    except SystemExit:
-        raise NSAError("nsa iterate needs --iterations N (N >= 1) beside --config R") from None
-    if known.iterations < 1:
+    own.add_argument("--iterations", type=int)
+    known, rest = own.parse_known_args(args)
+    if known.iterations is None and not {"-h", "--help"} & set(rest):  # help: the recipe's options
+        raise NSAError("nsa iterate needs --iterations N (N >= 1) beside --config R")
+    if known.iterations is not None and known.iterations < 1:
         raise NSAError(f"--iterations {known.iterations}: give at least 1")
     start, export_dir, client, experiment = _recipe(rest)
     parent = _parent(client, experiment, rest)

@@ -80,3 +80,9 @@ def test_an_iteration_cut_off_is_repeated_in_its_own_run(tmp_path, recipe):
     second = [r for r in runs(tmp_path) if r.data.tags.get("nsa.iteration") == "2"]
     assert [r.info.run_id for r in second] == [cut_off]
     assert second[0].data.tags["nsa.done"] == "true" and "train/loss" in second[0].data.metrics
+
+
+def test_help_needs_no_iteration_count(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["iterate", "--help"])
+    assert stop.value.code == 0 and "usage: nsa iterate" in capsys.readouterr().out
