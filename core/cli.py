@@ -4,12 +4,16 @@ nsa fit --config recipes/quickstart.yaml       run the whole method
 nsa prepare --config recipes/quickstart.yaml   run only the data stages
 nsa generate --config R --output F             sample and verify; write the rollouts
 nsa evaluate --config R                        benchmark a policy (the recipe's evaluate: section)
+nsa sweep --config S                           one fit per cell of a sweep file, MLflow parent + children
+nsa iterate --config R --iterations N          rounds of sample, judge, train, evaluate from the last policy
+nsa inspect --config R                         an HTML page of the judged negatives
 nsa plugins                                    list advertised plugins (imports none)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import typing
 import warnings
@@ -223,11 +227,13 @@ def evaluate(args: list[str]) -> None:
             print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
 
 
-def sweep(args: list[str]) -> None:
-    """Run the cells of a sweep file (nsa.sweep); imported here so other commands skip matplotlib."""
-    from nsa import sweep as sweeps
+def in_module(name: str):
+    """The ``run(args)`` of ``nsa.<name>``, imported when called: a command loads only what it uses."""
 
-    sweeps.run(args)
+    def command(args: list[str]) -> None:
+        importlib.import_module(f"nsa.{name}").run(args)
+
+    return command
 
 
 def quiet_libraries() -> None:
@@ -249,24 +255,18 @@ def main(argv: list[str] | None = None) -> None:
             return print_plugins()
         # a sweep file must reach nsa.sweep as a path, not rewritten YAML; it rewrites each cell's arguments
         if args[:1] == ["sweep"]:
-            return sweep(args[1:])
+            return in_module("sweep")(args[1:])
         args = rewrite_args(args, advertised(), plugin_slots() | {"--judge"})
-        commands = {"prepare": prepare, "generate": generate, "evaluate": evaluate}
+        commands = {
+            "prepare": prepare,
+            "generate": generate,
+            "evaluate": evaluate,
+            "iterate": in_module("iterate"),
+            "inspect": in_module("inspector"),
+            "judge-eval": in_module("judge_eval"),
+        }
         if args[:1] and args[0] in commands:
             return commands[args[0]](args[1:])
-        if args[:1] == ["iterate"]:
-            from nsa import iterate
-
-            return iterate.run(args[1:])
-        if args[:1] == ["inspect"]:
-            from nsa import inspector
-
-            return inspector.run(args[1:])
-        if args[:1] == ["judge-eval"]:
-            from nsa import judge_eval
-
-            judge_eval.run(args[1:])
-            return
         NSACLI(args=args)
     except (NSAError, argparse.ArgumentError) as err:
         print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)
