@@ -80,7 +80,10 @@ def load(path: str, extra: list[str]) -> Sweep:
         make_cell(name, base, [file.parent / c for c in configs], per_cell, extra, overrides)
         for name, configs, overrides in raw
     ]
-    return Sweep(file, str(spec.get("name") or file.stem), cells, spec.get("metrics"), bool(spec.get("evaluate")))
+    name = str(spec.get("name") or file.stem)
+    if "'" in name:  # it is quoted in MLflow's run filters
+        raise NSAError(f"sweep {path}: the name {name!r} may not contain a quote; set `name:`")
+    return Sweep(file, name, cells, spec.get("metrics"), bool(spec.get("evaluate")))
 
 
 def check_spec(spec: object, path: str) -> dict:

@@ -151,6 +151,7 @@ def test_a_grid_with_evaluation_puts_eval_metrics_in_the_summary(tmp_path, tiny_
         ({"base": "recipe.yaml", "cells": [{}], "grid": {"seed_everything": [1]}}, r"either `grid` or `cells`"),
         ({"base": "nowhere.yaml", "cells": [{"name": "a"}]}, r"sweep cell a: recipe file not found: .*nowhere"),
         ({"base": "recipe.yaml", "cells": [{"name": "a"}, {"name": "a", "seed_everything": 1}]}, r"share a name"),
+        ({"base": "recipe.yaml", "cells": [{"name": "a"}], "name": "it's"}, r"name \"it's\" may not contain a quote"),
         # a misspelled override fails before any cell trains, naming its cell
         (
             {"base": "recipe.yaml", "cells": [{"name": "ok"}, {"name": "typo", "model.los.init_args.beta": 1}]},
