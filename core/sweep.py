@@ -9,11 +9,12 @@ A sweep file names a ``base`` recipe (a path relative to the sweep file) and its
       - name: rft                         #   (optional; default: its overrides)
         config: rft.yaml                  #   overlay recipe(s), relative to the sweep file
         model.optimizer.init_args.lr: 2.5e-6
-    per_cell:                             # overrides for every cell; "{cell}" is its name
-      model.export_dir: runs/beta/{cell}/policy
+    per_cell:                             # overrides for every cell; "{cell}" is its name,
+      model.export_dir: runs/beta/{cell}/policy   #   "{sweep}" the sweep's
     metrics: [train/loss]                 # summary columns; default train/loss and eval/*
     evaluate: false                       # also `nsa evaluate` each trained policy
     name: beta                            # the sweep's name; default the file's stem
+                                          #   (`--name` overrides it: one file, several sweeps)
 
 Each cell is ``nsa fit`` in this process, logging into its own MLflow child run of one parent
 run. Cells share the data stages' cache, so a sweep over losses samples and judges once. A
@@ -62,8 +63,9 @@ class Sweep:
     evaluate: bool
 
 
-def load(path: str, extra: list[str]) -> Sweep:
-    """Read a sweep file; ``extra`` are overrides for every cell (from the command line)."""
+def load(path: str, extra: list[str], name: str | None = None) -> Sweep:
+    """Read a sweep file; ``extra`` are overrides for every cell (from the command line) and
+    ``name`` replaces the file's ``name:``."""
     file = Path(path)
     if not file.is_file():
         raise NSAError(f"sweep file not found: {path}")
@@ -72,17 +74,18 @@ def load(path: str, extra: list[str]) -> Sweep:
     except yaml.YAMLError as err:
         raise NSAError(f"sweep {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     raw = grid_cells(spec["grid"], path) if "grid" in spec else listed_cells(spec["cells"], path)
-    names = [name for name, _, _ in raw]
+    names = [cell for cell, _, _ in raw]
     if len(set(names)) != len(names):
         raise NSAError(f"sweep {path}: two cells share a name in {names}")
-    base, per_cell = file.parent / spec["base"], spec.get("per_cell") or {}
-    cells = [
-        make_cell(name, base, [file.parent / c for c in configs], per_cell, extra, overrides)
-        for name, configs, overrides in raw
-    ]
-    name = str(spec.get("name") or file.stem)
+    name = str(name or spec.get("name") or file.stem)
     if "'" in name:  # it is quoted in MLflow's run filters
-        raise NSAError(f"sweep {path}: the name {name!r} may not contain a quote; set `name:`")
+        raise NSAError(f"sweep {path}: the name {name!r} may not contain a quote; set `name:` or --name")
+    base, per_cell = file.parent / spec["base"], spec.get("per_cell") or {}
+    per_cell = {key: with_placeholder(value, "{sweep}", path_safe(name)) for key, value in per_cell.items()}
+    cells = [
+        make_cell(cell, base, [file.parent / c for c in configs], per_cell, extra, overrides)
+        for cell, configs, overrides in raw
+    ]
     return Sweep(file, name, cells, spec.get("metrics"), bool(spec.get("evaluate")))
 
 
@@ -136,7 +139,7 @@ def make_cell(name: str, base: Path, configs: list[Path], per_cell: dict, extra:
     for file in (base, *configs):
         if not file.is_file():
             raise NSAError(f"sweep cell {name}: recipe file not found: {file}")
-    templated = {key: with_cell_name(value, path_safe(name)) for key, value in per_cell.items()}
+    templated = {key: with_placeholder(value, "{cell}", path_safe(name)) for key, value in per_cell.items()}
     flags = (
         [override(k, v) for k, v in templated.items()] + list(extra) + [override(k, v) for k, v in overrides.items()]
     )
@@ -161,14 +164,14 @@ def value_text(value: object) -> str:
     return str(value)
 
 
-def with_cell_name(value: object, name: str) -> object:
-    """Replace ``{cell}`` in every string of a value (plain replace: other braces are left alone)."""
+def with_placeholder(value: object, placeholder: str, text: str) -> object:
+    """Replace ``placeholder`` in every string of a value (plain replace: other braces are left alone)."""
     if isinstance(value, str):
-        return value.replace("{cell}", name)
+        return value.replace(placeholder, text)
     if isinstance(value, list):
-        return [with_cell_name(v, name) for v in value]
+        return [with_placeholder(v, placeholder, text) for v in value]
     if isinstance(value, dict):
-        return {k: with_cell_name(v, name) for k, v in value.items()}
+        return {k: with_placeholder(v, placeholder, text) for k, v in value.items()}
     return value
 
 
@@ -372,6 +375,7 @@ def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "tracked as MLflow child runs of one parent run; further --key=value overrides apply to every cell.",
     )
     parser.add_argument("--config", required=True, help="the sweep file")
+    parser.add_argument("--name", help="the sweep's name (its MLflow parent run and {sweep}); default: the file's")
     parser.add_argument("--fresh", action="store_true", help="start a new parent run instead of resuming")
     parser.add_argument("--dry_run", action="store_true", help="check every cell and list them; train nothing")
     return parser.parse_known_args(args)
@@ -382,7 +386,7 @@ def run(args: list[str]) -> None:
     from mlflow import MlflowClient
 
     known, extra = parse(args)
-    sweep = load(known.config, extra)
+    sweep = load(known.config, extra, known.name)
     configs = {cell.name: resolve(cell) for cell in sweep.cells}  # every cell parses before any trains
     uri, experiment = tracking(configs)
     check_server(uri)  # before any cell trains: MLflow's client would retry for minutes

@@ -143,6 +143,24 @@ def test_a_grid_with_evaluation_puts_eval_metrics_in_the_summary(tmp_path, tiny_
     assert len(runs(tmp_path)) == 3
 
 
+def test_name_flag_names_the_sweep_and_fills_the_sweep_placeholder(tmp_path, tiny_model, capsys):
+    """One sweep file, two sweeps (a seed each): ``--name`` replaces the file's name, and
+    ``{sweep}`` in per_cell gives each its own folders; a dry run lists them and trains nothing."""
+    path = write_sweep(tmp_path, tiny_model, cells=THREE_CELLS[:2], name="from-file")
+    spec = yaml.safe_load(path.read_text())
+    spec["per_cell"]["model.export_dir"] = str(tmp_path / "runs" / "{sweep}" / "{cell}")
+    path.write_text(yaml.safe_dump(spec))
+    main(["sweep", "--config", str(path), "--name", "seed 1", "--seed_everything=1", "--dry_run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["bcpg", "rft"]
+    for line, cell in zip(lines, ["bcpg", "rft"]):
+        assert f"--model.export_dir={tmp_path}/runs/seed_1/{cell}" in line and "--seed_everything=1" in line
+    assert not (tmp_path / "mlflow.db").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "--config", str(path), "--name", "it's"])
+    assert stop.value.code == 2 and "may not contain a quote; set `name:` or --name" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
