@@ -224,6 +224,7 @@ def evaluate(args: list[str]) -> None:
     for logger in cli.trainer.loggers:
         if isinstance(logger, MLFlowLogger):
             ev.log_results(logger, rows, policy, cli.parser.dump(cli.config, skip_none=False))
+            logger.finalize("success")  # no Trainer.fit ends this run: mark it FINISHED, not left RUNNING
             print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
 
 

@@ -149,6 +149,7 @@ def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, c
     assert run.data.metrics["eval/gsm8k/truncated_pct"] == 0.0
     assert run.data.params["eval/policy"] == tiny_model  # no trained export yet: the start model
     assert run.data.tags["nsa.command"] == "evaluate"
+    assert run.info.status == "FINISHED"
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert artifacts == {"eval/results.json", "eval/results.txt"}
