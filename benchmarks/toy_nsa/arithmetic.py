@@ -1,0 +1,111 @@
+"""The toy task: seeded chains of arithmetic, and noisy worked solutions to pretrain on.
+
+A problem is a start value and 3 to 6 operations applied left to right::
+
+    question: 3 +4 -5 *3
+    solution: 3 +4 = 7 | -5 *3      <- one step per operation, blank lines between (the
+                                       ParagraphSegmenter's steps); after the bar, the
+              7 -5 = 2 | *3            operations still to do, so that the next one is
+                                       always right after the last bar, an easy thing for
+              2 *3 = \\boxed{6}        a tiny model to find; the last step boxes the answer
+
+Every intermediate value is a digit, 1..9, so each step is one of about a hundred small
+facts that a tiny model learns in minutes on a CPU. The pretraining solutions are noisy on
+purpose, so that the pretrained policy makes the kind of mistakes negative sample
+augmentation is about: with ``p_error`` a step writes a wrong result (off by 1 or 2); with
+``p_fix`` the next step notices and corrects it (``wait, 7 -5 = 2 | *3``) and the chain
+goes on from the right value; otherwise the chain goes on from the wrong value, with correct
+arithmetic, to a wrong answer. A slip in the last step is never corrected: math-verify reads
+two boxed answers as a set, which is never right. So a wrong answer's steps before its first
+slip are right, and a right answer may hold a corrected slip.
+
+Stdlib only: ``python benchmarks/toy_nsa/arithmetic.py --seed 0 --out DIR`` writes the
+problem files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+MAX_VALUE = 9
+
+
+def apply(value: int, op: str, arg: int) -> int:
+    return {"+": value + arg, "-": value - arg, "*": value * arg}[op]
+
+
+def feasible(value: int) -> list[tuple[str, int]]:
+    """Every operation that keeps the chain inside 1..MAX_VALUE."""
+    ops = [("+", a) for a in range(2, 10)] + [("-", a) for a in range(2, 10)] + [("*", a) for a in (2, 3)]
+    return [(op, a) for op, a in ops if 1 <= apply(value, op, a) <= MAX_VALUE]
+
+
+def make_problem(rng: random.Random, index: int, prefix: str) -> dict:
+    """One chain of 3 to 6 operations: {id, question, answer, start, ops}."""
+    value = rng.randint(2, MAX_VALUE)
+    start, ops = value, []
+    for _ in range(rng.randint(3, 6)):
+        kinds = sorted({op for op, _ in feasible(value)})
+        kind = rng.choice(kinds)  # each kind equally likely, then its argument
+        op, arg = rng.choice([(o, a) for o, a in feasible(value) if o == kind])
+        ops.append((op, arg))
+        value = apply(value, op, arg)
+    question = " ".join([str(start), *(f"{op}{arg}" for op, arg in ops)])
+    return {"id": f"{prefix}-{index:05d}", "question": question, "answer": str(value), "start": start, "ops": ops}
+
+
+def wrong(rng: random.Random, right: int) -> int:
+    """A plausible slip: off by 1 or 2, positive where it can be (after an earlier slip the
+    chain may have left 1..9)."""
+    slips = [right + d for d in (-2, -1, 1, 2)]
+    return rng.choice([r for r in slips if r >= 1] or slips)
+
+
+def solution(problem: dict, rng: random.Random, p_error: float, p_fix: float) -> str:
+    """A worked solution with slips at rate ``p_error``, each corrected at rate ``p_fix``."""
+    value, steps, ops = problem["start"], [], problem["ops"]
+    for k, (op, arg) in enumerate(ops):
+        right, rest = apply(value, op, arg), " ".join(f"{o}{a}" for o, a in ops[k + 1 :])
+        written = wrong(rng, right) if rng.random() < p_error else right
+        steps.append(step(value, op, arg, written, rest))
+        if written != right and rest and rng.random() < p_fix:
+            steps.append("wait, " + step(value, op, arg, right, rest))
+            written = right
+        value = written
+    return "\n\n".join(steps)
+
+
+def step(value: int, op: str, arg: int, result: int, rest: str) -> str:
+    """``12 *3 = 36 | -4``: the operation, its result, and the operations still to do."""
+    if not rest:
+        return f"{value} {op}{arg} = \\boxed{{{result}}}"
+    return f"{value} {op}{arg} = {result} | {rest}"
+
+
+def problems(seed: int, n: int, prefix: str) -> list[dict]:
+    rng = random.Random(f"{prefix}:{seed}")
+    return [make_problem(rng, i, prefix) for i in range(n)]
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("id", "question", "answer")
+    path.write_text("".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--train", type=int, default=256, help="problems the methods train on")
+    parser.add_argument("--heldout", type=int, default=256, help="problems the policies are evaluated on")
+    args = parser.parse_args()
+    write_jsonl(problems(args.seed, args.train, "train"), args.out / "train.jsonl")
+    write_jsonl(problems(args.seed, args.heldout, "heldout"), args.out / "heldout.jsonl")
+
+
+if __name__ == "__main__":
+    main()

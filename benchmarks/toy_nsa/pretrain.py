@@ -1,0 +1,135 @@
+"""Pretrain the toy policy: a tiny Llama, one token per character, SFT on noisy worked solutions.
+
+The policy learns the task and the noise together: it makes slips at about the rate of its
+pretraining data and sometimes corrects them, so its sampled answers hold the right steps
+inside wrong answers that negative sample augmentation mines. The result is a plain Hugging
+Face folder (weights and tokenizer) that ``model.policy`` names.
+
+    python benchmarks/toy_nsa/pretrain.py --seed 0 --out runs/toy_nsa/seed0/sft
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from arithmetic import problems, solution  # noqa: E402  (a script beside this one)
+
+PROMPT = "{question}\n"  # the recipe's data.prompt_template: keep the two the same
+EOS = "<|endoftext|>"
+
+
+def build_tokenizer(folder: Path):
+    """Byte-level BPE with no merges: one token per character, so digits are tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = "0123456789 +-*=|\n{}\\boxedwait,"
+    tok.train_from_iterator([alphabet], trainers.BpeTrainer(vocab_size=1, special_tokens=[EOS]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_model(tokenizer, hidden: int, layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(2, hidden // 32),
+        num_key_value_heads=max(2, hidden // 32),
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def batch(tokenizer, rows: list[dict], rng: random.Random, p_error: float, p_fix: float):
+    """Input ids (B, T), and labels (B, T) with -100 on the prompt and the padding."""
+    prompts = [tokenizer(PROMPT.format(question=r["question"]))["input_ids"] for r in rows]
+    answers = [tokenizer(solution(r, rng, p_error, p_fix))["input_ids"] + [tokenizer.eos_token_id] for r in rows]
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+    return ids, labels
+
+
+def pretrain(
+    seed: int,
+    out: Path,
+    steps: int = 900,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    hidden: int = 64,
+    layers: int = 2,
+    p_error: float = 0.1,
+    p_fix: float = 0.5,
+) -> None:
+    """SFT from scratch on ``steps * batch_size`` fresh chains (never the train or held-out ones)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out)
+    model = build_model(tokenizer, hidden, layers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    pool = problems(seed, steps * batch_size, "sft")
+    start = time.perf_counter()
+    for step in range(steps):
+        warmup, cosine = min(1.0, (step + 1) / 50), 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * warmup * cosine
+        ids, labels = batch(tokenizer, pool[step * batch_size : (step + 1) * batch_size], rng, p_error, p_fix)
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            elapsed = time.perf_counter() - start
+            print(f"toy_nsa: pretrain {seed}: step {step} loss {loss.item():.3f} ({elapsed:.0f} s)", file=sys.stderr)
+    model.save_pretrained(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--p_error", type=float, default=0.1, help="slips per step in the pretraining solutions")
+    parser.add_argument("--p_fix", type=float, default=0.5, help="of which the next step corrects")
+    args = parser.parse_args()
+    pretrain(
+        args.seed,
+        args.out,
+        args.steps,
+        lr=args.lr,
+        hidden=args.hidden,
+        layers=args.layers,
+        p_error=args.p_error,
+        p_fix=args.p_fix,
+    )
+
+
+if __name__ == "__main__":
+    main()

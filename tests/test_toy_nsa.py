@@ -1,0 +1,132 @@
+"""The toy experiment (benchmarks/toy_nsa): its problems, its noisy solutions, its recipe and
+sweep, and its table. The experiment itself takes about 25 minutes and is run by hand
+(`python benchmarks/toy_nsa/run.py`); here a 3-step pretrained policy stands in for the
+real one, only so the recipe and the sweep have a model folder to check."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from nsa.cli import main
+from nsa.contracts import StepItem
+from nsa.plugins.judges.arithmetic import ArithmeticJudge
+from nsa.plugins.segmenters.paragraph import ParagraphSegmenter
+
+TOY = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_nsa"
+
+
+def load(name: str):
+    """A script of benchmarks/toy_nsa as a module (they import each other by file name)."""
+    sys.path.insert(0, str(TOY))
+    try:
+        spec = importlib.util.spec_from_file_location(f"toy_nsa_{name}", TOY / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(TOY))
+
+
+arithmetic = load("arithmetic")
+PROBLEM = {"start": 3, "ops": [("+", 4), ("-", 5), ("*", 3)]}  # 3 + 4 = 7, 7 - 5 = 2, 2 * 3 = 6
+
+
+def judged(text: str) -> list[float | None]:
+    """The oracle's score of each paragraph step of ``text``."""
+    item = StepItem("q", text, ParagraphSegmenter().split(text))
+    return ArithmeticJudge(no_claim_score=0.0).score([item])[0]
+
+
+def test_problems_are_seeded_chains_of_three_to_six_digit_steps():
+    rows = arithmetic.problems(0, 200, "train")
+    assert rows == arithmetic.problems(0, 200, "train") != arithmetic.problems(1, 200, "train")
+    for row in rows:
+        assert 3 <= len(row["ops"]) <= 6
+        value = row["start"]
+        assert row["question"].split()[0] == str(value)
+        for op, arg in row["ops"]:
+            value = arithmetic.apply(value, op, arg)
+            assert 1 <= value <= arithmetic.MAX_VALUE
+        assert row["answer"] == str(value)
+    assert {len(row["ops"]) for row in rows} == {3, 4, 5, 6}
+
+
+def test_a_clean_solution_is_one_right_step_per_operation():
+    text = arithmetic.solution(PROBLEM, random.Random(0), p_error=0.0, p_fix=0.0)
+    assert text == "3 +4 = 7 | -5 *3\n\n7 -5 = 2 | *3\n\n2 *3 = \\boxed{6}"
+    assert judged(text) == [1.0, 1.0, 1.0]
+
+
+def test_an_uncorrected_slip_leaves_right_steps_before_it_and_a_wrong_answer():
+    """p_error 1, p_fix 0: every step slips (off by 1 or 2) and builds on the slip before it, so the
+    oracle, which checks each claim alone, finds every step wrong, and the answer is wrong."""
+    rng = random.Random(0)
+    text = arithmetic.solution(PROBLEM, rng, p_error=1.0, p_fix=0.0)
+    assert judged(text) == [0.0, 0.0, 0.0]
+    assert re.search(r"\\boxed\{(\d+)\}$", text).group(1) != "6"
+
+
+def test_corrected_slips_give_a_right_answer_with_wrong_steps_inside():
+    """p_error 1, p_fix 1: steps 1 and 2 slip and are corrected (``wait, ...``); the last step slips
+    and is never corrected (two boxed answers would read as a set): wrong, right, wrong, right, wrong."""
+    text = arithmetic.solution(PROBLEM, random.Random(0), p_error=1.0, p_fix=1.0)
+    steps = text.split("\n\n")
+    assert steps[1] == "wait, 3 +4 = 7 | -5 *3" and steps[3] == "wait, 7 -5 = 2 | *3"
+    assert judged(text) == [0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def metrics(avg: float, mined: float = 0.0) -> dict[str, float]:
+    """One seed's metrics as MLflow holds them (accuracies in percent)."""
+    return {
+        "eval/toy/avg_at_4": avg,
+        "eval/toy/pass_at_4": 90.0,
+        "data/tokens_correct/consensus": mined,
+        "data/tokens_negative": 200.0,
+    }
+
+
+def test_the_table_shows_mean_and_sample_std_over_seeds_and_the_paired_gain():
+    """Start avg@4 40, 50, 60 over three seeds: mean 50.0, sample std sqrt((10^2 + 0 + 10^2) / 2) = 10.0.
+    RFT 45, 58, 61: mean 54.7, std sqrt((9.67^2 + 3.33^2 + 6.33^2) / 2) = 8.5; its gains over the
+    same seed's start (and over BCPG, which scored as the start) are 5, 8, 1: mean 4.7, std
+    sqrt((0.33^2 + 3.33^2 + 3.67^2) / 2) = 3.5.
+    Mined tokens 60, 100, 80 of 200 negatives' tokens: 30, 50, 40 %: mean 40.0, std 10.0."""
+    run = load("run")
+    start = [metrics(a, m) for a, m in ((40, 60), (50, 100), (60, 80))]
+    rows = {cell: start for _, cell in run.METHODS + run.JUDGES} | {"start": start}
+    rows["rft"] = [metrics(a) for a in (45, 58, 61)]
+    lines = {line[:28].strip(): line[28:].split() for line in run.table(rows, [0, 1, 2]).splitlines()}
+    assert lines["start policy (SFT)"] == "50.0 ± 10.0 0.0 ± 0.0 90.0 ± 0.0 40.0 50.0 60.0".split()
+    # BCPG scored as the start did, so RFT's paired difference from it is its gain
+    assert lines["RFT"] == "54.7 ± 8.5 4.7 ± 3.5 90.0 ± 0.0 45.0 58.0 61.0 4.7 ± 3.5".split()
+    assert lines["consensus of the two (AND)"][-6:] == "40.0 ± 10.0 0.0 ± 0.0".split()  # mined %, vs itself
+
+
+@pytest.fixture
+def toy_seed(tmp_path, monkeypatch):
+    """Seed 0's problems and a 3-step pretrained policy, in a temporary working directory."""
+    monkeypatch.chdir(tmp_path)
+    run = load("run")
+    args = run.argparse.Namespace(train=8, heldout=8, pretrain_steps=3)
+    run.prepare(0, args)
+    return run
+
+
+def test_the_sweep_has_every_method_and_judge_on_the_seed_s_model(toy_seed, capsys):
+    main(
+        ["sweep", "--config", str(TOY / "sweep.yaml"), "--name", "toy-seed0", *toy_seed.seed_overrides(0), "--dry_run"]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    cells = [line.split(":")[0] for line in lines]
+    assert cells == [cell for _, cell in toy_seed.METHODS] + [cell for _, cell in toy_seed.JUDGES[:3]]
+    for cell, line in zip(cells, lines):
+        assert f"--model.export_dir=runs/toy_nsa/toy-seed0/{cell}/policy" in line
+        assert "--model.policy=runs/toy_nsa/seed0/sft" in line and "--data.sampler.init_args.seed=0" in line
+    assert "--data.consensus.init_args.judges=[NoisyJudge1]" in lines[cells.index("judge-prm")]
+    assert Path("runs/toy_nsa/seed0/sft/model.safetensors").is_file()
