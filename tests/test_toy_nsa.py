@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import random
-import re
 import sys
 from pathlib import Path
 
@@ -57,19 +56,46 @@ def test_problems_are_seeded_chains_of_three_to_six_digit_steps():
     assert {len(row["ops"]) for row in rows} == {3, 4, 5, 6}
 
 
+def test_no_training_or_pretraining_question_is_held_out():
+    """The chains are few (a few thousand of 3 operations), so the streams would overlap by chance."""
+    held_out = arithmetic.heldout(256)
+    questions = {row["question"] for row in held_out}
+    assert len(questions) == 256
+    train = arithmetic.train(1, 256, held_out)
+    assert len({row["question"] for row in train}) == 256 and not questions & {row["question"] for row in train}
+    sft = arithmetic.problems(1, 5000, "sft", exclude=frozenset(questions), unique=False)
+    assert not questions & {row["question"] for row in sft}
+    assert len(arithmetic.problems(1, 5000, "sft")) == 5000  # the same stream unfiltered ...
+    assert questions & {row["question"] for row in arithmetic.problems(1, 5000, "sft", unique=False)}  # ... hits it
+
+
 def test_a_clean_solution_is_one_right_step_per_operation():
     text = arithmetic.solution(PROBLEM, random.Random(0), p_error=0.0, p_fix=0.0)
     assert text == "3 +4 = 7 | -5 *3\n\n7 -5 = 2 | *3\n\n2 *3 = \\boxed{6}"
     assert judged(text) == [1.0, 1.0, 1.0]
 
 
+class Scripted(random.Random):
+    """Draws given in advance: ``random()`` pops the next one, ``choice`` takes the first option."""
+
+    def __init__(self, draws: list[float]) -> None:
+        super().__init__(0)
+        self.draws = draws
+
+    def random(self) -> float:
+        return self.draws.pop(0)
+
+    def choice(self, options):
+        return options[0]
+
+
 def test_an_uncorrected_slip_leaves_right_steps_before_it_and_a_wrong_answer():
-    """p_error 1, p_fix 0: every step slips (off by 1 or 2) and builds on the slip before it, so the
-    oracle, which checks each claim alone, finds every step wrong, and the answer is wrong."""
-    rng = random.Random(0)
-    text = arithmetic.solution(PROBLEM, rng, p_error=1.0, p_fix=0.0)
-    assert judged(text) == [0.0, 0.0, 0.0]
-    assert re.search(r"\\boxed\{(\d+)\}$", text).group(1) != "6"
+    """Draws 0.9, 0.1, 0.9, 0.9 at p_error 0.5, p_fix 0.5: step 1 holds; step 2 slips (7 - 5 = 2,
+    the slips 0, 1, 3, 4 kept >= 1 are 1, 3, 4: the first, 1, is written); the fix draw 0.9 >= 0.5
+    leaves it; step 3 computes 1 * 3 = 3 from the slip, right arithmetic to a wrong answer (3, not 6)."""
+    text = arithmetic.solution(PROBLEM, Scripted([0.9, 0.1, 0.9, 0.9]), p_error=0.5, p_fix=0.5)
+    assert text == "3 +4 = 7 | -5 *3\n\n7 -5 = 1 | *3\n\n1 *3 = \\boxed{3}"
+    assert judged(text) == [1.0, 0.0, 1.0]
 
 
 def test_corrected_slips_give_a_right_answer_with_wrong_steps_inside():
@@ -98,10 +124,10 @@ def test_the_table_shows_mean_and_sample_std_over_seeds_and_the_paired_gain():
     sqrt((0.33^2 + 3.33^2 + 3.67^2) / 2) = 3.5.
     Mined tokens 60, 100, 80 of 200 negatives' tokens: 30, 50, 40 %: mean 40.0, std 10.0."""
     run = load("run")
-    start = [metrics(a, m) for a, m in ((40, 60), (50, 100), (60, 80))]
+    start = {seed: metrics(a, m) for seed, (a, m) in zip((3, 1, 2), ((40, 60), (50, 100), (60, 80)))}
     rows = {cell: start for _, cell in run.METHODS + run.JUDGES} | {"start": start}
-    rows["rft"] = [metrics(a) for a in (45, 58, 61)]
-    lines = {line[:28].strip(): line[28:].split() for line in run.table(rows, [0, 1, 2]).splitlines()}
+    rows["rft"] = {2: metrics(61), 1: metrics(58), 3: metrics(45)}  # paired by seed, not by order
+    lines = {line[:28].strip(): line[28:].split() for line in run.table(rows, [3, 1, 2]).splitlines()}
     assert lines["start policy (SFT)"] == "50.0 ± 10.0 0.0 ± 0.0 90.0 ± 0.0 40.0 50.0 60.0".split()
     # BCPG scored as the start did, so RFT's paired difference from it is its gain
     assert lines["RFT"] == "54.7 ± 8.5 4.7 ± 3.5 90.0 ± 0.0 45.0 58.0 61.0 4.7 ± 3.5".split()
@@ -113,7 +139,8 @@ def toy_seed(tmp_path, monkeypatch):
     """Seed 0's problems and a 3-step pretrained policy, in a temporary working directory."""
     monkeypatch.chdir(tmp_path)
     run = load("run")
-    args = run.argparse.Namespace(train=8, heldout=8, pretrain_steps=3)
+    args = run.argparse.Namespace(train=8, heldout=8, pretrain_steps=3, seeds=[0])
+    run.check_sizes(args)
     run.prepare(0, args)
     return run
 
@@ -130,3 +157,13 @@ def test_the_sweep_has_every_method_and_judge_on_the_seed_s_model(toy_seed, caps
         assert "--model.policy=runs/toy_nsa/seed0/sft" in line and "--data.sampler.init_args.seed=0" in line
     assert "--data.consensus.init_args.judges=[NoisyJudge1]" in lines[cells.index("judge-prm")]
     assert Path("runs/toy_nsa/seed0/sft/model.safetensors").is_file()
+
+
+def test_other_sizes_and_a_missing_experiment_are_one_line_errors(toy_seed):
+    """toy_seed wrote runs/toy_nsa/settings.json with --train 8: a run with --train 16 would find
+    those results and mix them in, so it is refused; no experiment yet means no table, said so."""
+    other = toy_seed.argparse.Namespace(train=16, heldout=8, pretrain_steps=3)
+    with pytest.raises(toy_seed.ToyError, match=r"runs/toy_nsa holds an experiment run with --train 8 .*move"):
+        toy_seed.check_sizes(other)
+    with pytest.raises(toy_seed.ToyError, match=r"no toy experiment in sqlite:///runs/toy_nsa/mlflow.db"):
+        toy_seed.results([0])

@@ -16,11 +16,13 @@ augmentation is about: with ``p_error`` a step writes a wrong result (off by 1 o
 ``p_fix`` the next step notices and corrects it (``wait, 7 -5 = 2 | *3``) and the chain
 goes on from the right value; otherwise the chain goes on from the wrong value, with correct
 arithmetic, to a wrong answer. A slip in the last step is never corrected: math-verify reads
-two boxed answers as a set, which is never right. So a wrong answer's steps before its first
-slip are right, and a right answer may hold a corrected slip.
+two boxed answers that are close together, or joined by a comma like the one in ``wait,``,
+as a set, which is never right. So a wrong answer's steps before its first slip are right,
+and a right answer may hold a corrected slip.
 
-Stdlib only: ``python benchmarks/toy_nsa/arithmetic.py --seed 0 --out DIR`` writes the
-problem files.
+The held-out problems are one fixed stream; training problems and pretraining chains never
+repeat a held-out question. Stdlib only: ``python benchmarks/toy_nsa/arithmetic.py --seed 0
+--out DIR`` writes the problem files.
 """
 
 from __future__ import annotations
@@ -85,9 +87,31 @@ def step(value: int, op: str, arg: int, result: int, rest: str) -> str:
     return f"{value} {op}{arg} = {result} | {rest}"
 
 
-def problems(seed: int, n: int, prefix: str) -> list[dict]:
-    rng = random.Random(f"{prefix}:{seed}")
-    return [make_problem(rng, i, prefix) for i in range(n)]
+def problems(seed: int, n: int, prefix: str, exclude: frozenset[str] = frozenset(), unique: bool = True) -> list[dict]:
+    """``n`` chains from the stream ``(prefix, seed)``, none of whose questions is in ``exclude``
+    (and, when ``unique``, no question twice). The space is small (a few thousand chains of 3
+    operations), so the held-out set must be excluded explicitly, not left to chance."""
+    rng, rows, seen = random.Random(f"{prefix}:{seed}"), [], set(exclude)
+    for _ in range(100 * n):
+        if len(rows) == n:
+            break
+        row = make_problem(rng, len(rows), prefix)
+        if row["question"] not in seen:
+            rows.append(row)
+            seen.update([row["question"]] if unique else [])
+    if len(rows) < n:
+        raise ValueError(f"only {len(rows)} distinct {prefix} chains found; ask for fewer than {n}")
+    return rows
+
+
+def heldout(n: int) -> list[dict]:
+    """The held-out problems: one fixed stream, the same for every seed."""
+    return problems(0, n, "heldout")
+
+
+def train(seed: int, n: int, held_out: list[dict]) -> list[dict]:
+    """Seed ``seed``'s training problems, none of them held out."""
+    return problems(seed, n, "train", exclude=frozenset(row["question"] for row in held_out))
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
@@ -98,13 +122,14 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the training problems' seed (the held-out set is fixed)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train", type=int, default=256, help="problems the methods train on")
     parser.add_argument("--heldout", type=int, default=256, help="problems the policies are evaluated on")
     args = parser.parse_args()
-    write_jsonl(problems(args.seed, args.train, "train"), args.out / "train.jsonl")
-    write_jsonl(problems(args.seed, args.heldout, "heldout"), args.out / "heldout.jsonl")
+    held_out = heldout(args.heldout)
+    write_jsonl(train(args.seed, args.train, held_out), args.out / "train.jsonl")
+    write_jsonl(held_out, args.out / "heldout.jsonl")
 
 
 if __name__ == "__main__":

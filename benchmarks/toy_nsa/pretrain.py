@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from arithmetic import problems, solution  # noqa: E402  (a script beside this one)
+from arithmetic import heldout, problems, solution  # noqa: E402  (a script beside this one)
 
 PROMPT = "{question}\n"  # the recipe's data.prompt_template: keep the two the same
 EOS = "<|endoftext|>"
@@ -76,6 +77,7 @@ def batch(tokenizer, rows: list[dict], rng: random.Random, p_error: float, p_fix
 def pretrain(
     seed: int,
     out: Path,
+    exclude: frozenset[str],
     steps: int = 900,
     batch_size: int = 64,
     lr: float = 3e-3,
@@ -84,14 +86,18 @@ def pretrain(
     p_error: float = 0.1,
     p_fix: float = 0.5,
 ) -> None:
-    """SFT from scratch on ``steps * batch_size`` fresh chains (never the train or held-out ones)."""
+    """SFT from scratch on ``steps * batch_size`` chains of the seed's own stream, none of whose
+    questions is in ``exclude`` (the held-out set). They may repeat each other and the training
+    problems: what is learnt there is the skill, and the methods start from it."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out)
+    folder = out.with_name(out.name + ".tmp")  # renamed to ``out`` when whole: a kill leaves no half model
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    tokenizer = build_tokenizer(folder)
     model = build_model(tokenizer, hidden, layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    pool = problems(seed, steps * batch_size, "sft")
+    pool = problems(seed, steps * batch_size, "sft", exclude=exclude, unique=False)
     start = time.perf_counter()
     for step in range(steps):
         warmup, cosine = min(1.0, (step + 1) / 50), 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -105,13 +111,16 @@ def pretrain(
         if step % 100 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - start
             print(f"toy_nsa: pretrain {seed}: step {step} loss {loss.item():.3f} ({elapsed:.0f} s)", file=sys.stderr)
-    model.save_pretrained(out)
+    model.save_pretrained(folder)
+    shutil.rmtree(out, ignore_errors=True)
+    folder.rename(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--heldout", type=int, default=256, help="held-out problems kept out of pretraining")
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -122,6 +131,7 @@ def main() -> None:
     pretrain(
         args.seed,
         args.out,
+        frozenset(row["question"] for row in heldout(args.heldout)),
         args.steps,
         lr=args.lr,
         hidden=args.hidden,

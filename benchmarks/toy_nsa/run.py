@@ -1,24 +1,29 @@
 """The toy experiment, end to end, in one command; prints the results table.
 
-    python benchmarks/toy_nsa/run.py                 # seeds 0 1 2
+    python benchmarks/toy_nsa/run.py                 # seeds 0 1 2, about 15 minutes on 2 cores
 
-For each seed k, under runs/toy_nsa/seed<k>/:
+Run it from the repository root (the recipe's paths are relative to it). For each seed k:
 
-1. the training problems (``arithmetic.py``; the held-out set, runs/toy_nsa/heldout.jsonl,
-   is the same for every seed);
-2. the start policy, pretrained by SFT on noisy worked solutions (``pretrain.py``);
+1. runs/toy_nsa/seed<k>/train.jsonl, the training problems (``arithmetic.py``); the held-out
+   set, runs/toy_nsa/heldout.jsonl, is the same for every seed and in no training data;
+2. runs/toy_nsa/seed<k>/sft, the start policy, pretrained by SFT on noisy worked solutions
+   (``pretrain.py``);
 3. ``nsa evaluate`` of the start policy on the held-out set;
 4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-seed<k>``: every method
-   trains on the same cached rollouts and verdicts, and each result is evaluated.
+   trains on the same cached rollouts and verdicts into runs/toy_nsa/toy-seed<k>/<cell>/, and
+   each result is evaluated.
 
 Everything is tracked in runs/toy_nsa/mlflow.db, and the table is read back from there.
 Run again, it skips what is done: a pretrained policy is kept, the evaluations and the sweep
-cells resume from MLflow and the stage cache.
+cells resume from MLflow and the stage cache. The sizes (--train, --heldout,
+--pretrain_steps) are written to runs/toy_nsa/settings.json, and a run with other sizes is
+refused rather than mixed with the old results.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -26,12 +31,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from arithmetic import problems, write_jsonl  # noqa: E402  (scripts beside this one)
+from arithmetic import heldout, train, write_jsonl  # noqa: E402  (scripts beside this one)
 from pretrain import pretrain  # noqa: E402
 
-ROOT = Path("runs/toy_nsa")  # the recipe's paths are relative to the repository root
+ROOT = Path("runs/toy_nsa")  # relative to the working directory, like the paths in toy.yaml
 TRACKING = f"sqlite:///{ROOT}/mlflow.db"
 AVG, PASS = "eval/toy/avg_at_4", "eval/toy/pass_at_4"  # percent, as nsa evaluate logs them
+SIZES = ("train", "heldout", "pretrain_steps")
 METHODS = [  # (row label, sweep cell)
     ("RFT", "rft"),
     ("GRPO-offline", "grpo-offline"),
@@ -48,6 +54,10 @@ JUDGES = [  # (row label, sweep cell): BCPG-NSA, beta 0.5, steps mined by ...
 ]
 
 
+class ToyError(Exception):
+    """A one-line reason to stop, printed without a traceback."""
+
+
 def seed_overrides(seed: int) -> list[str]:
     folder = ROOT / f"seed{seed}"
     return [
@@ -59,12 +69,23 @@ def seed_overrides(seed: int) -> list[str]:
     ]
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    """Keep one experiment's sizes in runs/toy_nsa: other sizes would silently reuse its results."""
+    path, sizes = ROOT / "settings.json", {key: getattr(args, key) for key in SIZES}
+    if path.exists() and json.loads(path.read_text()) != sizes:
+        old = " ".join(f"--{k} {v}" for k, v in json.loads(path.read_text()).items())
+        raise ToyError(f"{ROOT} holds an experiment run with {old}; use those, or move {ROOT} away to start over")
+    ROOT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sizes) + "\n")
+
+
 def prepare(seed: int, args: argparse.Namespace) -> None:
     """The seed's training problems and pretrained start policy (kept when already there)."""
-    folder = ROOT / f"seed{seed}"
-    write_jsonl(problems(seed, args.train, "train"), folder / "train.jsonl")
-    if not (folder / "sft" / "model.safetensors").exists():
-        pretrain(seed, folder / "sft", steps=args.pretrain_steps)
+    folder, held_out = ROOT / f"seed{seed}", heldout(args.heldout)
+    write_jsonl(train(seed, args.train, held_out), folder / "train.jsonl")
+    if not (folder / "sft").is_dir():
+        exclude = frozenset(row["question"] for row in held_out)
+        pretrain(seed, folder / "sft", exclude, steps=args.pretrain_steps)
 
 
 def run_seed(seed: int) -> None:
@@ -88,30 +109,45 @@ def start_metrics(client, experiment_id: str, seed: int) -> dict[str, float]:
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
+    if not found:
+        raise ToyError(f"no finished evaluation of {policy} in {TRACKING}; run without --table_only")
     return found[0].data.metrics
 
 
 def cell_metrics(client, experiment_id: str, seed: int) -> dict[str, dict[str, float]]:
-    """cell name -> metrics of the latest finished child run of sweep toy-seed<seed>."""
+    """cell -> metrics of its latest finished run in sweep toy-seed<seed> with the cell's current
+    fingerprint (recipe files and overrides), so results of an edited recipe never mix in."""
+    from nsa.sweep import load
+
+    sweep = load(str(HERE / "sweep.yaml"), seed_overrides(seed), f"toy-seed{seed}")
     found = client.search_runs(
         [experiment_id],
         f"tags.`nsa.sweep` = 'toy-seed{seed}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],  # later runs of a cell overwrite earlier ones
+        order_by=["attributes.start_time DESC"],
     )
-    return {run.data.tags["nsa.cell"]: run.data.metrics for run in found if "nsa.cell" in run.data.tags}
+    out = {}
+    for cell in sweep.cells:
+        tags = {"nsa.cell": cell.name, "nsa.cell_fingerprint": cell.fingerprint}
+        runs = [run for run in found if all(run.data.tags.get(k) == v for k, v in tags.items())]
+        if not runs:
+            raise ToyError(f"sweep toy-seed{seed} has no finished cell {cell.name} of the current recipe; rerun")
+        out[cell.name] = runs[0].data.metrics
+    return out
 
 
-def results(seeds: list[int]) -> dict[str, list[dict[str, float]]]:
-    """row key ("start" or a cell name) -> one metrics dict per seed."""
+def results(seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    """row key ("start" or a cell name) -> seed -> metrics."""
     from mlflow import MlflowClient
 
     client = MlflowClient(TRACKING)
-    experiment_id = client.get_experiment_by_name("nsa-toy").experiment_id
-    rows: dict[str, list[dict[str, float]]] = {}
+    experiment = client.get_experiment_by_name("nsa-toy")
+    if experiment is None:
+        raise ToyError(f"no toy experiment in {TRACKING}; run without --table_only")
+    rows: dict[str, dict[int, dict[str, float]]] = {}
     for seed in seeds:
-        rows.setdefault("start", []).append(start_metrics(client, experiment_id, seed))
-        for cell, metrics in cell_metrics(client, experiment_id, seed).items():
-            rows.setdefault(cell, []).append(metrics)
+        rows.setdefault("start", {})[seed] = start_metrics(client, experiment.experiment_id, seed)
+        for cell, metrics in cell_metrics(client, experiment.experiment_id, seed).items():
+            rows.setdefault(cell, {})[seed] = metrics
     return rows
 
 
@@ -141,7 +177,9 @@ def mined(runs: list[dict[str, float]]) -> str:
     return f"  {mean_std(shares):>12}"
 
 
-def table(rows: dict[str, list[dict[str, float]]], seeds: list[int]) -> str:
+def table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> str:
+    """The methods' table and the judges' table; every column pairs runs of the same seed."""
+    rows = {key: [by_seed[seed] for seed in seeds] for key, by_seed in results.items()}
     header = f"{'':<28} {'avg@4 %':>12} {'gain':>12} {'pass@4 %':>12}  avg@4 of seeds {', '.join(map(str, seeds))}"
     start, bcpg, consensus = rows["start"], rows["bcpg"], rows["nsa-0.5"]
     return "\n".join(
@@ -170,14 +208,23 @@ def main() -> None:
     parser.add_argument("--pretrain_steps", type=int, default=900, help="SFT steps of the start policy")
     parser.add_argument("--table_only", action="store_true", help="print the table of what has run; run nothing")
     args = parser.parse_args()
-    if not args.table_only:
-        start = time.perf_counter()
-        write_jsonl(problems(0, args.heldout, "heldout"), ROOT / "heldout.jsonl")
-        for seed in args.seeds:
-            prepare(seed, args)
-            run_seed(seed)
-            print(f"toy_nsa: seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    print(table(results(args.seeds), args.seeds))
+    try:
+        if not args.table_only:
+            run_all(args)
+        print(table(results(args.seeds), args.seeds))
+    except ToyError as err:
+        print(f"toy_nsa: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    check_sizes(args)
+    start = time.perf_counter()
+    write_jsonl(heldout(args.heldout), ROOT / "heldout.jsonl")
+    for seed in args.seeds:
+        prepare(seed, args)
+        run_seed(seed)
+        print(f"toy_nsa: seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,18 @@ from nsa.contracts import StepItem, StepJudge
 
 
 def uniform(seed: int, item: StepItem, step: int) -> float:
-    """A number in [0, 1) fixed by the seed, the response and the step index."""
+    """A number in [0, 1) fixed by the seed, the question, the response and the step index (so
+    the same answer to the same question, sampled twice, gets the same flips)."""
     key = "\0".join((str(seed), item.question, item.response, str(step)))
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
 class NoisyJudge:
-    """Scores 1.0 / 0.0: ``judge``'s verdict, wrong at the rates ``false_positive`` and ``false_negative``."""
+    """Scores 1.0 / 0.0: ``judge``'s verdict, wrong at the rates ``false_positive`` and ``false_negative``.
+
+    ``judge``'s own ``threshold`` turns its scores into the verdicts that are flipped; this
+    judge's ``threshold`` applies to its 0/1 scores, so any value in (0, 1] reads them as they are.
+    """
 
     def __init__(
         self,
@@ -38,6 +43,12 @@ class NoisyJudge:
         seed: int = 0,
         threshold: float = 0.5,
     ) -> None:
+        if not isinstance(judge, StepJudge):
+            raise ValueError(
+                f"NoisyJudge judge must be a step judge (score() and threshold), got {type(judge).__name__}"
+            )
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"NoisyJudge threshold must lie in (0, 1] (its scores are 0 or 1), got {threshold}")
         for name, rate in (("false_positive", false_positive), ("false_negative", false_negative)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"NoisyJudge {name} must be a probability in [0, 1], got {rate}")
@@ -49,9 +60,7 @@ class NoisyJudge:
 
     def score(self, items: Sequence[StepItem]) -> list[list[float | None]]:
         truth = self.judge.score(items)
-        return [
-            [self._verdict(score, item, k) for k, score in enumerate(scores)] for item, scores in zip(items, truth)
-        ]
+        return [[self._verdict(score, item, k) for k, score in enumerate(scores)] for item, scores in zip(items, truth)]
 
     def _verdict(self, score: float | None, item: StepItem, step: int) -> float | None:
         if score is None:

@@ -51,7 +51,7 @@ def test_error_rates_match_what_was_set():
 
     The flips are Bernoulli draws, so the counts are binomial: fp ~ Bin(2000, 0.2) has mean 400
     and sd sqrt(2000 * 0.2 * 0.8) = 17.9; fn ~ Bin(2000, 0.1) has mean 200 and sd 13.4. The
-    bounds are 4 sd either side, so a correct hash fails them with probability under 1e-4.
+    bounds are 4 sd either side, so a correct hash fails either with probability about 1e-4.
     """
     verdicts = NoisyJudge(ArithmeticJudge(), false_positive=0.2, false_negative=0.1, seed=3).score(items(1000))
     false_negatives = sum(v[0] == 0.0 for v in verdicts) + sum(v[2] == 0.0 for v in verdicts)
@@ -79,7 +79,16 @@ def test_unjudged_steps_stay_unjudged():
     assert NoisyJudge(Unjudged(), false_positive=1.0, false_negative=1.0).score(items(2)) == [[0.0, None, 1.0, 0.0]] * 2
 
 
-@pytest.mark.parametrize("field", ["false_positive", "false_negative"])
-def test_a_rate_outside_zero_one_is_refused_by_name(field):
-    with pytest.raises(ValueError, match=f"NoisyJudge {field} must be a probability"):
-        NoisyJudge(ArithmeticJudge(), **{field: 1.5})
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("false_positive", 1.5, "false_positive must be a probability in"),
+        ("false_negative", -0.1, "false_negative must be a probability in"),
+        ("threshold", 0.0, r"threshold must lie in \(0, 1\]"),
+        ("judge", "ArithmeticJudge", "judge must be a step judge .*got str"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(field, value, message):
+    settings = {"judge": ArithmeticJudge(), field: value}
+    with pytest.raises(ValueError, match=f"NoisyJudge {message}"):
+        NoisyJudge(**settings)
