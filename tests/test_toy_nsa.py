@@ -33,13 +33,14 @@ def load(name: str):
 
 
 arithmetic = load("arithmetic")
+ChainJudge = load("chain_judge").ChainJudge
 PROBLEM = {"start": 3, "ops": [("+", 4), ("-", 5), ("*", 3)]}  # 3 + 4 = 7, 7 - 5 = 2, 2 * 3 = 6
 
 
-def judged(text: str) -> list[float | None]:
-    """The oracle's score of each paragraph step of ``text``."""
-    item = StepItem("q", text, ParagraphSegmenter().split(text))
-    return ArithmeticJudge(no_claim_score=0.0).score([item])[0]
+def judged(text: str, question: str = "3 +4 -5 *3", judge=None) -> list[float | None]:
+    """The oracle's (or ``judge``'s) score of each paragraph step of ``text``."""
+    item = StepItem(question, text, ParagraphSegmenter().split(text))
+    return (judge or ChainJudge()).score([item])[0]
 
 
 def test_problems_are_seeded_chains_of_three_to_six_digit_steps():
@@ -95,7 +96,8 @@ def test_an_uncorrected_slip_leaves_right_steps_before_it_and_a_wrong_answer():
     leaves it; step 3 computes 1 * 3 = 3 from the slip, right arithmetic to a wrong answer (3, not 6)."""
     text = arithmetic.solution(PROBLEM, Scripted([0.9, 0.1, 0.9, 0.9]), p_error=0.5, p_fix=0.5)
     assert text == "3 +4 = 7 | -5 *3\n\n7 -5 = 1 | *3\n\n1 *3 = \\boxed{3}"
-    assert judged(text) == [1.0, 0.0, 1.0]
+    assert judged(text) == [1.0, 0.0, 0.0]  # step 3 is built on the slip: wrong, by propagation
+    assert judged(text, judge=ArithmeticJudge(no_claim_score=0.0)) == [1.0, 0.0, 1.0]  # its arithmetic holds
 
 
 def test_corrected_slips_give_a_right_answer_with_wrong_steps_inside():
@@ -117,6 +119,34 @@ def metrics(avg: float, mined: float = 0.0) -> dict[str, float]:
     }
 
 
+@pytest.mark.parametrize(
+    ("response", "scores"),
+    [
+        # a misread: the policy starts step 2 from 1 (not 9) and adds 7 (the problem subtracts
+        # it); 1 + 7 = 8 holds, so ArithmeticJudge would call it right; later steps build on it
+        ("3 +6 = 9 | -7 +5 +2\n\n1 +7 = 8 | -5 +2\n\n8 -5 = 3 | +2\n\n3 +2 = \\boxed{5}", [1, 0, 0, 0]),
+        # a miscopied list (+2 became -7): step 1's result is right but its list is not, and every
+        # later step carries the wrong list on (propagation), though each computes rightly
+        ("3 +6 = 9 | -7 +5 -7\n\n9 -7 = 2 | +5 -7\n\n2 +5 = 7 | -7\n\n7 -7 = \\boxed{0}", [0, 0, 0, 0]),
+        # a slip corrected: the restatement is right and so is everything after it
+        (
+            "3 +6 = 8 | -7 +5 +2\n\nwait, 3 +6 = 9 | -7 +5 +2\n\n"
+            "9 -7 = 2 | +5 +2\n\n2 +5 = 7 | +2\n\n7 +2 = \\boxed{9}",
+            [0, 1, 1, 1, 1],
+        ),
+        # a wrong correction, and steps past the last operation or out of format
+        ("3 +6 = 8 | -7 +5 +2\n\nwait, 3 +6 = 10 | -7 +5 +2\n\n9 -7 = 2 | +5 +2", [0, 0, 1]),
+        ("3 +6 -7 = 2 | +5 +2\n\n2 +5 = 7 | +2\n\n7 +2 = \\boxed{9}\n\n9 +0 = \\boxed{9}", [0, 0, 0, 0]),
+    ],
+)
+def test_the_oracle_checks_each_step_against_the_problem_in_context(response, scores):
+    """Question 3 +6 -7 +5 +2: the right steps are 3 +6 = 9, 9 -7 = 2, 2 +5 = 7, 7 +2 = 9 (boxed).
+    Row 3: after a wrong correction the next step starts from the true 9 again, so it is right
+    (it does not build on a slip). Row 4: the first step does two operations: it and everything
+    after it mismatch, since each step is compared with the step of the same position."""
+    assert judged(response, "3 +6 -7 +5 +2") == [float(s) for s in scores]
+
+
 def test_the_table_shows_mean_and_sample_std_over_seeds_and_the_paired_gain():
     """Start avg@4 40, 50, 60 over three seeds: mean 50.0, sample std sqrt((10^2 + 0 + 10^2) / 2) = 10.0.
     RFT 45, 58, 61: mean 54.7, std sqrt((9.67^2 + 3.33^2 + 6.33^2) / 2) = 8.5; its gains over the
@@ -136,8 +166,10 @@ def test_the_table_shows_mean_and_sample_std_over_seeds_and_the_paired_gain():
 
 @pytest.fixture
 def toy_seed(tmp_path, monkeypatch):
-    """Seed 0's problems and a 3-step pretrained policy, in a temporary working directory."""
+    """Seed 0's problems and a 3-step pretrained policy, in a temporary working directory, with
+    benchmarks/toy_nsa importable (the recipe names its oracle judge as chain_judge.ChainJudge)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TOY))
     run = load("run")
     args = run.argparse.Namespace(train=8, heldout=8, pretrain_steps=3, seeds=[0])
     run.check_sizes(args)
@@ -151,7 +183,9 @@ def test_the_sweep_has_every_method_and_judge_on_the_seed_s_model(toy_seed, caps
     )
     lines = capsys.readouterr().out.strip().splitlines()
     cells = [line.split(":")[0] for line in lines]
-    assert cells == [cell for _, cell in toy_seed.METHODS] + [cell for _, cell in toy_seed.JUDGES[:3]]
+    judges = ["judge-oracle", "judge-prm", "judge-llm", "judge-arithmetic"]
+    assert cells == [cell for _, cell in toy_seed.METHODS] + judges
+    assert {cell for _, cell in toy_seed.JUDGES} <= set(cells)
     for cell, line in zip(cells, lines):
         assert f"--model.export_dir=runs/toy_nsa/toy-seed0/{cell}/policy" in line
         assert "--model.policy=runs/toy_nsa/seed0/sft" in line and "--data.sampler.init_args.seed=0" in line

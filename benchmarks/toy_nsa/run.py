@@ -47,7 +47,8 @@ METHODS = [  # (row label, sweep cell)
     ("BCPG-NSA beta=-0.5", "nsa--0.5"),
 ]
 JUDGES = [  # (row label, sweep cell): BCPG-NSA, beta 0.5, steps mined by ...
-    ("oracle (exact arithmetic)", "judge-oracle"),
+    ("oracle (exact, in context)", "judge-oracle"),
+    ("arithmetic only", "judge-arithmetic"),
     ("PRM-like (FP 0.2, FN 0.1)", "judge-prm"),
     ("LLM-like (FP 0.1, FN 0.2)", "judge-llm"),
     ("consensus of the two (AND)", "nsa-0.5"),
