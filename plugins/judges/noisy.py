@@ -1,9 +1,9 @@
 """A judge of known quality: another judge's verdicts, flipped at set error rates.
 
 It stands in for a process reward model or an LLM judge when their quality must be known
-exactly, as in the toy experiment (``benchmarks/toy_nsa``), where an exact arithmetic
-checker is the truth and two noisy copies of it play the PRM and the LLM judge, so that
-consensus rules can be compared against each single judge.
+exactly, as in the toy experiment (``benchmarks/toy_nsa``), where an exact step checker is
+the truth and two noisy copies of it play the PRM and the LLM judge, so that consensus
+rules can be compared against each single judge.
 
 A step the wrapped judge calls correct is called wrong with probability
 ``false_negative``; a step it calls wrong is called correct with probability
