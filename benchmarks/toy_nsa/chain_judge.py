@@ -14,30 +14,30 @@ Checking arithmetic alone is not enough here: a tiny policy also misreads the op
 the value it starts from, and ``ArithmeticJudge`` calls ``1 +7 = 8`` right where the
 problem said ``9 -7``.
 
-The recipe names it as ``chain_judge.ChainJudge``, so ``benchmarks/toy_nsa`` must be on the
-import path (``run.py`` puts it there; by hand: ``PYTHONPATH=benchmarks/toy_nsa nsa fit ...``).
+It writes the expected steps with ``arithmetic.step``, the generator's own format. The recipe
+names it as ``chain_judge.ChainJudge``, so ``benchmarks/toy_nsa`` must be on the import path
+(``run.py`` puts it there; by hand: ``PYTHONPATH=benchmarks/toy_nsa nsa fit ...``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from arithmetic import apply, step
+
 from nsa.contracts import StepItem
 
-APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
-
-def parse_question(question: str) -> tuple[int, list[str]]:
-    """``3 +4 -5 *3`` -> (3, ["+4", "-5", "*3"])."""
+def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
+    """``3 +4 -5 *3`` -> (3, [("+", 4), ("-", 5), ("*", 3)])."""
     start, *ops = question.split()
-    return int(start), ops
+    return int(start), [(op[0], int(op[1:])) for op in ops]
 
 
-def expected(value: int, ops: list[str], k: int) -> str:
+def expected(value: int, ops: list[tuple[str, int]], k: int) -> str:
     """The right text of step k (0-based) from ``value``: ``7 -5 = 2 | *3`` or ``2 *3 = \\boxed{6}``."""
-    result = APPLY[ops[k][0]](value, int(ops[k][1:]))
-    rest = " ".join(ops[k + 1 :])
-    return f"{value} {ops[k]} = {result} | {rest}" if rest else f"{value} {ops[k]} = \\boxed{{{result}}}"
+    op, arg = ops[k]
+    return step(value, op, arg, apply(value, op, arg), " ".join(f"{o}{a}" for o, a in ops[k + 1 :]))
 
 
 class ChainJudge:
@@ -61,6 +61,6 @@ class ChainJudge:
             else:
                 right = done < len(ops) and text == expected(value, ops, done)
                 if done < len(ops):
-                    before, value, done = value, APPLY[ops[done][0]](value, int(ops[done][1:])), done + 1
+                    before, value, done = value, apply(value, *ops[done]), done + 1
             scores.append(1.0 if right else 0.0)
         return scores
