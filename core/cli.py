@@ -18,6 +18,7 @@ import sys
 import typing
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
@@ -27,6 +28,7 @@ from nsa.errors import NSAError
 from nsa.evaluate import Evaluation
 from nsa.module import NSAModule
 from nsa.registry import Plugin, advertised, rewrite_args
+from nsa.team import Team
 from nsa.tracking import MLflowConfig, StageStats, check_reachable
 
 TRAINER_DEFAULTS = {
@@ -158,7 +160,15 @@ class NSACLI(LightningCLI):
             raise NSAError(f"a recipe value was rejected: {err}") from None
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # a placement this machine cannot give
+            raise NSAError(
+                f"trainer: {one_line(str(err))}; every command runs on the recipe's placement: override "
+                "--trainer.accelerator, --trainer.devices, --trainer.num_nodes or --trainer.strategy"
+            ) from None
         check_reachable(trainer.loggers)  # before any data stage runs
         trainer.callbacks.append(StageStats())
         return trainer
@@ -171,18 +181,45 @@ def print_plugins() -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
+    """Runs ``work`` on every process of the recipe's placement (``trainer:`` devices and
+    nodes), started by the trainer's launcher as ``nsa fit`` would be, or by torchrun or
+    SLURM. The processes share each data stage's shards; they leave together."""
+    from nsa.team import of_trainer
+
+    trainer = cli.trainer
+
+    def launched() -> None:
+        trainer.strategy.setup_environment()  # the process group, and this process's device
+        team = of_trainer(trainer, cli.datamodule.recipe.shared_cache_dir)
+        with team.guard():
+            work(team)
+            team.leave()
+
+    launcher = trainer.strategy.launcher  # None for one process
+    if launcher is None:
+        launched()
+    else:
+        launcher.launch(launched, trainer=trainer)
+
+
 def prepare(args: list[str]) -> None:
     """Run only the data stages of a recipe and print their statistics."""
     cli = NSACLI(args=args, run=False, prog="nsa prepare")
-    cli.datamodule.prepare_data()
-    print("nsa: data stages", file=sys.stderr)
-    cli.datamodule.print_stats()
-    for out in cli.datamodule.stages:
-        print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
+
+    def work(team: Team) -> None:
+        cli.datamodule.run_stages(team)
+        if team.job_rank == 0:
+            print("nsa: data stages", file=sys.stderr)
+            cli.datamodule.print_stats()
+            for out in cli.datamodule.stages:
+                print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
+
+    on_every_process(cli, work)
 
 
-# generate and evaluate train nothing: the recipe's trainer (8 GPUs x 8 nodes, FSDP) is built
-# for its logger only, so it must not ask for devices (vLLM places itself: engine options)
+# inspect and iterate run on one process: their recipe's trainer (8 GPUs x 8 nodes, FSDP) is
+# built for its logger only, so it must not ask for devices
 ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
 
 
@@ -196,31 +233,48 @@ def generate(args: list[str]) -> None:
     known, rest = own.parse_known_args(args)
     if known.output:
         check_output(known.output)  # before any sampling
-    cli = NSACLI(args=rest + ONE_PROCESS, run=False, prog="nsa generate")
-    outputs = pipeline.generate(cli.datamodule.recipe())
-    print("nsa: rollout stages", file=sys.stderr)
-    for out in outputs:
-        stats = "  ".join(f"{k} {v:g}" for k, v in out.stats.items())
-        print(f"  {out.name:<10} {out.fingerprint}  {out.path}\n    {stats}", file=sys.stderr)
-    if known.output:
-        save_rollouts(outputs[-1].dataset, known.output)
-        print(f"nsa: {len(outputs[-1].dataset)} rollouts written to {known.output}", file=sys.stderr)
+    cli = NSACLI(args=rest, run=False, prog="nsa generate")
+
+    def work(team: Team) -> None:
+        outputs = pipeline.generate(cli.datamodule.recipe, team)
+        if team.job_rank != 0:
+            return
+        print("nsa: rollout stages", file=sys.stderr)
+        for out in outputs:
+            stats = "  ".join(f"{k} {v:g}" for k, v in out.stats.items())
+            print(f"  {out.name:<10} {out.fingerprint}  {out.path}\n    {stats}", file=sys.stderr)
+        if known.output:
+            save_rollouts(outputs[-1].dataset, known.output)
+            print(f"nsa: {len(outputs[-1].dataset)} rollouts written to {known.output}", file=sys.stderr)
+
+    on_every_process(cli, work)
 
 
 def evaluate(args: list[str]) -> None:
     """Benchmark a policy: the recipe's ``evaluate:`` section, printed and logged to MLflow."""
+    from nsa import evaluate as ev
+
+    cli = NSACLI(args=args, run=False, prog="nsa evaluate")
+    evaluation: Evaluation = cli.config_init["evaluate"]
+    sampler = evaluation.sampler or cli.datamodule.recipe.sampler
+    if sampler is None:
+        raise NSAError("no sampler: set evaluate.sampler (or data.sampler)")
+    policy = ev.choose_policy(evaluation, cli.model.policy_spec, cli.model.export_dir)
+
+    def work(team: Team) -> None:
+        rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.recipe.cache_dir, team)
+        if team.job_rank == 0:
+            print(ev.format_table(rows))
+            log_evaluation(cli, rows, policy)
+
+    on_every_process(cli, work)
+
+
+def log_evaluation(cli: NSACLI, rows: list[dict], policy: str) -> None:
     from lightning.pytorch.loggers import MLFlowLogger
 
     from nsa import evaluate as ev
 
-    cli = NSACLI(args=args + ONE_PROCESS, run=False, prog="nsa evaluate")
-    evaluation: Evaluation = cli.config_init["evaluate"]
-    sampler = evaluation.sampler or cli.datamodule.sampler
-    if sampler is None:
-        raise NSAError("no sampler: set evaluate.sampler (or data.sampler)")
-    policy = ev.choose_policy(evaluation, cli.model.policy_spec, cli.model.export_dir)
-    rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.cache_dir)
-    print(ev.format_table(rows))
     for logger in cli.trainer.loggers:
         if isinstance(logger, MLFlowLogger):
             ev.log_results(logger, rows, policy, cli.parser.dump(cli.config, skip_none=False))

@@ -7,11 +7,16 @@ that naming a plugin costs nothing until it runs.
 Cache identity: a plugin's public attributes (those not starting with ``_``) are hashed
 into the fingerprint of the stage it runs in. Keep run-time state (a loaded model, a
 process pool) in ``_private`` attributes.
+
+Two optional members any plugin may define: ``close()``, which nsa calls when the plugin's
+stage is done (see ``closed_after``), and ``devices_per_engine``, the number of a node's
+devices one of its engines spans (a tensor-parallel vLLM engine; see ``devices_per_engine``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -19,6 +24,30 @@ import torch
 from datasets import Dataset
 
 Span = tuple[int, int]
+
+
+def release(plugin: object) -> None:
+    """Calls the plugin's ``close()``, if it has one."""
+    close = getattr(plugin, "close", None)
+    if callable(close):
+        close()
+
+
+@contextlib.contextmanager
+def closed_after(plugin: object) -> Iterator[None]:
+    """Releases ``plugin`` when the block ends, even on an error: its model or vLLM process
+    is gone before the next stage needs the memory."""
+    try:
+        yield
+    finally:
+        release(plugin)
+
+
+def devices_per_engine(plugin: object) -> int:
+    """How many of a node's devices one engine of ``plugin`` spans: its ``devices_per_engine``
+    (a vLLM engine's tensor-parallel size), else 1. Only the process that leads each group of
+    that many local processes runs the plugin's stage; the others wait."""
+    return int(getattr(plugin, "devices_per_engine", 1))
 
 
 @runtime_checkable

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import replace
 
 import lightning as L
 import torch
@@ -16,8 +15,9 @@ from nsa.models import check_policy, load_tokenizer, policy_context, resolve_pol
 from nsa.pipeline import Recipe, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
-from nsa.stages.problems import MATH_TEMPLATE, load_problems
+from nsa.stages.problems import MATH_TEMPLATE
 from nsa.stages.rollouts import drop_unusable, with_group_std
+from nsa.team import Team, of_trainer
 
 DEFAULT_TEMPLATE = MATH_TEMPLATE
 
@@ -27,8 +27,9 @@ class NSADataModule(L.LightningDataModule):
 
     Args:
         problems: a .jsonl/.json/.parquet file or a dataset id loadable by ``datasets``.
-        shared_cache_dir: ``cache_dir`` is on a filesystem every node sees: the data stages then
-            run once, on the job's first process. False: once per node, on its first process.
+        shared_cache_dir: ``cache_dir`` is on a filesystem every node sees: all processes of the
+            job then share each data stage's shards. False: each node's processes share them,
+            into the node's own cache.
         rollouts: a rollout file (``nsa generate --output``, or your own with the same
             columns) to train on instead of sampling; ``problems`` is then not read.
         sampler: draws G answers per problem from the behaviour policy.
@@ -80,7 +81,6 @@ class NSADataModule(L.LightningDataModule):
         shared_cache_dir: bool = False,
     ) -> None:
         super().__init__()
-        self.prepare_data_per_node = not shared_cache_dir  # Lightning's switch: per node, or once
         if not problems and not rollouts:
             raise NSAError("set data.problems (a problem file or dataset id) or data.rollouts (a rollout file)")
         if sampler is None and not rollouts:
@@ -92,51 +92,53 @@ class NSADataModule(L.LightningDataModule):
             raise NSAError(
                 f"trainer.precision {logprob_precision} is not supported; use one of {', '.join(PRECISIONS)}"
             )
-        self.problems, self.sampler, self.verifier = problems, sampler, verifier
-        self.segmenter, self.judges, self.consensus, self.policy = segmenter, judges, consensus, policy
-        self.fields = (question_field, answer_field, split, max_problems)
-        self.prompt_template = prompt_template
+        self.recipe = Recipe(
+            policy=policy,
+            verifier=verifier,
+            segmenter=segmenter,
+            judges=judges,
+            consensus=consensus,
+            sampler=sampler,
+            problems=problems,
+            question_field=question_field,
+            answer_field=answer_field,
+            split=split,
+            max_problems=max_problems,
+            rollouts=rollouts,
+            prompt_template=prompt_template,
+            cache_dir=cache_dir,
+            shared_cache_dir=shared_cache_dir,
+            shard_size=shard_size,
+            logprob_precision=logprob_precision,
+            logprob_batch_size=logprob_batch_size,
+        )
         self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
-        self.cache_dir, self.shard_size, self.seed = cache_dir, shard_size, seed
-        self.logprob_precision, self.logprob_batch_size = logprob_precision, logprob_batch_size
-        self.pairs = pairs
-        self.max_length = max_length
-        self.rollouts = rollouts
+        self.seed, self.pairs, self.max_length = seed, pairs, max_length
         self._setup_stats: dict[str, float] = {}
         self.stages: list[StageOutput] = []
 
-    def prepare_data(self) -> None:
-        """Run every data stage, or reuse the cached ones."""
-        self.stages = run(self.recipe())
-
-    def recipe(self) -> Recipe:
-        """The data stages' inputs, from this module's arguments."""
-        problems = None if self.rollouts else load_problems(self.problems, *self.fields)
-        return Recipe(
-            self.policy,
-            problems,
-            self.sampler,
-            self.verifier,
-            self.segmenter,
-            self.judges,
-            self.consensus,
-            self.prompt_template,
-            self.cache_dir,
-            self.shard_size,
-            self.logprob_precision,
-            self.logprob_batch_size,
-            self.rollouts,
-        )
+    def run_stages(self, team: Team | None = None) -> list[StageOutput]:
+        """Run every data stage on ``team``'s processes (this one alone by default), or reuse
+        the cached ones; every process gets the outputs."""
+        team = team or Team.alone()
+        with team.guard():  # an error on one process stops the others too
+            self.stages = run(self.recipe, team)
+            # nodes with caches of their own finish apart: none starts training's collectives,
+            # which time out, while another node still runs its stages
+            team.barrier("stages", job=True)
+        return self.stages
 
     def setup(self, stage: str) -> None:
+        """Runs on every process of the job: all of them share the data stages' work, then
+        each plans its micro-batches. (Lightning's ``prepare_data`` would run on one process
+        while the others wait, so nsa does not use it.)"""
         if self.trainer is not None and self.trainer.reload_dataloaders_every_n_epochs != 1:
             raise NSAError(
                 "trainer.reload_dataloaders_every_n_epochs must be 1: each epoch plans its own micro-batches"
             )
-        if not self.stages:  # a process that did not prepare: read the stages another one wrote
-            several = self.trainer is not None and self.trainer.world_size > 1
-            self.stages = run(replace(self.recipe(), cached_only=several))
-        folder = resolve_policy(self.policy)
+        if not self.stages:
+            self.run_stages(of_trainer(self.trainer, self.recipe.shared_cache_dir))
+        folder = resolve_policy(self.recipe.policy)
         rows, self._setup_stats = drop_unusable(self.stages[-1].dataset, self.max_length or policy_context(folder))
         self._warn_dropped()
         if not len(rows):

@@ -9,18 +9,16 @@ nothing. The table is printed and logged to the MLflow run as metrics
 
 from __future__ import annotations
 
-import functools
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-from nsa.contracts import Benchmark, Sampler
+from nsa import pipeline
+from nsa.contracts import Benchmark, Sampler, closed_after
 from nsa.errors import NSAError
-from nsa.models import load_tokenizer, policy_identity, resolve_policy
-from nsa.stages import rollouts
-from nsa.stages.cache import StageOutput, run_stage
+from nsa.stages.cache import StageOutput
 from nsa.stages.problems import problems_output
+from nsa.team import Team, say
 
 
 class Evaluation:
@@ -111,44 +109,49 @@ def load(benchmark: Benchmark) -> tuple[StageOutput, dict[str, str]]:
     return problems, answers
 
 
-def score(benchmark: Benchmark, loaded: tuple, sampler: Sampler, policy: str, cache_dir: str, shard: int):
+def score(benchmark: Benchmark, loaded: tuple, sampler: Sampler, policy: str, cache_dir: str, shard: int, team: Team):
     """Sample and verify one benchmark (cached stages): its sampled and its verified answers."""
     problems, answers = loaded
-    model_dir = resolve_policy(policy)
-    tokenizer, template = load_tokenizer(model_dir), benchmark.prompt_template
-    sample = functools.partial(
-        rollouts.sample_shard, sampler=sampler, model_dir=model_dir, tokenizer=tokenizer, template=template
+    sampled = pipeline.sample(
+        problems,
+        sampler,
+        policy=policy,
+        template=benchmark.prompt_template,
+        cache_dir=cache_dir,
+        shard_size=shard,
+        team=team,
+        name="eval_sample",
     )
-    config = {"sampler": sampler, "policy": policy_identity(policy), "template": template, "rows": 2}
-    summarise = functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id)
-    sampled = run_stage(cache_dir, "eval_sample", problems, config, sample, shard, summarise)
-    verifier = benchmark.verifier()
-    try:
-        verify = functools.partial(rollouts.verify_shard, verifier=verifier, answers=answers)
-        rows = shard * sampler.num_samples
-        verified = run_stage(
-            cache_dir, "eval_verify", sampled, {"verifier": verifier}, verify, rows, rollouts.summarise_verify
-        )
-    finally:
-        getattr(verifier, "close", lambda: None)()
+    verified = pipeline.verify(
+        sampled,
+        benchmark.verifier(),
+        rows=shard * sampler.num_samples,
+        cache_dir=cache_dir,
+        team=team,
+        name="eval_verify",
+        answers=answers,
+    )
     return sampled, verified
 
 
-def evaluate(evaluation: Evaluation, sampler: Sampler, policy: str, cache_dir: str) -> list[dict]:
-    """One row per benchmark: its name, size, metrics and the share of answers cut off."""
+def evaluate(
+    evaluation: Evaluation, sampler: Sampler, policy: str, cache_dir: str, team: Team | None = None
+) -> list[dict]:
+    """One row per benchmark: its name, size, metrics and the share of answers cut off.
+    ``team``: the processes that share the sampling and verifying (this one alone by default)."""
+    team = team or Team.alone()
     ks = check(evaluation, sampler)
-    print(f"nsa: evaluate: policy {policy}, {sampler.num_samples} answers per problem", file=sys.stderr)
+    pipeline.check_placement([sampler], team)
+    say(team, f"nsa: evaluate: policy {policy}, {sampler.num_samples} answers per problem")
     loaded = [load(bench) for bench in evaluation.benchmarks]  # a bad file fails before any sampling
     rows = []
-    try:
+    with closed_after(sampler):  # one engine for every benchmark, gone at the end
         for bench, problems in zip(evaluation.benchmarks, loaded):
-            sampled, verified = score(bench, problems, sampler, policy, cache_dir, evaluation.shard_size)
+            sampled, verified = score(bench, problems, sampler, policy, cache_dir, evaluation.shard_size, team)
             correct = correct_per_problem(verified)
             truncated = 100.0 * sampled.stats["answers_truncated"] / max(1, len(sampled.dataset))
             metrics = {**benchmark_metrics(correct, sampler.num_samples, ks), "truncated%": truncated}
             rows.append({"benchmark": bench.name, "problems": len(correct), **metrics})
-    finally:
-        getattr(sampler, "close", lambda: None)()
     return rows
 
 

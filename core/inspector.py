@@ -128,11 +128,11 @@ def run(args: list[str]) -> None:
     own.add_argument("--limit", type=int, default=200)
     known, rest = own.parse_known_args(args)
     cli = NSACLI(args=rest + ONE_PROCESS, run=False, prog="nsa inspect")
-    cli.datamodule.prepare_data()
+    cli.datamodule.run_stages()
     labelled = next((out for out in cli.datamodule.stages if out.name == "label"), None)
     if labelled is None:
         raise NSAError("the recipe's data stages have no label stage to inspect")
-    judges = cli.datamodule.judges
+    judges = cli.datamodule.recipe.judges
     rows = labelled.dataset.filter(lambda spans: bool(spans), input_columns="spans")
     rows = rows.select(range(min(known.limit, len(rows))))
     text = page(

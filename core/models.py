@@ -109,6 +109,14 @@ def policy_context(folder: str) -> int | None:
         return None
 
 
+def local_device() -> str:
+    """This process's accelerator: ``cuda`` is the GPU the launcher gave it (Lightning,
+    torchrun and SLURM jobs set it per process), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_tokenizer(folder: str):
     from transformers import AutoTokenizer
 

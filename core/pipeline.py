@@ -3,6 +3,9 @@
 problems -> sample -> verify -> groups -> behaviour (log pi_ref of the kept answers)
                                        -> segment -> judge (each judge) -> label
 The training rows are the label stage's rows with the behaviour log-probs joined in.
+
+Every function takes the ``Team`` of processes that share the stages' shards (one process
+by default): each stage's output is the same on any number of processes.
 """
 
 from __future__ import annotations
@@ -15,30 +18,40 @@ from dataclasses import dataclass
 import torch
 from datasets import Dataset
 
-from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
-from nsa.models import load_policy, load_tokenizer, policy_identity, resolve_policy
+from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier, closed_after, devices_per_engine
+from nsa.models import load_policy, load_tokenizer, local_device, policy_identity, resolve_policy
 from nsa.stages import behaviour, rollouts, steps
 from nsa.stages.cache import StageOutput, describe, fingerprint, run_stage
+from nsa.stages.problems import MATH_TEMPLATE, load_problems
+from nsa.team import Team, check_span
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Recipe:
-    """Everything the data stages need; built by the data module from its arguments."""
+    """Everything the data stages need, built once by the data module from its arguments
+    (see ``NSADataModule`` for what each means)."""
 
     policy: str
-    problems: StageOutput | None  # None when rollouts come from a file
-    sampler: Sampler | None  # None when rollouts come from a file
     verifier: Verifier
     segmenter: Segmenter
     judges: Sequence[StepJudge]
     consensus: Consensus
-    prompt_template: str
-    cache_dir: str
-    shard_size: int
-    logprob_precision: str
-    logprob_batch_size: int
+    sampler: Sampler | None = None  # None when rollouts come from a file
+    problems: str = ""  # unread when rollouts come from a file
+    question_field: str = "question"
+    answer_field: str = "answer"
+    split: str = "train"
+    max_problems: int | None = None
     rollouts: str | None = None  # a rollout file (``nsa generate --output``) instead of sampling
-    cached_only: bool = False  # every stage must be cached already (see cache.run_stage)
+    prompt_template: str = MATH_TEMPLATE
+    cache_dir: str = ".nsa_cache"
+    shared_cache_dir: bool = False  # the team is the whole job (else each node's processes)
+    shard_size: int = 16
+    logprob_precision: str = "32-true"
+    logprob_batch_size: int = 8
+
+    def plugins(self) -> list[object]:
+        return [p for p in (self.sampler, self.verifier, self.segmenter, *self.judges) if p is not None]
 
 
 def judge_names(judges: Sequence[StepJudge]) -> list[str]:
@@ -64,61 +77,89 @@ def rows_per_shard(recipe: Recipe) -> int:
     return recipe.shard_size * samples
 
 
-def generate(recipe: Recipe) -> list[StageOutput]:
-    """The rollout stages: problems, sampled answers (or a rollout file), verified answers."""
-    sampled = rollouts.load_rollouts(recipe.rollouts) if recipe.rollouts else _sample(recipe)
-    try:
-        verified = run_stage(
-            recipe.cache_dir,
-            "verify",
-            sampled,
-            {"verifier": recipe.verifier},
-            functools.partial(rollouts.verify_shard, verifier=recipe.verifier),
-            rows_per_shard(recipe),
-            rollouts.summarise_verify,
-            cached_only=recipe.cached_only,
-        )
-    finally:
-        getattr(recipe.verifier, "close", lambda: None)()
-    return [out for out in (recipe.problems, sampled, verified) if out is not None]
+def check_placement(plugins: Sequence[object], team: Team) -> None:
+    """Every engine fits the node's devices (one-line error), before any stage runs."""
+    for plugin in plugins:
+        check_span(team, devices_per_engine(plugin), type(plugin).__name__)
 
 
-def _sample(recipe: Recipe) -> StageOutput:
-    model_dir = resolve_policy(recipe.policy)
+def sample(
+    problems: StageOutput,
+    sampler: Sampler,
+    *,
+    policy: str,
+    template: str,
+    cache_dir: str,
+    shard_size: int,
+    team: Team,
+    name: str = "sample",
+) -> StageOutput:
+    """``sampler.num_samples`` answers to each problem: the cached sampling stage of training
+    and of evaluation. The caller closes the sampler (an evaluation keeps its engine for the
+    next benchmark)."""
+    model_dir = resolve_policy(policy)
     tokenizer = load_tokenizer(model_dir)
-    # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
-    config = {"sampler": recipe.sampler, "policy": policy_identity(recipe.policy), "template": recipe.prompt_template}
-    sample = functools.partial(
-        rollouts.sample_shard,
-        sampler=recipe.sampler,
-        model_dir=model_dir,
-        tokenizer=tokenizer,
-        template=recipe.prompt_template,
+    fn = functools.partial(
+        rollouts.sample_shard, sampler=sampler, model_dir=model_dir, tokenizer=tokenizer, template=template
     )
+    # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
+    config = {"sampler": sampler, "policy": policy_identity(policy), "template": template, "rows": 2}
     summarise = functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id)
-    try:
-        return run_stage(
-            recipe.cache_dir,
-            "sample",
-            recipe.problems,
-            {**config, "rows": 2},
-            sample,
-            recipe.shard_size,
-            summarise,
-            cached_only=recipe.cached_only,
+    return run_stage(cache_dir, name, problems, config, fn, shard_size, summarise, team, devices_per_engine(sampler))
+
+
+def verify(
+    sampled: StageOutput,
+    verifier: Verifier,
+    *,
+    rows: int,
+    cache_dir: str,
+    team: Team,
+    name: str = "verify",
+    answers: dict[str, str] | None = None,
+) -> StageOutput:
+    """Each answer's reward: the cached verify stage of training and of evaluation (which
+    passes the references by problem id, ``answers``). The verifier is closed after it."""
+    fn = functools.partial(rollouts.verify_shard, verifier=verifier, answers=answers)
+    with closed_after(verifier):
+        return run_stage(cache_dir, name, sampled, {"verifier": verifier}, fn, rows, rollouts.summarise_verify, team)
+
+
+def generate(recipe: Recipe, team: Team | None = None) -> list[StageOutput]:
+    """The rollout stages: problems, sampled answers (or a rollout file), verified answers."""
+    team = team or Team.alone()
+    check_placement(recipe.plugins(), team)
+    problems = sampled = None
+    if recipe.rollouts:
+        sampled = rollouts.load_rollouts(recipe.rollouts)
+    else:
+        problems = load_problems(
+            recipe.problems, recipe.question_field, recipe.answer_field, recipe.split, recipe.max_problems
         )
-    finally:
-        getattr(recipe.sampler, "close", lambda: None)()  # a vLLM engine's memory is free before training
+        with closed_after(recipe.sampler):  # a vLLM engine's memory is free before the next stage
+            sampled = sample(
+                problems,
+                recipe.sampler,
+                policy=recipe.policy,
+                template=recipe.prompt_template,
+                cache_dir=recipe.cache_dir,
+                shard_size=recipe.shard_size,
+                team=team,
+            )
+    verified = verify(sampled, recipe.verifier, rows=rows_per_shard(recipe), cache_dir=recipe.cache_dir, team=team)
+    return [out for out in (problems, sampled, verified) if out is not None]
 
 
-def run(recipe: Recipe) -> list[StageOutput]:
-    """Run (or reuse) every stage; returns their outputs in order, the training set last."""
+def run(recipe: Recipe, team: Team | None = None) -> list[StageOutput]:
+    """Run (or reuse) every stage on ``team``'s processes; returns their outputs in order, the
+    training set last (every process gets all of it)."""
+    team = team or Team.alone()
     model_dir = resolve_policy(recipe.policy)
     tokenizer = load_tokenizer(model_dir)
     policy = policy_identity(recipe.policy)
-    stage = functools.partial(run_stage, recipe.cache_dir, cached_only=recipe.cached_only)
+    stage = functools.partial(run_stage, recipe.cache_dir, team=team)
     rows = rows_per_shard(recipe)
-    first = generate(recipe)
+    first = generate(recipe, team)
     verified = first[-1]
     grouped = stage(
         "groups",
@@ -144,20 +185,22 @@ def run(recipe: Recipe) -> list[StageOutput]:
         _behaviour_fn(model_dir, recipe.logprob_precision, tokenizer.pad_token_id, recipe.logprob_batch_size),
         rows,
     )
-    labelled = _judge_and_label(recipe, segmented, tokenizer, rows, policy)
+    labelled = _judge_and_label(recipe, segmented, tokenizer, rows, policy, team)
     train = labelled.dataset.add_column("ref_logprobs", scored.dataset["ref_logprobs"])
     train_fp = fingerprint(labelled.fingerprint, scored.fingerprint)
     trained_on = StageOutput("train", train, train_fp, labelled.path, {})
     return [*first, grouped, segmented, scored, labelled, trained_on]
 
 
-def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: int, policy: dict) -> StageOutput:
+def _judge_and_label(
+    recipe: Recipe, segmented: StageOutput, tokenizer, rows: int, policy: dict, team: Team
+) -> StageOutput:
     """Each judge's scores are cached on their own; the label stage combines them."""
     names = judge_names(recipe.judges)
     combined = segmented.dataset
     fps, judge_stats = [], {}
     for name, judge in zip(names, recipe.judges):
-        try:
+        with closed_after(judge):  # its model or vLLM process goes before the next judge's
             judged = run_stage(
                 recipe.cache_dir,
                 "judge",
@@ -165,11 +208,10 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
                 scoring_identity(judge),
                 functools.partial(steps.judge_shard, judge=judge),
                 rows,
-                functools.partial(_judge_counters, judge=judge),
-                cached_only=recipe.cached_only,
+                functools.partial(_judge_counters, judge=judge, team=team),
+                team,
+                devices_per_engine(judge),
             )
-        finally:
-            getattr(judge, "close", lambda: None)()  # its model or vLLM process goes, even on an error
         combined = combined.add_column(f"scores/{name}", judged.dataset["scores"])
         fps.append(judged.fingerprint)
         judge_stats.update({f"judge/{name}/{k}": v for k, v in judged.stats.items()})
@@ -194,19 +236,17 @@ def _judge_and_label(recipe: Recipe, segmented: StageOutput, tokenizer, rows: in
         ),
         rows,
         functools.partial(steps.summarise_labels, names=names, judges=recipe.judges),
-        cached_only=recipe.cached_only,
+        team,
     )
     labelled.stats = {**labelled.stats, **judge_stats}
     return labelled
 
 
-def _judge_counters(data: Dataset, judge: StepJudge) -> dict[str, float]:
-    """A judge's own counters (an LLM judge's malformed or late replies), if it keeps any.
-
-    They cover the shards judged in this process; shards reused after a kill are not recounted.
-    """
+def _judge_counters(data: Dataset, judge: StepJudge, team: Team) -> dict[str, float]:
+    """A judge's own counters (an LLM judge's malformed or late replies), if it keeps any,
+    summed over the team's processes. Shards reused after a kill are not recounted."""
     counters = getattr(judge, "stats", None)
-    return {k: float(v) for k, v in counters().items()} if callable(counters) else {}
+    return team.total("judge_counters", {k: float(v) for k, v in counters().items()} if callable(counters) else {})
 
 
 def _summarise_segments(data: Dataset) -> dict[str, float]:
@@ -216,7 +256,7 @@ def _summarise_segments(data: Dataset) -> dict[str, float]:
 def _behaviour_fn(model_dir: str, precision: str, pad_id: int, batch_size: int):
     """Loads pi_ref only when a shard actually needs computing, on a GPU when there is one."""
     weights, autocast = behaviour.PRECISIONS[precision]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = local_device()  # each process's own GPU
     model = functools.cache(lambda: load_policy(model_dir, weights).to(device).eval())
 
     def fn(data: Dataset) -> Dataset:

@@ -28,8 +28,8 @@ class StageStats(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "stats"):
-            return
+        if datamodule is None or not hasattr(datamodule, "stats") or not trainer.is_global_zero:
+            return  # every process has the stats; one prints and logs them
         print("nsa: data stages", file=sys.stderr)
         datamodule.print_stats()
         for logger in trainer.loggers:

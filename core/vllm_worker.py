@@ -7,14 +7,23 @@ runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so there is one child, n
 
 The parent sends plain Python data (token ids, chat messages, numbers) through a pipe and
 gets plain data back; nothing of vLLM is imported in the parent.
+
+Placement: in a job of several processes, each process that leads an engine starts its own
+child, pinned to its GPUs through ``CUDA_VISIBLE_DEVICES``: the GPU the launcher gave the
+process (``torch.cuda.current_device()``) and the next ``tensor_parallel_size - 1`` ones, as
+numbered in the parent's own ``CUDA_VISIBLE_DEVICES``. The child gets none of the job's
+torch.distributed variables (``RANK``, ``MASTER_PORT``, ...), so the engine's own process
+group never meets the job's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
 import weakref
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,7 +95,8 @@ class VLLMWorker:
         # not a daemon: tensor-parallel engines start worker processes of their own
         self._process = context.Process(target=_serve, args=(child, self._model, self._options))
         try:
-            self._process.start()
+            with _child_environment(engine_devices(self._options["tensor_parallel_size"])):
+                self._process.start()
         except BaseException:
             self._conn.close()
             self._process = self._conn = None  # a later call starts afresh instead of reading a dead pipe
@@ -158,6 +168,60 @@ def _free_accelerator_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# torch.distributed's variables of the job that started this process: a child that kept them
+# would have vLLM's own process group rendezvous with the job's.
+JOB_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
+
+
+def engine_devices(size: int) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for this process's engine: ``size`` GPUs from its own; None on
+    a CPU (or before torch is loaded), where the child keeps the parent's view."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    first = torch.cuda.current_device()
+    chosen = ids[first : first + size]
+    if len(chosen) < size:
+        raise NSAError(
+            f"an engine of tensor_parallel_size {size} on GPU {first} needs GPUs {first}..{first + size - 1}, "
+            f"and this process sees {len(ids)}; lower engine.tensor_parallel_size"
+        )
+    return ",".join(chosen)
+
+
+@contextlib.contextmanager
+def _child_environment(devices: str | None) -> Iterator[None]:
+    """The environment a spawned child starts with (it copies the parent's at ``start()``):
+    its GPUs, and none of the job's variables. The parent's own is restored after."""
+    names = (*JOB_VARIABLES, "CUDA_VISIBLE_DEVICES")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    elif "CUDA_VISIBLE_DEVICES" in saved:
+        os.environ["CUDA_VISIBLE_DEVICES"] = saved["CUDA_VISIBLE_DEVICES"]
+    try:
+        yield
+    finally:
+        for name in names:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
 
 
 def available() -> bool:

@@ -47,7 +47,7 @@ def test_code_recipe_is_the_math_setup_with_code_verification(capsys):
         assert code["data"][key] == math["data"][key], key
     verifier = code["data"]["verifier"]
     assert verifier["class_path"] == "nsa.plugins.verifiers.code.CodeVerifier"
-    assert verifier["init_args"] == {"timeout_s": 6.0, "memory_mb": 1024, "output_mb": 16, "workers": 16}
+    assert verifier["init_args"] == {"timeout_s": 6.0, "memory_mb": 1024, "output_mb": 16, "workers": 8}
     template = code["data"]["prompt_template"]
     assert template.startswith("{question}") and "```python" in template and "standard input" in template
     assert code["data"]["problems"] == "data/code_problems.jsonl"
@@ -101,7 +101,7 @@ def test_data_stages_build_training_rows_from_verified_programs(tmp_path, tiny_m
         tokens_per_micro_batch=1024,
     )
     datamodule = NSACLI(["--config", str(recipe)], run=False).datamodule
-    datamodule.prepare_data()
+    datamodule.run_stages()
     stats = datamodule.stats
     assert stats["answers"] == 12 and stats["answers_correct"] == 2 and stats["answers_ok"] == 2
     assert stats["answers_wrong_answer"] == 4 and stats["answers_blocked"] == 3 and stats["answers_no_code"] == 3

@@ -129,7 +129,7 @@ def test_behaviour_precision_follows_the_trainer(tmp_path, tiny_model, precision
     args = ["--config", str(tiny_recipe(tmp_path, tiny_model))]
     if precision:
         args.append(f"--trainer.precision={precision}")
-    assert NSACLI(args, run=False).datamodule.logprob_precision == expected
+    assert NSACLI(args, run=False).datamodule.recipe.logprob_precision == expected
 
 
 @pytest.mark.parametrize(

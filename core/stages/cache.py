@@ -4,6 +4,11 @@ A stage's output lives in ``<cache_dir>/<stage>/<fingerprint>/``, where the fing
 hashes the input's fingerprint and the stage's resolved config. Work is written in shards,
 each committed atomically (written to a temporary folder, then renamed), so a killed run
 loses at most the shard in flight. ``stats.json`` is written last and marks the stage done.
+
+The processes of a job share a stage's shards (:mod:`nsa.team`): each takes the next
+unfinished shard, commits it, and reads everyone's when all are done, so the output is the
+same rows in the same order on any number of processes. Two jobs on one cache may compute
+the same shard; the first rename wins and the other copy is dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +28,9 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from nsa.errors import NSAError
+from nsa.team import Team, muted, say, takes_part
+
+VISIBLE_S = 30.0  # how long a shard committed on another node may take to show here
 
 
 def describe(obj: Any) -> Any:
@@ -65,45 +73,55 @@ def run_stage(
     fn: Callable[[Dataset], Dataset],
     shard_size: int,
     summarise: Callable[[Dataset], dict[str, float]] | None = None,
-    cached_only: bool = False,
+    team: Team | None = None,
+    span: int = 1,
 ) -> StageOutput:
     """Run ``fn`` over ``source.dataset`` shard by shard, reusing committed shards.
 
-    Shards are matched by index, so the shard size is part of the fingerprint. ``cached_only``:
-    a finished stage must be in the cache already (a training process that did not run the stages).
+    Shards are matched by index, so the shard size is part of the fingerprint. With a
+    ``team``, its processes share the shards (see :mod:`nsa.team`) and each returns the
+    whole output; ``span``: a worker spans that many of a node's devices (a tensor-parallel
+    engine), so only the processes that lead one take shards.
     """
+    team = team or Team.alone()
     fp = fingerprint(source.fingerprint, name, config, shard_size)
     out = Path(cache_dir) / name / fp
-    if (out / "stats.json").exists():
-        return StageOutput(name, _load_shards(out), fp, out, json.loads((out / "stats.json").read_text()))
-    if cached_only:
-        raise NSAError(
-            f"stage {name} is not in {out} on this process, though the process that ran the data stages "
-            "finished them; if the nodes do not share data.cache_dir, set data.shared_cache_dir: false"
-        )
+    n = len(range(0, len(source.dataset), shard_size)) or 1
+    if team.agree(f"{name}/{fp}", str((out / "stats.json").exists())) == "True":
+        return StageOutput(name, _load_shards(out, n, name), fp, out, json.loads((out / "stats.json").read_text()))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(describe(config), indent=2, default=str))
-    _compute_shards(out, name, source.dataset, fn, shard_size)
-    dataset = _load_shards(out)
-    stats = summarise(dataset) if summarise else {}
-    _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
+    if team.leads:
+        _write_atomic(out / "config.json", json.dumps(describe(config), indent=2, default=str))
+    _compute_shards(out, name, source.dataset, fn, shard_size, team, span)
+    dataset = _load_shards(out, n, name)
+    with muted(team):  # every process summarises (the same numbers); the leader's notices print
+        stats = summarise(dataset) if summarise else {}
+    if team.leads:
+        _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
     return StageOutput(name, dataset, fp, out, stats)
 
 
-def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_size: int) -> None:
+def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_size: int, team: Team, span: int) -> None:
     starts = list(range(0, len(data), shard_size)) or [0]
     done = sum((out / f"shard-{i:05d}").exists() for i in range(len(starts)))
     if done:
-        print(f"nsa: stage {name}: reusing {done} of {len(starts)} finished shards", file=sys.stderr)
-    for i, start in enumerate(tqdm(starts, desc=f"stage {name}", unit="shard", leave=False)):
+        say(team, f"nsa: stage {name}: reusing {done} of {len(starts)} finished shards")
+
+    def compute(i: int) -> bool:
         final = out / f"shard-{i:05d}"
         if final.exists():
-            continue
-        result = fn(data.select(range(start, min(start + shard_size, len(data)))))
-        tmp = out / f".tmp-{i:05d}-{uuid.uuid4().hex}"  # unique across nodes sharing the cache
-        shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        result = fn(data.select(range(starts[i], min(starts[i] + shard_size, len(data)))))
+        tmp = out / f".tmp-{i:05d}-{uuid.uuid4().hex}"  # unique across processes and nodes
         result.save_to_disk(str(tmp))
         _commit(tmp, final)
+        return True
+
+    with tqdm(total=len(starts), desc=f"stage {name}", unit="shard", leave=False, disable=not team.leads) as bar:
+        counts = team.share(f"{name}/{out.name}", len(starts), compute, takes_part(team, span), bar)
+    if team.size > 1:
+        by = ", ".join(str(c) for c in counts)
+        say(team, f"nsa: stage {name}: {sum(counts)} shards computed by {team.size} processes ({by})")
 
 
 def _commit(tmp: Path, final: Path) -> None:
@@ -117,8 +135,18 @@ def _commit(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_shards(out: Path) -> Dataset:
-    shards = sorted(out.glob("shard-*"), key=lambda p: int(p.name.removeprefix("shard-")))
+def _load_shards(out: Path, n: int, name: str) -> Dataset:
+    """Shards 0..n-1 of a finished stage, in order. Another node of the job may have written
+    one a moment ago: a shared filesystem gets a grace period to show it."""
+    shards = [out / f"shard-{i:05d}" for i in range(n)]
+    deadline = time.monotonic() + VISIBLE_S
+    while (missing := [p for p in shards if not p.exists()]) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if missing:
+        raise NSAError(
+            f"stage {name}: {missing[0]} is missing, though the job finished it; if the nodes do not "
+            "share data.cache_dir, set data.shared_cache_dir: false"
+        )
     parts = [load_from_disk(str(p)) for p in shards]
     non_empty = [p for p in parts if len(p)] or parts[:1]
     return concatenate_datasets(non_empty) if len(non_empty) > 1 else non_empty[0]

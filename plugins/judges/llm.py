@@ -356,6 +356,11 @@ class LLMJudge:
         values = {"question": item.question.strip(), "steps": steps, "num_steps": str(len(item.spans))}
         return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self._template)
 
+    @property
+    def devices_per_engine(self) -> int:
+        """The node's devices one vLLM engine spans (tensor parallelism); the other backends need one or none."""
+        return self._engine.tensor_parallel_size if self.backend == "vllm" else 1
+
     def close(self) -> None:
         """Frees a local model (hf) or ends the vLLM process; a later ``score`` starts it again."""
         if self._worker is not None:
@@ -530,7 +535,7 @@ class LLMJudge:
         replies: list[str | _Failed] = []
         for prompt, _ in requests:  # free-form: generate() has no JSON-schema decoding
             self._count("requests")
-            ids = self._hf_encode(tokenizer, prompt)
+            ids = self._hf_encode(tokenizer, prompt).to(model.device)
             # temperature 0 means greedy; generate() rejects temperature=0 with do_sample.
             greedy = self.temperature <= 0
             sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature}
@@ -546,10 +551,10 @@ class LLMJudge:
 
     def _hf_load(self) -> tuple[Any, Any]:
         if self._hf is None:
-            from nsa.models import load_policy, load_tokenizer, resolve_policy
+            from nsa.models import load_policy, load_tokenizer, local_device, resolve_policy
 
             folder = resolve_policy(self.model)
-            self._hf = (load_policy(folder).eval(), load_tokenizer(folder))
+            self._hf = (load_policy(folder).to(local_device()).eval(), load_tokenizer(folder))
         return self._hf
 
     @staticmethod

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from nsa.contracts import StepItem, StepJudge
+from nsa.contracts import StepItem, StepJudge, devices_per_engine, release
 
 
 def uniform(seed: int, item: StepItem, step: int) -> float:
@@ -69,5 +69,9 @@ class NoisyJudge:
         flip = uniform(self.seed, item, step) < (self.false_negative if correct else self.false_positive)
         return float(correct != flip)
 
+    @property
+    def devices_per_engine(self) -> int:
+        return devices_per_engine(self.judge)  # the wrapped judge's placement
+
     def close(self) -> None:
-        getattr(self.judge, "close", lambda: None)()  # the wrapped judge may hold a model
+        release(self.judge)  # the wrapped judge may hold a model

@@ -70,7 +70,7 @@ from typing import Literal, NamedTuple
 
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
-from nsa.models import policy_identity
+from nsa.models import local_device, policy_identity
 from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 
 Convention = Literal["qwen-prm", "math-shepherd", "token-classification"]
@@ -160,6 +160,11 @@ class PRMJudge:
             for i, row_scores in zip(rows, scores, strict=True):
                 results[i] = row_scores
         return results
+
+    @property
+    def devices_per_engine(self) -> int:
+        """The node's devices one vLLM engine spans (tensor parallelism); hf runs on its process's own."""
+        return self._engine.tensor_parallel_size if self.backend == "vllm" else 1
 
     def stats(self) -> dict[str, int]:
         """Counters since construction: steps cut off by max_length, steps whose marker merged away."""
@@ -418,5 +423,5 @@ class PRMJudge:
                 f"PRM judge: model '{self.model}' has no weights for {sorted(info['missing_keys'])[:3]} under "
                 f"{names[self.convention]}; Qwen2.5-Math-PRM needs trust_remote_code: true"
             )
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if self._device == "auto" else self._device
+        device = local_device() if self._device == "auto" else self._device
         return model.to(device).eval()

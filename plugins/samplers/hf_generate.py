@@ -17,7 +17,11 @@ from nsa.contracts import Completion
 
 
 class HFSampler:
-    """``num_samples`` answers per prompt by ancestral sampling at ``temperature``."""
+    """``num_samples`` answers per prompt by ancestral sampling at ``temperature``.
+
+    ``device``: "auto" is this process's GPU when there is one (each process of a job has its
+    own), else the CPU; it is not part of the cache key.
+    """
 
     def __init__(
         self,
@@ -28,6 +32,7 @@ class HFSampler:
         batch_size: int = 8,
         seed: int = 0,
         dtype: str = "float32",
+        device: str = "auto",
     ) -> None:
         self.num_samples = num_samples
         self.temperature = temperature
@@ -36,6 +41,7 @@ class HFSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.dtype = dtype
+        self._device = device
         self._loaded: tuple[str, object, object] | None = None
 
     def sample(self, model_dir: str, prompt_ids: Sequence[Sequence[int]]) -> list[list[Completion]]:
@@ -55,16 +61,18 @@ class HFSampler:
 
     def _load(self, model_dir: str):
         if self._loaded is None or self._loaded[0] != model_dir:
-            from nsa.models import load_policy, load_tokenizer
+            from nsa.models import load_policy, load_tokenizer, local_device
 
-            self._loaded = (model_dir, load_policy(model_dir, self.dtype).eval(), load_tokenizer(model_dir))
+            device = local_device() if self._device == "auto" else self._device
+            self._loaded = (model_dir, load_policy(model_dir, self.dtype).to(device).eval(), load_tokenizer(model_dir))
         return self._loaded[1], self._loaded[2]
 
     def _generate(self, model, tokenizer, prompts: Sequence[Sequence[int]]) -> list[list[Completion]]:
         width = max(len(p) for p in prompts)
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])  # (P, W) left-padded
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (P, W)
+        device = model.device
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)  # (P, W) left
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (P, W)
         recorder = _SampledLogprobs()
         with torch.no_grad():
             out = model.generate(

@@ -81,6 +81,11 @@ class VLLMSampler:
         drawn = worker.sample(prompts, self._requests(prompts))  # [prompt][sample] -> (ids, logprobs)
         return [[Completion(ids, logprobs) for ids, logprobs in group] for group in drawn]
 
+    @property
+    def devices_per_engine(self) -> int:
+        """The node's devices one engine spans (tensor parallelism): only every such many processes sample."""
+        return self._engine.tensor_parallel_size
+
     def close(self) -> None:
         """Ends the engine process; a later ``sample`` starts a new one."""
         if self._worker is not None:

@@ -208,12 +208,17 @@ def test_short_benchmark_names_on_the_command_line(tmp_path, tiny_model, capsys,
     assert "nsa.plugins.benchmarks.math500.MATH500" in paths
 
 
-def test_evaluate_ignores_the_recipes_training_devices(tmp_path, tiny_model, capsys):
-    """A recipe for 8 GPUs x 8 nodes (FSDP) evaluates on a machine without them: evaluate
-    trains nothing, and its samplers place themselves."""
+def test_evaluate_runs_on_the_recipes_placement(tmp_path, tiny_model, capsys):
+    """Evaluation runs on the recipe's processes (tests/core/test_scale_out.py runs two): a
+    recipe for 8 GPUs x 8 nodes on a machine without them is a one-line error saying what to
+    override, and the overrides evaluate it here."""
     recipe = yaml.safe_load(evaluate_recipe(tmp_path, tiny_model).read_text())
     recipe["trainer"].update(accelerator="gpu", devices=8, num_nodes=8, strategy="fsdp")
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    main(["evaluate", "--config", str(path)])
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--config", str(path)])
+    assert "nsa: error: trainer: No supported gpu backend found!" in capsys.readouterr().err
+    here = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
+    main(["evaluate", "--config", str(path), *here])
     assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["math500", "3", "16.67"]

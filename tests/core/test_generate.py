@@ -17,7 +17,7 @@ from tests.recipe import tiny_recipe
 
 def prepare(recipe: Path, *overrides: str):
     cli = NSACLI(["--config", str(recipe), *overrides], run=False)
-    cli.datamodule.prepare_data()
+    cli.datamodule.run_stages()
     return cli.datamodule
 
 

@@ -60,7 +60,7 @@ def server():
 
 def prepare(recipe, *overrides: str) -> dict[str, float]:
     cli = NSACLI(["--config", str(recipe), *overrides], run=False)
-    cli.datamodule.prepare_data()
+    cli.datamodule.run_stages()
     return cli.datamodule.stats
 
 

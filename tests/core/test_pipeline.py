@@ -19,7 +19,6 @@ By hand:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ LENIENT = {"class_path": "nsa.plugins.judges.arithmetic.ArithmeticJudge"}
 
 def prepare(recipe: Path, *overrides: str):
     cli = NSACLI(["--config", str(recipe), *overrides], run=False)
-    cli.datamodule.prepare_data()
+    cli.datamodule.run_stages()
     return cli.datamodule
 
 
@@ -97,24 +96,14 @@ def test_single_judge_ablation_reuses_both_judges_scores(tmp_path, tiny_model):
     assert stage_dirs(tmp_path / "cache", "judge") == 2 and stage_dirs(tmp_path / "cache", "label") == 2
 
 
-@pytest.mark.parametrize(("shared", "per_node"), [("true", False), ("false", True)])
-def test_shared_cache_dir_decides_where_the_stages_run(tmp_path, tiny_model, shared, per_node):
-    """Lightning runs prepare_data on each node's first process when prepare_data_per_node is
-    True, else on the job's first process only; the others then find every stage cached."""
-    cli = NSACLI(["--config", str(tiny_recipe(tmp_path, tiny_model)), f"--data.shared_cache_dir={shared}"], run=False)
-    assert cli.datamodule.prepare_data_per_node is per_node
-
-
-def test_a_process_that_did_not_prepare_only_reads_the_cache(tmp_path, tiny_model):
-    """With several processes, setup() on one that did not run the stages reads them; a stage
-    missing there (nodes that do not share cache_dir) is a one-line error, not a second
-    concurrent run of every sampler and judge."""
-    from nsa.errors import NSAError
+def test_stages_rerun_in_one_job_read_the_cache(tmp_path, tiny_model):
+    """A second run of the same stages in one process (a sweep's next cell) gets fresh team
+    keys and reads every stage from the cache: the same rows."""
     from nsa.pipeline import run
+    from nsa.team import Team
 
-    recipe = prepare(tiny_recipe(tmp_path, tiny_model)).recipe()
-    again = run(replace(recipe, cached_only=True))  # all cached: the same rows
-    assert again[-1].dataset["response_ids"] == run(recipe)[-1].dataset["response_ids"]
-    elsewhere = replace(recipe, cache_dir=str(tmp_path / "node-local"), cached_only=True)
-    with pytest.raises(NSAError, match=r"stage sample is not in .*node-local.*set data.shared_cache_dir: false"):
-        run(elsewhere)
+    datamodule = prepare(tiny_recipe(tmp_path, tiny_model))
+    team = Team.alone()
+    first, again = run(datamodule.recipe, team), run(datamodule.recipe, team)
+    assert again[-1].dataset["response_ids"] == first[-1].dataset["response_ids"]
+    assert [o.fingerprint for o in again] == [o.fingerprint for o in datamodule.stages]

@@ -130,7 +130,8 @@ def test_other_seed_other_draws(drawn, eager_eos_model, prompts) -> None:
 
 
 def test_public_attributes_are_the_config() -> None:
-    """The cache identity: exactly the __init__ arguments, with the values given."""
+    """The cache identity: exactly the __init__ arguments, with the values given, but the
+    device (where it runs, as for the PRM judge)."""
     config = {
         "num_samples": 3,
         "temperature": 0.9,
@@ -140,10 +141,10 @@ def test_public_attributes_are_the_config() -> None:
         "seed": 5,
         "dtype": "bfloat16",
     }
-    assert set(config) == set(inspect.signature(HFSampler).parameters)
-    public = {k: v for k, v in vars(HFSampler(**config)).items() if not k.startswith("_")}
+    assert set(config) | {"device"} == set(inspect.signature(HFSampler).parameters)
+    public = {k: v for k, v in vars(HFSampler(**config, device="cpu")).items() if not k.startswith("_")}
     assert public == config
-    defaults = {k: p.default for k, p in inspect.signature(HFSampler).parameters.items()}
+    defaults = {k: p.default for k, p in inspect.signature(HFSampler).parameters.items() if k != "device"}
     assert {k: v for k, v in vars(HFSampler()).items() if not k.startswith("_")} == defaults
 
 
