@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
 
 DATA = Path(__file__).parent / "data" / "three_problems.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+TWO = ("--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu")  # Lightning starts 2 processes
+COMPUTED = re.compile(r"nsa: stage (\w+): (\d+) shards computed by 2 processes \((\d+), (\d+)\)")
 
 
 def tiny_recipe(tmp_path: Path, model: str, **data_overrides) -> Path:
@@ -51,3 +58,25 @@ def tiny_recipe(tmp_path: Path, model: str, **data_overrides) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def nsa(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``nsa <args>`` as a user runs it, in ``cwd``; its exit code and output."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [shutil.which("nsa"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def computed(stderr: str) -> dict[str, tuple[int, int]]:
+    """Per stage, the shards each of 2 processes computed, from the lines process 0 prints."""
+    return {m[1]: (int(m[3]), int(m[4])) for m in COMPUTED.finditer(stderr)}
+
+
+def stage_rows(cache: Path, name: str) -> list[dict]:
+    """The rows of the one stage ``name`` in ``cache``, shard by shard."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    (folder,) = (cache / name).iterdir()
+    shards = sorted(folder.glob("shard-*"), key=lambda p: int(p.name.removeprefix("shard-")))
+    return concatenate_datasets([load_from_disk(str(p)) for p in shards]).to_list()

@@ -6,6 +6,10 @@ process 1 takes 3 and a null micro-batch (a row with no trained token), so both 
 forward/backward passes. Step 2 has the 8th answer alone: process 1 runs only a null one.
 Each process's loss is its share of the step's sum, scaled by the process count because DDP
 averages gradients; the update must equal the single-process one.
+
+The two-process fit has a cache of its own: both processes share its data stages (3 sample
+and verify shards, then the 8 kept answers in 2 shards of 4), which must equal the one-process
+run's, row for row.
 """
 
 from __future__ import annotations
@@ -18,25 +22,38 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.recipe import tiny_recipe
+from tests.recipe import TWO, computed, stage_rows, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def fit(recipe: Path, export: Path, cwd: Path, *extra: str) -> None:
+def fit(recipe: Path, export: Path, cwd: Path, *extra: str) -> str:
     nsa = shutil.which("nsa")
     assert nsa, "the nsa console script is not installed"
     args = [nsa, "fit", "--config", str(recipe), "--trainer.max_steps=2", f"--model.export_dir={export}", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
 
 
 def test_two_processes_make_the_single_process_update(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=7, tokens_per_micro_batch=1)
     fit(recipe, tmp_path / "one", tmp_path)
-    ddp = ("--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu")
-    fit(recipe, tmp_path / "two", tmp_path, *ddp)
+    stderr = fit(recipe, tmp_path / "two", tmp_path, *TWO, f"--data.cache_dir={tmp_path / 'two-cache'}")
+    counts = computed(stderr)
+    assert {stage: sum(c) for stage, c in counts.items()} == {
+        "sample": 3,
+        "verify": 3,
+        "groups": 1,
+        "segment": 2,
+        "behaviour": 2,
+        "judge": 2,
+        "label": 2,
+    }
+    assert all(map(sum, zip(*counts.values())))  # both processes computed shards
+    for name in ("sample", "verify", "behaviour", "label"):
+        assert stage_rows(tmp_path / "two-cache", name) == stage_rows(tmp_path / "cache", name), name
     one, two = (
         load_file(str(tmp_path / "one" / "model.safetensors")),
         load_file(str(tmp_path / "two" / "model.safetensors")),

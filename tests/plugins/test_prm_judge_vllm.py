@@ -29,12 +29,16 @@ def vllm_judge(folder: str, convention: str, **options) -> PRMJudge:
 def test_vllm_scores_match_the_reference(models, convention):  # noqa: F811 - pytest fixture
     """Same ids, same positions: vLLM's class probabilities equal the hand-built reference
     (float32; atol 1e-4 covers the different kernels). For math-shepherd this proves the
-    2-way classifier over the LM head rows (-, +) gives P(+) renormalised over {+, -}."""
+    2-way classifier over the LM head rows (-, +) gives P(+) renormalised over {+, -}.
+    token-classification also checks, on the same engine, that the truncation policy is the
+    backend's too: steps past max_length are None and counted."""
     judge = vllm_judge(models[convention], convention)
     try:
         scores = judge.score(ITEMS)
         process = judge._worker._process
         assert process.is_alive()
+        if convention == "token-classification":
+            long_answer_scores_the_prefix(judge, models[convention])
     finally:
         judge.close()
     assert not process.is_alive()  # the engine's memory is gone with its process
@@ -42,19 +46,12 @@ def test_vllm_scores_match_the_reference(models, convention):  # noqa: F811 - py
         assert got == pytest.approx(reference(convention, models[convention], it), abs=1e-4)
 
 
-def test_vllm_long_answer_scores_the_prefix(models):  # noqa: F811 - pytest fixture
-    """The truncation policy is the backend's too: steps past max_length are None and counted."""
+def long_answer_scores_the_prefix(judge: PRMJudge, folder: str) -> None:
     it = ITEMS[2]
-    folder = models["token-classification"]
     hf = PRMJudge(folder, convention="token-classification")
     hf._load()
-    cut = hf._encode(it).positions[1] + 1
-    judge = vllm_judge(folder, "token-classification")
-    judge.max_length = cut
-    try:
-        [scores] = judge.score([it])
-    finally:
-        judge.close()
+    judge.max_length = hf._encode(it).positions[1] + 1  # the first two steps fit
+    [scores] = judge.score([it])
     assert scores[:2] == pytest.approx(reference("token-classification", folder, it)[:2], abs=1e-4)
     assert scores[2:] == [None, None] and judge._truncated_steps == 2
 
