@@ -112,7 +112,10 @@ DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augm
   nsa inspect --config R [--output F.html]
                            a page of the judged negatives: steps coloured by consensus,
                            each judge's verdicts, the weights, agreement counts; to MLflow
-  nsa plugins              list the advertised plugins (imports none)"""
+  nsa plugins              list the advertised plugins (imports none)
+
+fit, prepare, generate and evaluate run on the trainer's placement (trainer.devices,
+trainer.num_nodes, or torchrun/SLURM): every process takes shards of every data stage."""
 
 
 class NSACLI(LightningCLI):

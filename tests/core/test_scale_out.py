@@ -125,3 +125,13 @@ def test_evaluate_on_two_processes_equals_one(tmp_path, tiny_model, capsys):
     assert all(map(sum, zip(*counts.values())))
     for name in ("eval_sample", "eval_verify"):
         assert stage_rows(tmp_path / "two", name) == stage_rows(tmp_path / "one", name)
+
+
+def test_an_engine_larger_than_the_node_is_one_line_before_any_stage(tmp_path, tiny_model, capsys):
+    """On a CPU a node's devices are its processes: one process cannot lead an engine of 2."""
+    recipe = tiny_recipe(tmp_path, tiny_model)
+    sampler = ["--data.sampler=VLLMSampler", "--data.sampler.init_args.engine.tensor_parallel_size=2"]
+    with pytest.raises(SystemExit):
+        main(["prepare", "--config", str(recipe), *sampler])
+    assert "nsa: error: VLLMSampler: engine.tensor_parallel_size 2 must divide the 1 devices" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # no stage began
