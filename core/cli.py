@@ -188,6 +188,8 @@ def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
     """Runs ``work`` on every process of the recipe's placement (``trainer:`` devices and
     nodes), started by the trainer's launcher as ``nsa fit`` would be, or by torchrun or
     SLURM. The processes share each data stage's shards; they leave together."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
     from nsa.team import of_trainer
 
     trainer = cli.trainer
@@ -200,6 +202,11 @@ def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
             team.leave()
 
     launcher = trainer.strategy.launcher  # None for one process
+    if isinstance(launcher, _MultiProcessingLauncher):  # it would pickle `launched`, a closure
+        raise NSAError(
+            "trainer.strategy: spawned processes (ddp_spawn, ...) are not supported here; use ddp or fsdp, "
+            "whose launcher starts each process as a command"
+        )
     if launcher is None:
         launched()
     else:

@@ -21,7 +21,7 @@ from datasets import Dataset
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier, closed_after, devices_per_engine
 from nsa.models import load_policy, load_tokenizer, local_device, policy_identity, resolve_policy
 from nsa.stages import behaviour, rollouts, steps
-from nsa.stages.cache import StageOutput, describe, fingerprint, run_stage
+from nsa.stages.cache import StageOutput, check_shared, describe, fingerprint, run_stage
 from nsa.stages.problems import MATH_TEMPLATE, load_problems
 from nsa.team import Team, check_span
 
@@ -129,6 +129,7 @@ def generate(recipe: Recipe, team: Team | None = None) -> list[StageOutput]:
     """The rollout stages: problems, sampled answers (or a rollout file), verified answers."""
     team = team or Team.alone()
     check_placement(recipe.plugins(), team)
+    check_shared(recipe.cache_dir, team)
     problems = sampled = None
     if recipe.rollouts:
         sampled = rollouts.load_rollouts(recipe.rollouts)

@@ -11,9 +11,10 @@ A team is the whole job when its nodes share ``data.cache_dir`` (``data.shared_c
 else one node's processes: each node then computes every shard into its own cache. One
 process alone is a team of one over an in-memory store, through the same code.
 
-Keys are unique per call: each process counts its calls of each name, and since every
-process makes the same calls in the same order, the n-th call means the same thing
-everywhere. A second run of a stage in the same job (a sweep's next cell) gets new keys.
+Keys are unique per call: each process counts its calls of each name, for the whole life
+of the process (a sweep builds a team per cell on one store), and since every process makes
+the same calls in the same order, the n-th call means the same thing everywhere. A second
+run of a stage in the same job (a sweep's next cell) gets new keys.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from nsa.errors import NSAError
 POLL_S = 0.2  # how often a waiting process reads the store
 BEAT_S = 1.0  # how often each process's pulse thread says it is alive
 QUIET_S = 120.0  # a process whose pulse has not moved for this long is taken for dead
+ACK_S = 10.0  # how long process 0, failing, waits for the others to read its error
+
+# Per process, not per team: a process may build many teams on one store (a sweep's cells),
+# and a key must never be reused. One pulse thread per process, for the same reason.
+_CALLS: Counter[str] = Counter()
+_PULSES: dict[int, _Pulse] = {}
 
 
 class Team:
@@ -59,8 +66,7 @@ class Team:
         self.job_rank, self.job_size = job_rank, job_size
         self.local_rank, self.local_size = local_rank, local_size
         self.quiet_s = quiet_s
-        self._calls: Counter[str] = Counter()
-        self._pulse = _Pulse(store, job_rank) if job_size > 1 else None
+        self._pulse = _pulse(store, job_rank) if job_size > 1 else None
         self._heard: dict[int, tuple[int, float]] = {}
         self._last_watch = time.monotonic()
 
@@ -78,9 +84,9 @@ class Team:
     def key(self, name: str, job: bool = False) -> str:
         """A key for this process's next call named ``name`` (the same call on every process),
         in the team's namespace, or the job's with ``job``."""
-        prefix = "nsa" if job else self.prefix
-        self._calls[f"{prefix}/{name}"] += 1
-        return f"{prefix}/{name}#{self._calls[f'{prefix}/{name}']}"
+        name = f"{'nsa' if job else self.prefix}/{name}"
+        _CALLS[name] += 1
+        return f"{name}#{_CALLS[name]}"
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[Team]:
@@ -102,6 +108,10 @@ class Team:
         with contextlib.suppress(Exception):  # best effort: the store may be gone as well
             if self.job_size > 1 and not self.store.check(["nsa/error"]):
                 self.store.set("nsa/error", f"process {self.job_rank} failed: {text.rstrip(': ')}")
+                if self.job_rank == 0:  # it hosts the store: the others must read the error first
+                    deadline = time.monotonic() + min(ACK_S, self.quiet_s)
+                    while self.store.add("nsa/error_read", 0) < self.job_size - 1 and time.monotonic() < deadline:
+                        time.sleep(POLL_S)
 
     def wait(self, ready: Callable[[], bool]) -> None:
         """Polls until ``ready()``; stops with another process's error, or when one goes quiet."""
@@ -114,16 +124,21 @@ class Team:
         if self.job_size == 1:
             return
         if self.store.check(["nsa/error"]):
-            raise NSAError(self.store.get("nsa/error").decode())
+            message = self.store.get("nsa/error").decode()
+            self.store.add("nsa/error_read", 1)  # process 0 may be waiting to exit
+            raise NSAError(message)
         if time.monotonic() - self._last_watch > min(5 * BEAT_S, self.quiet_s / 3):
             self._watch()
 
     def _watch(self) -> None:
-        """Every process's pulse count must move at least once in ``quiet_s``."""
+        """Every process's pulse count must move at least once in ``quiet_s``. One store call:
+        each process watches every process, so the store's load grows with the job squared."""
         now = self._last_watch = time.monotonic()
-        for rank in range(self.job_size):
-            beats = self.store.add(f"nsa/beat/{rank}", 0)
-            seen, since = self._heard.get(rank, (-1, now))
+        keys = [f"nsa/beat/{rank}" for rank in range(self.job_size)]
+        if not self.store.check(keys):
+            return  # a process not yet pulsing is not watched yet
+        for rank, beats in enumerate(self.store.multi_get(keys)):
+            seen, since = self._heard.get(rank, (b"", now))
             if beats != seen:
                 self._heard[rank] = (beats, now)
             elif now - since > self.quiet_s:
@@ -225,15 +240,21 @@ class _Pulse:
             self._followed = None
 
     def _run(self) -> None:
-        while True:
-            try:
+        while True:  # a daemon: it ends with the process
+            with contextlib.suppress(Exception):  # a late or lost store: beat again next time
                 self._store.add(f"nsa/beat/{self._rank}", 1)
+            with contextlib.suppress(Exception):
                 followed = self._followed
                 if followed is not None:
                     _show(followed[1], self._store.add(followed[0], 0))
-            except Exception:  # the store's host has gone (the job is ending): stop beating
-                return
             time.sleep(BEAT_S)
+
+
+def _pulse(store: Any, rank: int) -> _Pulse:
+    """This process's pulse, started once."""
+    if rank not in _PULSES:
+        _PULSES[rank] = _Pulse(store, rank)
+    return _PULSES[rank]
 
 
 def of_job(global_rank: int, world_size: int, node_rank: int, local_rank: int, local_size: int, shared: bool) -> Team:
@@ -258,28 +279,25 @@ def of_trainer(trainer: Any, shared: bool) -> Team:
     )
 
 
-def node_devices(team: Team) -> int:
-    """The devices of a node that engines are placed on: its visible GPUs, or on a CPU its processes."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return team.local_size
-
-
 def check_span(team: Team, span: int, who: str) -> None:
-    """A placement that cannot work fails here, before any stage: ``span`` devices per engine."""
-    devices = node_devices(team)
-    if span < 1 or span > devices or devices % span:
+    """A placement that cannot work fails here, before any stage: an engine spans ``span`` of a
+    node's processes, each owning one device (its GPU, or on a CPU a share of the cores), and
+    the process leading it must see the GPUs it will pin (see nsa.vllm_worker)."""
+    if span < 1 or team.local_size % span:
         raise NSAError(
-            f"{who}: engine.tensor_parallel_size {span} must divide the {devices} devices of a node "
-            "(its GPUs, or on a CPU its processes, trainer.devices); lower it or change trainer.devices"
+            f"{who}: engine.tensor_parallel_size {span} must divide the {team.local_size} processes of a node "
+            "(trainer.devices: one per GPU); lower it or set trainer.devices to a multiple of it"
         )
+    if takes_part(team, span):
+        from nsa.vllm_worker import engine_devices
+
+        engine_devices(span)  # a one-line error when this process cannot see GPUs r..r+span-1
 
 
 def takes_part(team: Team, span: int) -> bool:
     """Whether this process leads an engine of ``span`` devices: the first of each group of
     ``span`` local processes; the others wait while the stage runs."""
-    return team.local_rank % span == 0 and team.local_rank + span <= node_devices(team)
+    return team.local_rank % span == 0
 
 
 def muted(team: Team) -> contextlib.AbstractContextManager:

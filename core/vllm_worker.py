@@ -11,19 +11,17 @@ gets plain data back; nothing of vLLM is imported in the parent.
 Placement: in a job of several processes, each process that leads an engine starts its own
 child, pinned to its GPUs through ``CUDA_VISIBLE_DEVICES``: the GPU the launcher gave the
 process (``torch.cuda.current_device()``) and the next ``tensor_parallel_size - 1`` ones, as
-numbered in the parent's own ``CUDA_VISIBLE_DEVICES``. The child gets none of the job's
-torch.distributed variables (``RANK``, ``MASTER_PORT``, ...), so the engine's own process
-group never meets the job's.
+numbered in the parent's own ``CUDA_VISIBLE_DEVICES``, set first thing in the child. The
+child drops the job's torch.distributed variables (``RANK``, ``MASTER_PORT``, ...), so the
+engine's own process group never meets the job's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import sys
 import weakref
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,14 +87,14 @@ class VLLMWorker:
         """Starts the engine now (it also starts on the first call)."""
         if self._process is not None:
             return
-        _free_accelerator_memory()  # vLLM sizes its cache from the memory free when it starts
+        free_accelerator_memory()  # vLLM sizes its cache from the memory free when it starts
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         # not a daemon: tensor-parallel engines start worker processes of their own
-        self._process = context.Process(target=_serve, args=(child, self._model, self._options))
+        devices = engine_devices(self._options["tensor_parallel_size"])
+        self._process = context.Process(target=_serve, args=(child, self._model, self._options, devices))
         try:
-            with _child_environment(engine_devices(self._options["tensor_parallel_size"])):
-                self._process.start()
+            self._process.start()
         except BaseException:
             self._conn.close()
             self._process = self._conn = None  # a later call starts afresh instead of reading a dead pipe
@@ -161,7 +159,8 @@ def _kill(process: Any, grace_s: float = 5.0) -> int | None:
     return process.exitcode
 
 
-def _free_accelerator_memory() -> None:
+def free_accelerator_memory() -> None:
+    """Returns this process's cached GPU memory to the device (a model just dropped)."""
     import gc
 
     gc.collect()
@@ -206,24 +205,6 @@ def engine_devices(size: int) -> str | None:
     return ",".join(chosen)
 
 
-@contextlib.contextmanager
-def _child_environment(devices: str | None) -> Iterator[None]:
-    """The environment a spawned child starts with (it copies the parent's at ``start()``):
-    its GPUs, and none of the job's variables. The parent's own is restored after."""
-    names = (*JOB_VARIABLES, "CUDA_VISIBLE_DEVICES")
-    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    elif "CUDA_VISIBLE_DEVICES" in saved:
-        os.environ["CUDA_VISIBLE_DEVICES"] = saved["CUDA_VISIBLE_DEVICES"]
-    try:
-        yield
-    finally:
-        for name in names:
-            os.environ.pop(name, None)
-        os.environ.update(saved)
-
-
 def available() -> bool:
     """Whether vllm is installed, without importing it."""
     import importlib.util
@@ -234,7 +215,11 @@ def available() -> bool:
 # ------------------------------------------------------------------------------ child
 
 
-def _serve(conn: Any, model: str, options: dict[str, Any]) -> None:
+def _serve(conn: Any, model: str, options: dict[str, Any], devices: str | None = None) -> None:
+    for name in JOB_VARIABLES:  # before vLLM reads them: its process group is its own
+        os.environ.pop(name, None)
+    if devices is not None:  # before anything initialises CUDA here
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # this process is the engine's own already
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")

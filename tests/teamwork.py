@@ -104,6 +104,38 @@ def raise_on_one(team, folder: Path) -> None:
     run_doubling(team, folder, doubling(folder, team.rank, delay, stop))
 
 
+def raise_on_zero(team, folder: Path) -> None:
+    """Process 0, which holds the store, raises at its second shard; process 1's take a while."""
+    delay, stop = (0.05, 2) if team.rank == 0 else (0.5, None)
+    run_doubling(team, folder, doubling(folder, team.rank, delay, stop))
+
+
+def two_teams(team, folder: Path) -> None:
+    """A second team on the same store, as a sweep's next cell builds: its keys are new, so its
+    stage (factor 3) waits for, and sums, its own round only."""
+    from nsa.team import of_job
+
+    one_round(team, folder, 2)
+    one_round(of_job(team.rank, team.size, 0, team.rank, team.size, shared=True), folder, 3)
+
+
+def one_round(team, folder: Path, factor: int) -> None:
+    from nsa.stages.cache import run_stage
+
+    summarise = lambda data: team.total("round", {"factor": float(factor)})  # noqa: E731
+    fn = doubling(folder, team.rank, delay_s=0.05)
+    out = run_stage(folder / "cache", "double", numbers(), {"factor": factor}, fn, 1, summarise, team)
+    (folder / f"stats-{factor}-{team.rank}.json").write_text(json.dumps(out.stats))
+
+
+def unshared(team, folder: Path) -> None:
+    """Each process names its own cache folder: the probe before any stage catches it."""
+    from nsa.stages import cache
+
+    cache.VISIBLE_S = 1.0
+    cache.check_shared(folder / f"cache-{team.rank}", team)
+
+
 def kill_one(team, folder: Path) -> None:
     """Process 1 SIGKILLs itself at its second shard; process 0 hears nothing from it for 3 s."""
     team.quiet_s = 3.0

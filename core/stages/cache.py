@@ -87,13 +87,19 @@ def run_stage(
     fp = fingerprint(source.fingerprint, name, config, shard_size)
     out = Path(cache_dir) / name / fp
     n = len(range(0, len(source.dataset), shard_size)) or 1
+    if span > 1:  # an engine will span the GPUs of processes that just held a model: free them first
+        from nsa.vllm_worker import free_accelerator_memory
+
+        free_accelerator_memory()
     if team.agree(f"{name}/{fp}", str((out / "stats.json").exists())) == "True":
-        return StageOutput(name, _load_shards(out, n, name), fp, out, json.loads((out / "stats.json").read_text()))
+        return StageOutput(
+            name, _load_shards(out, n, name, team), fp, out, json.loads((out / "stats.json").read_text())
+        )
     out.mkdir(parents=True, exist_ok=True)
     if team.leads:
         _write_atomic(out / "config.json", json.dumps(describe(config), indent=2, default=str))
     _compute_shards(out, name, source.dataset, fn, shard_size, team, span)
-    dataset = _load_shards(out, n, name)
+    dataset = _load_shards(out, n, name, team)
     with muted(team):  # every process summarises (the same numbers); the leader's notices print
         stats = summarise(dataset) if summarise else {}
     if team.leads:
@@ -135,21 +141,46 @@ def _commit(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_shards(out: Path, n: int, name: str) -> Dataset:
+def _load_shards(out: Path, n: int, name: str, team: Team) -> Dataset:
     """Shards 0..n-1 of a finished stage, in order. Another node of the job may have written
     one a moment ago: a shared filesystem gets a grace period to show it."""
     shards = [out / f"shard-{i:05d}" for i in range(n)]
-    deadline = time.monotonic() + VISIBLE_S
+    deadline = time.monotonic() + (VISIBLE_S if team.job_size > 1 else 0.0)
     while (missing := [p for p in shards if not p.exists()]) and time.monotonic() < deadline:
         time.sleep(1.0)
-    if missing:
+    if missing and team.job_size > 1:
         raise NSAError(
             f"stage {name}: {missing[0]} is missing, though the job finished it; if the nodes do not "
             "share data.cache_dir, set data.shared_cache_dir: false"
         )
+    if missing:
+        raise NSAError(f"stage {name}: {missing[0]} is missing from a finished stage; delete {out} to compute it again")
     parts = [load_from_disk(str(p)) for p in shards]
     non_empty = [p for p in parts if len(p)] or parts[:1]
     return concatenate_datasets(non_empty) if len(non_empty) > 1 else non_empty[0]
+
+
+def check_shared(cache_dir: str | Path, team: Team) -> None:
+    """Every process of the team sees ``cache_dir``: process 0 writes a file there that every
+    other one must find, before any stage (else the first stage's end would say so, hours in)."""
+    if team.size == 1:
+        return
+    probe = Path(cache_dir) / f".probe-{team.agree('probe', uuid.uuid4().hex)}"
+    if team.leads:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+    team.barrier("probe-written")
+    deadline = time.monotonic() + VISIBLE_S
+    while not probe.exists() and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if not probe.exists():
+        raise NSAError(
+            f"data.cache_dir {cache_dir} is not shared: process {team.job_rank} cannot see a file process 0 "
+            "wrote there; put it on a filesystem every node sees, or set data.shared_cache_dir: false"
+        )
+    team.barrier("probe-read")
+    if team.leads:
+        probe.unlink()
 
 
 def _write_atomic(path: Path, text: str) -> None:

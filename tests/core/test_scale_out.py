@@ -133,5 +133,7 @@ def test_an_engine_larger_than_the_node_is_one_line_before_any_stage(tmp_path, t
     sampler = ["--data.sampler=VLLMSampler", "--data.sampler.init_args.engine.tensor_parallel_size=2"]
     with pytest.raises(SystemExit):
         main(["prepare", "--config", str(recipe), *sampler])
-    assert "nsa: error: VLLMSampler: engine.tensor_parallel_size 2 must divide the 1 devices" in capsys.readouterr().err
+    assert (
+        "nsa: error: VLLMSampler: engine.tensor_parallel_size 2 must divide the 1 processes" in capsys.readouterr().err
+    )
     assert not (tmp_path / "cache").exists()  # no stage began

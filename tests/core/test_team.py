@@ -49,6 +49,26 @@ def test_an_error_on_one_process_stops_both_with_it(tmp_path):
     assert (tmp_path / "error-0.txt").read_text().startswith("process 1 failed: ValueError: boom at row")
 
 
+def test_an_error_on_process_0_reaches_the_others_before_its_store_goes(tmp_path):
+    """Process 0 hosts the store; failing, it waits for the others to read its error."""
+    assert teamwork.launch(teamwork.raise_on_zero, 2, tmp_path, timeout_s=60) == [3, 3]
+    assert (tmp_path / "error-1.txt").read_text().startswith("process 0 failed: ValueError: boom at row")
+
+
+def test_a_second_team_on_one_store_gets_keys_of_its_own(tmp_path):
+    """Round 2's stage sums its own counters (factor 3 + 3), not round 1's (2 + 2)."""
+    assert teamwork.launch(teamwork.two_teams, 2, tmp_path, timeout_s=60) == [0, 0]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"stats-2-{rank}.json").read_text()) == {"factor": 4.0}
+        assert json.loads((tmp_path / f"stats-3-{rank}.json").read_text()) == {"factor": 6.0}
+
+
+def test_a_cache_the_processes_do_not_share_fails_before_any_stage(tmp_path):
+    assert teamwork.launch(teamwork.unshared, 2, tmp_path, timeout_s=60) == [3, 3]
+    assert "is not shared: process 1 cannot see a file process 0 wrote" in (tmp_path / "error-1.txt").read_text()
+    assert (tmp_path / "error-0.txt").read_text().startswith("process 1 failed: data.cache_dir")
+
+
 def test_a_killed_process_is_noticed_and_a_rerun_computes_only_the_rest(tmp_path):
     codes = teamwork.launch(teamwork.kill_one, 2, tmp_path, timeout_s=60)
     assert codes == [3, -9]
