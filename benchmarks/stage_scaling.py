@@ -1,8 +1,8 @@
 """Wall time of the sample, behaviour and judge stages on 1 and on 2 processes: same work, one run.
 
-Each setting runs in fresh spawned processes (one thread each, a gloo process group for the
-two-process team, nsa's own ``run_stage`` and stage functions, a fresh cache), so the only
-difference is how many processes share the shards. The work is compute-bound and
+Each setting runs in fresh spawned processes (one thread each, a gloo process group of 1 or
+2, nsa's own ``run_stage`` and stage functions, a fresh cache), so the only difference is
+how many processes share the shards. The work is compute-bound and
 long-tailed, like long-CoT answers:
 
 - sample: a random Llama (``--hidden``, ``--layers``) generates exactly L tokens per answer,
@@ -192,44 +192,29 @@ def run_stages(team, setting: dict) -> dict:
     return report
 
 
-def member(rank: int, size: int, port: int, setting: dict, out: str) -> None:
-    """One process of a run: joins the team (gloo) when there are two, runs, writes its figures."""
+def measured(team, folder: Path) -> None:
+    """One process of a run (tests.teamwork starts it, in a gloo job of 1 or 2): the stages,
+    and its figures in ``report-<rank>.json``."""
     import torch
 
-    torch.set_num_threads(1)
-    from nsa.team import Team, of_job
-
-    if size == 1:
-        team = Team.alone()
-    else:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
-        team = of_job(rank, size, 0, rank, size, shared=True)
     from nsa.models import load_tokenizer
 
-    setting = {**setting, "tokenizer": load_tokenizer(setting["policy"])}
-    report = run_stages(team, setting)
-    team.leave()
-    Path(out).write_text(json.dumps(report))
+    torch.set_num_threads(1)
+    setting = json.loads((folder / "setting.json").read_text())
+    setting["tokenizer"] = load_tokenizer(setting["policy"])
+    (folder / f"report-{team.rank}.json").write_text(json.dumps(run_stages(team, setting)))
 
 
 def run(size: int, setting: dict, folder: Path) -> list[dict]:
-    import multiprocessing
+    from tests.teamwork import launch
 
-    from tests.teamwork import free_port
-
-    context = multiprocessing.get_context("spawn")
-    port, outs = free_port(), [folder / f"report-{size}-{r}.json" for r in range(size)]
-    setting = {**setting, "cache": str(folder / f"cache-{size}")}
-    procs = [context.Process(target=member, args=(r, size, port, setting, str(outs[r]))) for r in range(size)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-    if any(proc.exitcode for proc in procs):
-        raise SystemExit(f"a {size}-process run failed: exit codes {[p.exitcode for p in procs]}")
-    return [json.loads(out.read_text()) for out in outs]
+    here = folder / f"{size}-processes"
+    here.mkdir()
+    (here / "setting.json").write_text(json.dumps({**setting, "cache": str(here / "cache")}))
+    codes = launch(measured, size, here, timeout_s=3600)
+    if any(codes):
+        raise SystemExit(f"a {size}-process run failed: exit codes {codes}; see {here}/error-*.txt")
+    return [json.loads((here / f"report-{rank}.json").read_text()) for rank in range(size)]
 
 
 def static_imbalance(shard_times: list[float]) -> float:

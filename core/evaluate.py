@@ -16,7 +16,7 @@ from pathlib import Path
 from nsa import pipeline
 from nsa.contracts import Benchmark, Sampler, closed_after
 from nsa.errors import NSAError
-from nsa.stages.cache import StageOutput, check_shared
+from nsa.stages.cache import StageOutput
 from nsa.stages.problems import problems_output
 from nsa.team import Team, say
 
@@ -141,8 +141,7 @@ def evaluate(
     ``team``: the processes that share the sampling and verifying (this one alone by default)."""
     team = team or Team.alone()
     ks = check(evaluation, sampler)
-    pipeline.check_placement([sampler], team)
-    check_shared(cache_dir, team)
+    pipeline.check_team(team, [sampler], cache_dir)
     say(team, f"nsa: evaluate: policy {policy}, {sampler.num_samples} answers per problem")
     loaded = [load(bench) for bench in evaluation.benchmarks]  # a bad file fails before any sampling
     rows = []

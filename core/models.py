@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from nsa.errors import NSAError
@@ -115,6 +116,17 @@ def local_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def free_accelerator_memory() -> None:
+    """Returns this process's cached GPU memory to the device (a model just dropped): a vLLM
+    engine sizes its cache from the memory free when it starts."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")  # never imported just for this
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_tokenizer(folder: str):

@@ -77,10 +77,12 @@ def rows_per_shard(recipe: Recipe) -> int:
     return recipe.shard_size * samples
 
 
-def check_placement(plugins: Sequence[object], team: Team) -> None:
-    """Every engine fits the node's devices (one-line error), before any stage runs."""
+def check_team(team: Team, plugins: Sequence[object], cache_dir: str) -> None:
+    """Before any stage runs (one-line errors): every plugin's engine fits the node's devices,
+    and every process of the team sees ``cache_dir``."""
     for plugin in plugins:
         check_span(team, devices_per_engine(plugin), type(plugin).__name__)
+    check_shared(cache_dir, team)
 
 
 def sample(
@@ -128,8 +130,7 @@ def verify(
 def generate(recipe: Recipe, team: Team | None = None) -> list[StageOutput]:
     """The rollout stages: problems, sampled answers (or a rollout file), verified answers."""
     team = team or Team.alone()
-    check_placement(recipe.plugins(), team)
-    check_shared(recipe.cache_dir, team)
+    check_team(team, recipe.plugins(), recipe.cache_dir)
     problems = sampled = None
     if recipe.rollouts:
         sampled = rollouts.load_rollouts(recipe.rollouts)

@@ -20,6 +20,7 @@ run of a stage in the same job (a sweep's next cell) gets new keys.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import threading
@@ -67,7 +68,7 @@ class Team:
         self.local_rank, self.local_size = local_rank, local_size
         self.quiet_s = quiet_s
         self._pulse = _pulse(store, job_rank) if job_size > 1 else None
-        self._heard: dict[int, tuple[int, float]] = {}
+        self._heard: dict[int, tuple[bytes, float]] = {}
         self._last_watch = time.monotonic()
 
     @classmethod
@@ -97,7 +98,10 @@ class Team:
         try:
             yield self
         except DistError as err:
-            raise NSAError(f"lost the job's store, kept by process 0 (it stopped?): {_first_line(err)}") from None
+            raise NSAError(
+                f"lost the job's store, kept by process 0: it stopped (its error is above); run the same "
+                f"command again, finished shards are kept ({_first_line(err)})"
+            ) from None
         except BaseException as err:
             self.fail(err)
             raise
@@ -191,7 +195,7 @@ class Team:
         returns whether it computed (False: already done). ``progress`` (a tqdm bar, on the
         leader) follows the team's count. Returns how many each process computed."""
         key = self.key(name)
-        follow = self._pulse.follow(f"{key}/done", progress) if self._pulse and self.leads else _nothing()
+        follow = self._pulse.follow(f"{key}/done", progress) if self._pulse and self.leads else contextlib.nullcontext()
         with follow:
             while takes_part and (i := self._take(f"{key}/next")) < n:
                 if work(i):
@@ -214,11 +218,6 @@ def _show(progress: Any, done: int) -> int:
         progress.n = done  # assigned, not added: the pulse thread sets it too
         progress.refresh()
     return done
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 class _Pulse:
@@ -302,15 +301,7 @@ def takes_part(team: Team, span: int) -> bool:
 
 def muted(team: Team) -> contextlib.AbstractContextManager:
     """Silences stderr on every process but the leader: one copy of each notice."""
-    return contextlib.nullcontext() if team.leads else contextlib.redirect_stderr(_Void())
-
-
-class _Void:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+    return contextlib.nullcontext() if team.leads else contextlib.redirect_stderr(io.StringIO())
 
 
 def say(team: Team, message: str) -> None:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nsa.errors import NSAError
+from nsa.models import free_accelerator_memory
 
 
 @dataclass(frozen=True)
@@ -157,16 +158,6 @@ def _kill(process: Any, grace_s: float = 5.0) -> int | None:
         process.kill()
         process.join()
     return process.exitcode
-
-
-def free_accelerator_memory() -> None:
-    """Returns this process's cached GPU memory to the device (a model just dropped)."""
-    import gc
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # torch.distributed's variables of the job that started this process: a child that kept them

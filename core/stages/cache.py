@@ -28,6 +28,7 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from nsa.errors import NSAError
+from nsa.models import free_accelerator_memory
 from nsa.team import Team, muted, say, takes_part
 
 VISIBLE_S = 30.0  # how long a shard committed on another node may take to show here
@@ -86,20 +87,18 @@ def run_stage(
     team = team or Team.alone()
     fp = fingerprint(source.fingerprint, name, config, shard_size)
     out = Path(cache_dir) / name / fp
-    n = len(range(0, len(source.dataset), shard_size)) or 1
+    starts = list(range(0, len(source.dataset), shard_size)) or [0]  # shard i: rows starts[i]...
     if span > 1:  # an engine will span the GPUs of processes that just held a model: free them first
-        from nsa.vllm_worker import free_accelerator_memory
-
         free_accelerator_memory()
     if team.agree(f"{name}/{fp}", str((out / "stats.json").exists())) == "True":
         return StageOutput(
-            name, _load_shards(out, n, name, team), fp, out, json.loads((out / "stats.json").read_text())
+            name, _load_shards(out, len(starts), name, team), fp, out, json.loads((out / "stats.json").read_text())
         )
     out.mkdir(parents=True, exist_ok=True)
     if team.leads:
         _write_atomic(out / "config.json", json.dumps(describe(config), indent=2, default=str))
-    _compute_shards(out, name, source.dataset, fn, shard_size, team, span)
-    dataset = _load_shards(out, n, name, team)
+    _compute_shards(out, name, source.dataset, fn, starts, shard_size, team, span)
+    dataset = _load_shards(out, len(starts), name, team)
     with muted(team):  # every process summarises (the same numbers); the leader's notices print
         stats = summarise(dataset) if summarise else {}
     if team.leads:
@@ -107,9 +106,10 @@ def run_stage(
     return StageOutput(name, dataset, fp, out, stats)
 
 
-def _compute_shards(out: Path, name: str, data: Dataset, fn: Callable, shard_size: int, team: Team, span: int) -> None:
-    starts = list(range(0, len(data), shard_size)) or [0]
-    done = sum((out / f"shard-{i:05d}").exists() for i in range(len(starts)))
+def _compute_shards(
+    out: Path, name: str, data: Dataset, fn: Callable, starts: list[int], shard_size: int, team: Team, span: int
+) -> None:
+    done = sum((out / f"shard-{i:05d}").exists() for i in range(len(starts))) if team.leads else 0
     if done:
         say(team, f"nsa: stage {name}: reusing {done} of {len(starts)} finished shards")
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from nsa.contracts import Completion
+from nsa.errors import NSAError
 
 
 class HFSampler:
@@ -41,6 +42,8 @@ class HFSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.dtype = dtype
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise NSAError(f"HFSampler: device '{device}' is not one of auto, cpu, cuda or cuda:<index>")
         self._device = device
         self._loaded: tuple[str, object, object] | None = None
 

@@ -14,25 +14,16 @@ run's, row for row.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from tests.recipe import TWO, computed, stage_rows, tiny_recipe
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.recipe import TWO, computed, nsa, stage_rows, tiny_recipe
 
 
 def fit(recipe: Path, export: Path, cwd: Path, *extra: str) -> str:
-    nsa = shutil.which("nsa")
-    assert nsa, "the nsa console script is not installed"
-    args = [nsa, "fit", "--config", str(recipe), "--trainer.max_steps=2", f"--model.export_dir={export}", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    done = nsa(cwd, "fit", "--config", str(recipe), "--trainer.max_steps=2", f"--model.export_dir={export}", *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
@@ -84,9 +75,6 @@ def test_a_nan_loss_stops_every_process(tmp_path, tiny_model):
     questions. The flag is all-reduced, so a process whose own loss is finite stops too rather
     than wait in a collective (here both are NaN; the timeout would catch a hang)."""
     recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=4, tokens_per_micro_batch=1)
-    args = [shutil.which("nsa"), "fit", "--config", str(recipe), "--model.optimizer.init_args.lr=1e30"]
-    args += ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = nsa(tmp_path, "fit", "--config", str(recipe), "--model.optimizer.init_args.lr=1e30", *TWO, timeout=240)
     assert done.returncode != 0
     assert "at step 1" in done.stderr and ("loss is nan" in done.stderr or "loss is inf" in done.stderr)

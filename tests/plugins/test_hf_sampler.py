@@ -129,6 +129,14 @@ def test_other_seed_other_draws(drawn, eager_eos_model, prompts) -> None:
     assert sampler(seed=1).sample(eager_eos_model, prompts) != drawn
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda0", ""])
+def test_a_device_that_does_not_exist_is_one_line(device) -> None:
+    from nsa.errors import NSAError
+
+    with pytest.raises(NSAError, match=f"HFSampler: device '{device}' is not one of auto, cpu, cuda"):
+        HFSampler(device=device)
+
+
 def test_public_attributes_are_the_config() -> None:
     """The cache identity: exactly the __init__ arguments, with the values given, but the
     device (where it runs, as for the PRM judge)."""
