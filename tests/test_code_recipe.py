@@ -47,7 +47,8 @@ def test_code_recipe_is_the_math_setup_with_code_verification(capsys):
         assert code["data"][key] == math["data"][key], key
     verifier = code["data"]["verifier"]
     assert verifier["class_path"] == "nsa.plugins.verifiers.code.CodeVerifier"
-    assert verifier["init_args"] == {"timeout_s": 6.0, "memory_mb": 1024, "output_mb": 16, "workers": 8}
+    expected = {"timeout_s": 6.0, "memory_mb": 1024, "output_mb": 16, "disk_mb": 64, "packages": [], "workers": 8}
+    assert verifier["init_args"] == expected
     template = code["data"]["prompt_template"]
     assert template.startswith("{question}") and "```python" in template and "standard input" in template
     assert code["data"]["problems"] == "data/code_problems.jsonl"

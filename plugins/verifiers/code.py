@@ -35,12 +35,14 @@ is none, the last fenced block with no language tag. A response earns 1.0 when e
 - ``timeout``: it ran longer than ``timeout_s`` on one test (wall clock or CPU);
 - ``memory``: it ran out of its ``memory_mb`` of address space (MemoryError);
 - ``output_limit``: it wrote more than ``output_mb`` to stdout, stderr or a file;
-- ``blocked``: the audit hook refused it an operation (a new process, a socket, a write outside its
-  folder, a signal to another process, ctypes library loading) and the program did not recover.
+- ``blocked``: the audit hook refused it an operation (a new process, a socket, a file outside its folder
+  and the interpreter's, a signal to another process, ctypes library loading) and the program did not
+  recover. Where the program gets past the hook, the kernel's refusal reads as ``runtime_error``.
 
-Each test runs in a fresh sandbox: ``sandbox.py`` describes its layers (rlimits, a network namespace,
-seccomp, Landlock, no root, an audit hook) and ``sandbox_report()`` there says which are in force on this
-machine. Bad programs never hang or crash the verifier: each run is bounded and scored 0, and the others go on.
+Each test runs in a fresh sandbox with no view of the host: ``sandbox.py`` describes it (bubblewrap where
+installed, then the launcher's rlimits, network namespace, no root, Landlock, seccomp and audit hook), and
+``sandbox_report()`` there says which layers are in force on this machine. Bad programs never hang or crash
+the verifier: each run is bounded and scored 0, and the others go on.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from decimal import Decimal
 
 from nsa.contracts import Outcome
 from nsa.errors import NSAError
-from nsa.plugins.verifiers.sandbox import EXIT_MEMORY, EXIT_REFUSED, Limits, checked_limits, execute
+from nsa.plugins.verifiers.sandbox import EXIT_MEMORY, EXIT_REFUSED, Limits, checked_limits, execute, package_origins
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
 _PYTHON_TAGS = {"python", "python3", "py"}
@@ -106,22 +108,35 @@ class CodeVerifier:
     """Scores Python programs against tests in sandboxed subprocesses; see the module docstring.
 
     ``timeout_s`` bounds each test run (wall clock, plus a second for the interpreter to start, and
-    CPU time), ``memory_mb`` its address space, ``output_mb`` what it may write. ``workers`` runs go at
-    once, each launched from its own thread; it changes no score, so it is kept private, out of the
-    stage cache key (the public attributes).
+    CPU time), ``memory_mb`` its address space, ``output_mb`` each file it writes (stdout and stderr
+    included), ``disk_mb`` all it writes in its folder (a tmpfs, where bubblewrap is installed).
+    ``packages`` names the site-packages a program may import (e.g. ``[numpy]``); by default it sees the
+    standard library alone. ``workers`` runs go at once, each launched from its own thread; it changes no
+    score, so it is kept private, out of the stage cache key (the public attributes).
     """
 
-    def __init__(self, timeout_s: float = 6.0, memory_mb: int = 1024, output_mb: int = 16, workers: int = 2) -> None:
-        if timeout_s <= 0 or memory_mb < 64 or output_mb < 1 or workers < 1:
+    def __init__(
+        self,
+        timeout_s: float = 6.0,
+        memory_mb: int = 1024,
+        output_mb: int = 16,
+        disk_mb: int = 64,
+        packages: Sequence[str] = (),
+        workers: int = 2,
+    ) -> None:
+        if timeout_s <= 0 or memory_mb < 64 or output_mb < 1 or disk_mb < 1 or workers < 1:
             raise ValueError(
-                "CodeVerifier needs timeout_s > 0, memory_mb >= 64, output_mb >= 1 and workers >= 1, "
-                f"got {timeout_s}, {memory_mb}, {output_mb}, {workers}"
+                "CodeVerifier needs timeout_s > 0, memory_mb >= 64, output_mb >= 1, disk_mb >= 1 and workers >= 1, "
+                f"got {timeout_s}, {memory_mb}, {output_mb}, {disk_mb}, {workers}"
             )
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.output_mb = output_mb
+        self.disk_mb = disk_mb
+        self.packages = list(packages)
         self._workers = workers
-        self._limits = Limits(timeout_s, memory_mb, output_mb)
+        self._limits = Limits(timeout_s, memory_mb, output_mb, disk_mb, tuple(packages))
+        package_origins(self._limits.packages)  # an unknown package is an error now, not at the first program
 
     def close(self) -> None:
         """Nothing to release: threads and sandboxes live only within one ``verify`` call."""
