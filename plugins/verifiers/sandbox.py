@@ -307,7 +307,7 @@ def checked_limits(limits: Limits) -> Limits:
     report, problem = _probe(limits)
     if problem:
         raise NSAError(
-            f"the code sandbox cannot run programs here: {problem}; install bubblewrap (apt-get install "
+            f"CodeVerifier: {problem}; install bubblewrap (apt-get install "
             "bubblewrap), which binds the interpreter in, or use a Python that uid 65534 can read (not under a "
             "private home folder such as /root)"
         )

@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         limit(config)
         report = isolate(config)
     except (SetupError, OSError) as error:
-        print(f"nsa sandbox setup failed: {error}", file=sys.stderr)
+        print(f"cannot confine itself: {error}", file=sys.stderr)
         return EXIT_SETUP
     if config["audit_hook"]:
         guard(os.getcwd(), config["readable"])
