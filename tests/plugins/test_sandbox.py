@@ -66,7 +66,8 @@ def as_nobody(command: list[str]) -> subprocess.CompletedProcess:
     covers that folder with a 0755 tmpfs holding only the way to them; nothing else of the host changes.
     """
     covers: dict[str, set[str]] = {}
-    for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), str(REPO)}:
+    code = [str(REPO / name) for name in ("core", "plugins", "tests")]  # nsa, nsa.plugins and hostile.py
+    for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), *code}:
         found = _private_ancestor(path)
         if found:
             covers.setdefault(found[0], set()).add(found[1])
