@@ -19,7 +19,7 @@ from nsa.errors import NSAError
 from nsa.plugins.verifiers import sandbox
 from nsa.plugins.verifiers.code import CodeVerifier, run_test
 from nsa.plugins.verifiers.sandbox import Limits, checked_limits, execute, sandbox_report
-from nsa.plugins.verifiers.sandbox_launcher import read_rules
+from nsa.plugins.verifiers.sandbox_launcher import DENIED, SYSCALLS, read_rules, seccomp_program
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -99,7 +99,8 @@ def test_hostile_programs_are_refused_or_contained_as_an_ordinary_user():
 
 
 def test_the_shipped_problems_cannot_be_looked_up_and_their_answers_still_pass():
-    """The attack that scored 13 of 24 before: find your own stdin in the repo's problems file, print its output."""
+    """The attack that scored 13 of 24 before: find your own stdin in the repo's problems file, print its output.
+    Programs that know the answers themselves still score 1.0 on all 24."""
     rows = [json.loads(line) for line in (REPO / "data" / "code_problems.jsonl").read_text().splitlines()]
     cheat = (
         "import glob, json, sys\ngiven = sys.stdin.read()\n"
@@ -108,10 +109,18 @@ def test_the_shipped_problems_cannot_be_looked_up_and_their_answers_still_pass()
         "        for test in json.loads(json.loads(line).get('answer', '{}')).get('tests', []):\n"
         "            if test['input'] == given:\n                print(test['output'])\n"
     )
+    # Each problem's answers written into a program of its own: it passes its tests with no file to read.
+    honest = [
+        "import sys\nprint({table!r}[sys.stdin.read()], end='')".format(
+            table={test["input"]: test["output"] for test in json.loads(row["answer"])["tests"]}
+        )
+        for row in rows
+    ]
+    references = [row["answer"] for row in rows] * 2
     outcomes = CodeVerifier(timeout_s=2.0, workers=2).verify(
-        [row["answer"] for row in rows], [f"```python\n{cheat}\n```"] * len(rows)
+        references, [f"```python\n{code}\n```" for code in [cheat] * len(rows) + honest]
     )
-    assert [outcome.status for outcome in outcomes] == ["wrong_answer"] * len(rows)
+    assert [outcome.status for outcome in outcomes] == ["wrong_answer"] * len(rows) + ["ok"] * len(rows)
 
 
 def test_an_allowed_package_imports_and_no_other_one_does():
@@ -180,3 +189,38 @@ def test_a_program_sees_an_empty_root_with_the_interpreter_only():
     tops = {path.split("/")[1] for path in sandbox._readable()[0]} | {"dev", "proc", "tmp"}
     assert returncode == 0 and set(eval(listing)) <= tops and folder == "[]"
     assert not {"work", "home", "etc"} & set(eval(listing)) - tops
+
+
+def run_filter(program: list[tuple[int, int, int, int]], arch: int, number: int, argument: int = 0) -> int:
+    """What the kernel would return for one call: classic BPF, the instructions seccomp_program uses."""
+    data, accumulator, pc = {0: number, 4: arch, 16: argument}, 0, 0
+    while True:
+        code, true, false, k = program[pc]
+        if code == 0x06:  # ret
+            return k
+        if code == 0x20:  # ld word at k
+            accumulator = data[k]
+            pc += 1
+            continue
+        taken = {0x15: accumulator == k, 0x35: accumulator >= k, 0x45: bool(accumulator & k)}[code]
+        pc += 1 + (true if taken else false)
+
+
+@pytest.mark.parametrize("machine", sorted(SYSCALLS))
+def test_the_seccomp_filter_refuses_what_it_says_and_nothing_else(machine):
+    """allow = 0x7FFF0000, EPERM = 0x00050001, ENOSYS = 0x00050026 (SECCOMP_RET_ERRNO | errno)."""
+    numbers, arch, pid = SYSCALLS[machine], {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[machine], 4242
+    program = seccomp_program(machine, pid)
+    allow, eperm, enosys = 0x7FFF0000, 0x00050001, 0x00050026
+    for name in DENIED:
+        if name in numbers:
+            assert run_filter(program, arch, numbers[name]) == eperm, name
+    assert run_filter(program, arch, numbers["clone"], 0x10000 | 0x100) == allow  # CLONE_THREAD | CLONE_VM
+    assert run_filter(program, arch, numbers["clone"], 0x11) == eperm  # fork through clone (SIGCHLD)
+    assert run_filter(program, arch, numbers["kill"], pid) == allow
+    assert run_filter(program, arch, numbers["kill"], 1) == eperm
+    assert run_filter(program, arch, numbers["tgkill"], pid + 1) == eperm
+    assert run_filter(program, arch, numbers["clone3"]) == enosys
+    assert run_filter(program, arch, 0) == allow  # read (x86_64) / io_setup (aarch64)
+    assert run_filter(program, arch, 0x40000000 | 59) == eperm  # an x32 call
+    assert run_filter(program, 0xDEADBEEF, 0) == eperm  # another architecture's numbers
