@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import importlib.util
 import json
 import math
@@ -74,6 +75,7 @@ class Limits:
     drop_root: bool = True
     filters: bool = True  # seccomp and Landlock: the kernel's process, socket and file refusals
     audit_hook: bool = True
+    required: tuple[str, ...] = ()  # kernel layers a run must set up or not run at all (what the probe found)
 
 
 def execute(program: str, given: str, mode: str, fn_name: str | None, limits: Limits) -> tuple[int, bool, str, str]:
@@ -103,18 +105,62 @@ def _scratch():
 
 
 def _remove_tree(path: Path) -> None:
-    """Delete a run's folder, also where the program took permissions away from its own folders (as an
-    ordinary user; root needs none). Links are never followed, and nothing here raises: a folder that
-    cannot be deleted is a warning, not a lost batch."""
-    folders = [str(path)]
-    while folders:  # iterative: a program may nest folders deeper than Python's recursion limit
-        folder = folders.pop()
-        with contextlib.suppress(OSError):
-            os.chmod(folder, 0o700)  # a real folder: scandir said so without following links
-            folders += [entry.path for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False)]
-    shutil.rmtree(path, ignore_errors=True)  # rmtree removes links, never what they point to
+    """Delete a run's folder, also where the program nested folders thousands deep (no recursion, no path
+    longer than a name: each folder is reached through its parent's descriptor) or took permissions away from
+    them (as an ordinary user; root needs none). Links are deleted, never followed; nothing here raises: a
+    folder that cannot be deleted is a warning, not a lost batch."""
+    try:
+        _empty(os.open(path, _FOLDER))
+        os.rmdir(path)
+    except OSError:
+        pass
     if os.path.lexists(path):
         print(f"nsa: code sandbox: could not delete {path}", file=sys.stderr)
+
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _empty(descriptor: int) -> None:
+    """Delete everything in the folder open as ``descriptor`` (closed afterwards), depth first, holding one
+    descriptor at a time: down through a folder's name, back up through ".."."""
+    frames: list[list] = [["", None]]  # per level: its name in the folder above, its folders not yet visited
+    try:
+        while frames:
+            frame = frames[-1]
+            if frame[1] is None:
+                frame[1] = _delete_files(descriptor)
+            elif frame[1]:
+                name = frame[1].pop()
+                with contextlib.suppress(OSError):
+                    os.chmod(name, 0o700, dir_fd=descriptor)  # a folder, not a link: scandir said so
+                with contextlib.suppress(OSError):
+                    descriptor = _move(descriptor, os.open(name, _FOLDER, dir_fd=descriptor))
+                    frames.append([name, None])
+            else:
+                name = frames.pop()[0]
+                if frames:
+                    descriptor = _move(descriptor, os.open("..", _FOLDER, dir_fd=descriptor))
+                    with contextlib.suppress(OSError):
+                        os.rmdir(name, dir_fd=descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _move(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def _delete_files(folder: int) -> list[str]:
+    """Unlink every entry of ``folder`` that is not a folder (links included); the folders' names."""
+    with os.scandir(folder) as entries:
+        found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_folder in found:
+        if not is_folder:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=folder)
+    return [name for name, is_folder in found if is_folder]
 
 
 def _launch(scratch: Path, mode: str, fn_name: str | None, limits: Limits) -> tuple[int, bool]:
@@ -160,6 +206,7 @@ def _config(scratch: Path, mode: str, fn_name: str | None, limits: Limits) -> di
         "hidden": hidden,
         "packages": package_origins(limits.packages),
         **{name: getattr(limits, name) for name in ("bubblewrap", "namespaces", "drop_root", "filters", "audit_hook")},
+        "required": list(limits.required),
     }
 
 
@@ -181,7 +228,10 @@ def _readable() -> tuple[list[str], list[str]]:
 def _readable_by(python: str) -> tuple[list[str], list[str]]:
     """``_readable`` for the interpreter ``python``, which says where its standard library lies."""
     ask = "import json, sysconfig as s; print(json.dumps([s.get_paths(), s.get_config_vars()]))"
-    paths, variables = json.loads(subprocess.run([python, "-I", "-S", "-c", ask], capture_output=True).stdout)
+    answer = subprocess.run([python, "-I", "-S", "-c", ask], capture_output=True, text=True)
+    if answer.returncode != 0:
+        raise NSAError(f"CodeVerifier: {python} does not say where its standard library lies: {answer.stderr[-300:]}")
+    paths, variables = json.loads(answer.stdout)
     stdlib = {paths["stdlib"], paths["platstdlib"], variables.get("DESTSHARED") or ""}  # with lib-dynload
     library = os.path.join(variables.get("LIBDIR") or "", variables.get("INSTSONAME") or "")
     shared = [library] if variables.get("Py_ENABLE_SHARED") else []
@@ -189,8 +239,12 @@ def _readable_by(python: str) -> tuple[list[str], list[str]]:
     paths = {os.path.realpath(path) for path in found if path and os.path.exists(path)}
     paths = sorted(paths | {path for path in _SYSTEM if os.path.lexists(path)})  # /lib64 stays a link: ld.so's path
     paths = [path for path in paths if not any(path.startswith(other + "/") for other in paths)]
-    hidden = [os.path.join(folder, name) for folder in stdlib for name in ("site-packages", "dist-packages")]
-    return paths, [folder for folder in hidden if os.path.isdir(folder)]
+    # Packages the program may not import: the interpreter's own site-packages, and the system's (Debian's
+    # /usr/lib/python3/dist-packages, Fedora's /usr/lib64/python3.x/site-packages), left as empty folders.
+    patterns = [f"{depth}{name}" for depth in ("", "*/") for name in ("site-packages", "dist-packages")]
+    folders = [path for path in paths if not os.path.islink(path)]  # /lib -> usr/lib: hidden once, as /usr/lib/...
+    hidden = {found for path in folders for pattern in patterns for found in glob.glob(os.path.join(path, pattern))}
+    return paths, sorted(folder for folder in hidden if os.path.isdir(folder) and not os.path.islink(folder))
 
 
 @functools.cache
@@ -220,20 +274,23 @@ def _bubblewrap(scratch: Path, limits: Limits) -> list[str]:
     """The bwrap command that gives the launcher an empty root with only ``_readable`` bound in, read-only."""
     readable, hidden = _readable()
     packages, program, work = _package_roots(limits.packages), str(scratch / "program.py"), str(scratch / "work")
-    targets = [*readable, *hidden, *packages, program, work]
+    streams = [f"/dev/{name}" for name in ("stdin", "stdout", "stderr")]
+    targets = [*readable, *hidden, *packages, program, work, *_DEVICES, *streams]
     args = ["bwrap", "--die-with-parent", *_unshare(limits), "--proc", "/proc"]
     for folder in sorted({parent for path in targets for parent in _parents(path)}, key=len):
         args += ["--perms", "0755", "--dir", folder]  # bwrap would copy private modes (/root: 0700)
     for path in readable:
         args += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
-    for path in hidden:
-        args += ["--perms", "0755", "--size", "4096", "--tmpfs", path]  # the interpreter's own site-packages
+    for path in hidden:  # site-packages: an empty folder over each (read-only once the allowed ones are in)
+        args += ["--perms", "0755", "--size", "4096", "--tmpfs", path]
     for path in [*packages, program]:
-        args += ["--ro-bind-try", path, path]
+        args += ["--ro-bind-try" if path in packages else "--ro-bind", path, path]  # numpy.libs may not exist
+    for path in hidden:
+        args += ["--remount-ro", path]
     for device in _DEVICES:
         args += ["--dev-bind-try", device, device]
-    for number, name in enumerate(("stdin", "stdout", "stderr")):
-        args += ["--symlink", f"/proc/self/fd/{number}", f"/dev/{name}"]
+    for number, stream in enumerate(streams):
+        args += ["--symlink", f"/proc/self/fd/{number}", stream]
     size = str(limits.disk_mb << 20)
     return [*args, "--perms", "0700", "--size", size, "--tmpfs", work, "--chdir", work, "--remount-ro", "/"]
 
@@ -314,7 +371,8 @@ def checked_limits(limits: Limits) -> Limits:
     weak = [f"{layer}: {report[layer]}" for layer in ("network", "processes", "files") if "+" not in report[layer]]
     if weak:
         print(f"nsa: code sandbox: kernel layers missing on this machine ({'; '.join(weak)})", file=sys.stderr)
-    return limits
+    found = f"{report['processes']} {report['files']}"
+    return replace(limits, required=tuple(layer for layer in ("seccomp", "landlock") if layer in found))
 
 
 def _probe(limits: Limits) -> tuple[dict[str, str], str]:

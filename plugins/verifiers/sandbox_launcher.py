@@ -13,9 +13,10 @@ library alone and imports nothing of nsa: under bubblewrap nothing of nsa is vis
 4. Files: Landlock lets the program read only the interpreter, its standard library, the allowed packages and
    the system's shared libraries (``readable``, less ``hidden``: the interpreter's own site-packages), and
    write only in its folder, its stdout and stderr and /dev/null.
-5. Seccomp: no new processes (threads are fine), exec, ptrace, signals to other processes, namespaces, memfd or
-   System V shared memory (memory that RLIMIT_AS does not count), chmod, chown, utime, extended attributes,
-   hard links, keyrings, BPF or perf events, whatever the program does to the audit hook.
+5. Seccomp: no new processes (threads are fine), exec, ptrace, signals, limits, priorities or SIGIO owners
+   aimed at other processes, namespaces, memfd or System V and POSIX IPC (kernel memory that RLIMIT_AS does
+   not count), chmod, chown, utime, extended attributes, hard links, keyrings, BPF or perf events, whatever
+   the program does to the audit hook.
 6. An audit hook refuses the same in Python, so that such a program scores ``blocked`` rather than
    ``runtime_error``. It is no security boundary (a program can undo it): the kernel layers above are.
 
@@ -95,7 +96,8 @@ def limit(config: dict) -> None:
 def isolate(config: dict) -> dict:
     """The kernel's layers: network namespace, no root, RLIMIT_NPROC where it binds, Landlock, seccomp."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary hands privileges back (and seccomp needs it)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid binary hands privileges back
+        raise SetupError("PR_SET_NO_NEW_PRIVS failed")
     root, newuser, newnet = os.geteuid() == 0, 0x10000000, 0x40000000
     network = "network namespace (bubblewrap)" if config["bubblewrap"] else ""
     if config["namespaces"] and not network and libc.unshare(newnet) == 0:
@@ -106,12 +108,17 @@ def isolate(config: dict) -> dict:
     if config["namespaces"] and not network and libc.unshare(newuser | newnet) == 0:
         network = "user + network namespace"  # the unprivileged way: a user namespace owns the new one
     processes = []
-    if dropped or (network.startswith("user") and not root):
-        # Now it counts this sandbox's tasks alone (in its user namespace) or nobody's; uid 0 is always exempt.
+    if network.startswith("user") and not root:
+        # It counts this sandbox's tasks alone (in its own user namespace). Never for uid 65534, which all
+        # sandboxes of a root verifier share: one would take the others' threads. Seccomp stops new processes,
+        # and RLIMIT_AS threads (each stack counts).
         resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
         processes.append(f"RLIMIT_NPROC {MAX_TASKS}")
     files = landlock(libc, os.getcwd(), config["readable"], config["hidden"]) if config["filters"] else ""
     seccomp = install_seccomp(libc) if config["filters"] else ""
+    missing = [layer for layer in config["required"] if layer not in f"{files} {seccomp}"]
+    if missing:  # the probe had them: this run must not go on with less
+        raise SetupError(f"{' and '.join(missing)} could not be set up")
     del libc  # ctypes stays imported (numpy needs it), but the program gets no handle of ours
     gc.collect()
     folder = f"tmpfs of {config['disk_bytes'] >> 20} MiB (bubblewrap)" if config["bubblewrap"] else "on disk"
@@ -162,16 +169,16 @@ def landlock(libc, folder: str, readable: list[str], hidden: list[str]) -> str:
 
 def read_rules(readable: list[str], hidden: list[str], read: int) -> list[tuple[str, int]]:
     """(path, rights) that let the program read ``readable`` but not ``hidden``: a rule covers all beneath it,
-    so a folder holding a hidden one is listable and each of its other entries is readable."""
-    listing = 1 << 3  # READ_DIR
+    so a folder above a hidden one is only listable, and each of its other entries gets a rule of its own."""
     rules = []
     for path in readable:
-        inner = [folder for folder in hidden if os.path.dirname(folder) == path]
+        inner = [folder for folder in hidden if folder.startswith(path.rstrip("/") + "/")]
         if not inner:
             rules.append((path, read))
             continue
-        rules.append((path, listing))
-        rules += [(entry.path, read) for entry in os.scandir(path) if entry.path not in inner]
+        rules.append((path, 1 << 3))  # READ_DIR
+        entries = [entry.path for entry in os.scandir(path) if entry.path not in inner]
+        rules += read_rules(entries, inner, read)
     return rules
 
 
@@ -195,7 +202,9 @@ DENIED = (
     "process_vm_writev pidfd_send_signal pidfd_getfd io_uring_setup unshare setns memfd_create memfd_secret "
     "shmget shmat shmctl chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat utime utimes futimesat "
     "utimensat setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr setxattrat removexattrat "
-    "link linkat add_key request_key keyctl bpf perf_event_open userfaultfd fork vfork"
+    "link linkat add_key request_key keyctl bpf perf_event_open userfaultfd fork vfork semget semop semctl "
+    "semtimedop msgget msgsnd msgrcv msgctl mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify "
+    "mq_getsetattr shmdt setpriority ioprio_set"
 ).split()
 
 
@@ -215,7 +224,10 @@ SYSCALLS = {
     fchownat 260 utime 132 utimes 235 futimesat 261 utimensat 280 setxattr 188 lsetxattr 189
     fsetxattr 190 removexattr 197 lremovexattr 198 fremovexattr 199 setxattrat 463 removexattrat 466
     link 86 linkat 265 add_key 248 request_key 249 keyctl 250 bpf 321 perf_event_open 298
-    userfaultfd 323 clone 56 kill 62 tgkill 234 clone3 435
+    userfaultfd 323 clone 56 kill 62 tgkill 234 clone3 435 semget 64 semop 65 semctl 66 shmdt 67 msgget 68
+    msgsnd 69 msgrcv 70 msgctl 71 semtimedop 220 mq_open 240 mq_unlink 241 mq_timedsend 242
+    mq_timedreceive 243 mq_notify 244 mq_getsetattr 245 setpriority 141 ioprio_set 251 fcntl 72
+    prlimit64 302 sched_setaffinity 203 sched_setparam 142 sched_setscheduler 144 sched_setattr 314
         """
     ),
     "aarch64": syscall_numbers(
@@ -226,31 +238,48 @@ SYSCALLS = {
     shmctl 195 fchmod 52 fchmodat 53 fchmodat2 452 fchown 55 fchownat 54 utimensat 88 setxattr 5
     lsetxattr 6 fsetxattr 7 removexattr 14 lremovexattr 15 fremovexattr 16 setxattrat 463
     removexattrat 466 linkat 37 add_key 217 request_key 218 keyctl 219 bpf 280 perf_event_open 241
-    userfaultfd 282 clone 220 kill 129 tgkill 131 clone3 435
+    userfaultfd 282 clone 220 kill 129 tgkill 131 clone3 435 mq_open 180 mq_unlink 181 mq_timedsend 182
+    mq_timedreceive 183 mq_notify 184 mq_getsetattr 185 msgget 186 msgctl 187 msgrcv 188 msgsnd 189
+    semget 190 semctl 191 semtimedop 192 semop 193 shmdt 197 setpriority 140 ioprio_set 30 fcntl 25
+    prlimit64 261 sched_setaffinity 122 sched_setparam 118 sched_setscheduler 119 sched_setattr 274
         """
     ),
 }
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 
 
+# classic BPF: BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K; seccomp's verdicts
+LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050001, 0x00050026
+ARG0, ARG1 = 16, 24  # offsets in seccomp_data of the low words of the first two arguments (nr at 0, arch at 4)
+
+
 def seccomp_program(machine: str, pid: int) -> list[tuple[int, int, int, int]]:
-    """The BPF filter as (code, jump if true, jump if false, k): clone only for threads, kill and tgkill only
-    at ``pid``, the ``DENIED`` calls refused with EPERM, clone3 with ENOSYS (glibc falls back to clone)."""
+    """The BPF filter as (code, jump if true, jump if false, k): the ``DENIED`` calls refused with EPERM, clone3
+    with ENOSYS (glibc falls back to clone), and the calls below allowed only as they say."""
     numbers = SYSCALLS[machine]
-    allow, eperm, enosys = 0x7FFF0000, 0x00050001, 0x00050026
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
-    # seccomp_data: nr at 0, arch at 4, low word of args[0] at 16; x32 calls (nr >= 0x40000000) refused
-    program = [(ld, 0, 0, 4), (jeq, 1, 0, AUDIT_ARCH[machine]), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
-    program += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm), (jeq, 0, 1, numbers["clone3"]), (ret, 0, 0, enosys)]
-    for name, test, value in (("clone", jset, 0x10000), ("kill", jeq, pid), ("tgkill", jeq, pid)):
-        # clone only with CLONE_THREAD; kill and tgkill only at this process
-        # a call of another number jumps past all four, with the number still loaded
-        program += [(jeq, 0, 4, numbers[name]), (ld, 0, 0, 16), (test, 0, 1, value), (ret, 0, 0, allow)]
-        program.append((ret, 0, 0, eperm))
+    program = [(LD, 0, 0, 4), (JEQ, 1, 0, AUDIT_ARCH[machine]), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
+    program += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM), (JEQ, 0, 1, numbers["clone3"]), (RET, 0, 0, ENOSYS)]
+    program += only_if(numbers["clone"], ARG0, [(JSET, 0x10000, ALLOW)], EPERM)  # threads: CLONE_THREAD
+    for name in ("kill", "tgkill"):  # signals only to this process (kill(0) would reach its whole group)
+        program += only_if(numbers[name], ARG0, [(JEQ, pid, ALLOW)], EPERM)
+    for name in ("prlimit64", "sched_setaffinity", "sched_setparam", "sched_setscheduler", "sched_setattr"):
+        program += only_if(numbers[name], ARG0, [(JEQ, 0, ALLOW), (JEQ, pid, ALLOW)], EPERM)  # 0: this process
+    program += only_if(numbers["fcntl"], ARG1, [(JEQ, 8, EPERM), (JEQ, 15, EPERM)], ALLOW)  # no F_SETOWN(_EX)
     denied = sorted({numbers[name] for name in DENIED if name in numbers})
-    program += [instruction for number in denied for instruction in ((jeq, 0, 1, number), (ret, 0, 0, eperm))]
-    program.append((ret, 0, 0, allow))
+    program += [instruction for number in denied for instruction in ((JEQ, 0, 1, number), (RET, 0, 0, EPERM))]
+    program.append((RET, 0, 0, ALLOW))
     return program
+
+
+def only_if(number: int, offset: int, checks: list[tuple[int, int, int]], otherwise: int) -> list[tuple]:
+    """For call ``number``: load the argument at ``offset``; the first (test, value, verdict) that holds decides,
+    else ``otherwise``. Another call jumps past it all, with its number still loaded."""
+    body = [(LD, 0, 0, offset)]
+    for test, value, verdict in checks:
+        body += [(test, 0, 1, value), (RET, 0, 0, verdict)]
+    body.append((RET, 0, 0, otherwise))
+    return [(JEQ, 0, len(body), number), *body]
 
 
 def install_seccomp(libc) -> str:
@@ -509,6 +538,7 @@ PATH_EVENTS = {
     "os.removexattr": ((0, None),),
 }
 STREAMS = ("/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/null", "/dev/urandom")
+STREAMS += ("/proc/self/fd/0", "/proc/self/fd/1", "/proc/self/fd/2")
 # LiveCodeBench's import_string (lcb_runner/evaluation/testing_util.py), run before every program as it does:
 # its answers use these names (List, cache, inf, heappush, ...) without importing them, and recurse deep.
 LCB_MODULES = ["string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random"]

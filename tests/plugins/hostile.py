@@ -98,7 +98,7 @@ def files(paths: dict[str, Path], outside: Path) -> dict[str, object]:
 
 def cleanup(outside: Path, key: Path) -> dict[str, object]:
     """What a program may leave in its folder where the kernel lets it (an ordinary user's fallback): a link
-    to a private file and folders of mode 000, nested. Removing it must neither follow the link nor fail."""
+    to a private file, folders of mode 000, folders 1500 deep. Removing it must neither follow the link nor fail."""
     from nsa.plugins.verifiers.sandbox import _remove_tree
 
     mode = key.stat().st_mode
@@ -106,6 +106,11 @@ def cleanup(outside: Path, key: Path) -> dict[str, object]:
     (folder / "a" / "b").mkdir(parents=True)
     (folder / "a" / "b" / "link").symlink_to(key)
     (folder / "link-to-folder").symlink_to(outside)
+    descriptor = os.open(folder, os.O_RDONLY)
+    for _ in range(1500):  # deeper than Python's recursion limit, and than PATH_MAX as one path
+        os.mkdir("deeper", dir_fd=descriptor)
+        descriptor = (os.open("deeper", os.O_RDONLY, dir_fd=descriptor), os.close(descriptor))[0]
+    os.close(descriptor)
     for path in (folder / "a" / "b", folder / "a", folder):
         path.chmod(0)
     _remove_tree(folder)

@@ -224,3 +224,30 @@ def test_the_seccomp_filter_refuses_what_it_says_and_nothing_else(machine):
     assert run_filter(program, arch, 0) == allow  # read (x86_64) / io_setup (aarch64)
     assert run_filter(program, arch, 0x40000000 | 59) == eperm  # an x32 call
     assert run_filter(program, 0xDEADBEEF, 0) == eperm  # another architecture's numbers
+
+
+def test_the_kernel_refuses_what_the_hook_would_not_see():
+    """With the audit hook off (as after a program undid it, e.g. by importing a C extension it wrote), raw
+    system calls that hold memory outside RLIMIT_AS or reach other processes fail with EPERM (errno 1)."""
+    import platform
+
+    numbers = SYSCALLS[platform.machine()]
+    calls = {
+        "semget": "0, 32000, 0o1600",  # IPC_PRIVATE, 32000 semaphores, IPC_CREAT | 0600
+        "msgget": "0, 0o1600",
+        "shmget": "0, 1 << 30, 0o1600",
+        "memfd_create": "b'x', 0",
+        "mq_open": "b'/nsa', 0o100 | 2, 0o600, None",  # O_CREAT | O_RDWR
+        "prlimit64": "1, 1, None, None",  # another process's RLIMIT_FSIZE
+        "setpriority": "0, 1, 19",
+        "fcntl": "1, 8, 1",  # F_SETOWN: SIGIO to pid 1
+        "unshare": "0x10000000",  # CLONE_NEWUSER
+    }
+    program = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n" + "".join(
+        f"print({name!r}, libc.syscall({numbers[name]}, {arguments}), ctypes.get_errno())\n"
+        for name, arguments in calls.items()
+    )
+    limits = Limits(timeout_s=5.0, memory_mb=512, output_mb=1, audit_hook=False)
+    returncode, _, stdout, stderr = execute(program, "", "stdin", None, limits)
+    assert returncode == 0, stderr
+    assert stdout.split("\n")[:-1] == [f"{name} -1 1" for name in calls]
