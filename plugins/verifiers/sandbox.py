@@ -109,11 +109,11 @@ def _remove_tree(path: Path) -> None:
     longer than a name: each folder is reached through its parent's descriptor) or took permissions away from
     them (as an ordinary user; root needs none). Links are deleted, never followed; nothing here raises: a
     folder that cannot be deleted is a warning, not a lost batch."""
-    try:
+    with contextlib.suppress(OSError):
+        if not os.path.islink(path):
+            os.chmod(path, 0o700)
         _empty(os.open(path, _FOLDER))
         os.rmdir(path)
-    except OSError:
-        pass
     if os.path.lexists(path):
         print(f"nsa: code sandbox: could not delete {path}", file=sys.stderr)
 

@@ -95,7 +95,7 @@ def test_hostile_programs_are_refused_or_contained_as_an_ordinary_user():
         assert result.returncode == 0, result.stderr[-3000:]
         check(json.loads(result.stdout.strip().splitlines()[-1]))
     finally:
-        shutil.rmtree(outside)
+        sandbox._remove_tree(outside)  # deep folders and all
 
 
 def test_the_shipped_problems_cannot_be_looked_up_and_their_answers_still_pass():
