@@ -4,6 +4,9 @@ A stage's output lives in ``<cache_dir>/<stage>/<fingerprint>/``, where the fing
 hashes the input's fingerprint and the stage's resolved config. Work is written in shards,
 each committed atomically (written to a temporary folder, then renamed), so a killed run
 loses at most the shard in flight. ``stats.json`` is written last and marks the stage done.
+Each shard carries a manifest (``MANIFEST``: rows, and each file's size and sha256), checked
+before a stage is reused (``_check``): a damaged or missing shard is recomputed, and the
+fingerprint the next stage sees changes (``repairs``), so the stages after it are recomputed.
 
 The processes of a job share a stage's shards (:mod:`nsa.team`): each takes the next
 unfinished shard, commits it, and reads everyone's when all are done, so the output is the
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -90,10 +94,9 @@ def run_stage(
     starts = list(range(0, len(source.dataset), shard_size)) or [0]  # shard i: rows starts[i]...
     if span > 1:  # an engine will span the GPUs of processes that just held a model: free them first
         free_accelerator_memory()
-    if team.agree(f"{name}/{fp}", str((out / "stats.json").exists())) == "True":
-        return StageOutput(
-            name, _load_shards(out, len(starts), name, team), fp, out, json.loads((out / "stats.json").read_text())
-        )
+    if team.agree(f"{name}/{fp}", _check(out, len(starts), name) if team.leads else "") == "finished":
+        stats = json.loads((out / "stats.json").read_text())
+        return StageOutput(name, _load_shards(out, len(starts), name, team), _repaired(fp, out), out, stats)
     out.mkdir(parents=True, exist_ok=True)
     if team.leads:
         _write_atomic(out / "config.json", json.dumps(describe(config), indent=2, default=str))
@@ -103,7 +106,7 @@ def run_stage(
         stats = summarise(dataset) if summarise else {}
     if team.leads:
         _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
-    return StageOutput(name, dataset, fp, out, stats)
+    return StageOutput(name, dataset, _repaired(fp, out), out, stats)
 
 
 def _compute_shards(
@@ -120,6 +123,7 @@ def _compute_shards(
         result = fn(data.select(range(starts[i], min(starts[i] + shard_size, len(data)))))
         tmp = out / f".tmp-{i:05d}-{uuid.uuid4().hex}"  # unique across processes and nodes
         result.save_to_disk(str(tmp))
+        _seal(tmp, len(result))
         _commit(tmp, final)
         return True
 
@@ -139,6 +143,86 @@ def _commit(tmp: Path, final: Path) -> None:
         if not final.exists():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check(out: Path, n: int, name: str) -> str:
+    """The leader's verdict on a stage's folder: "finished" when its stats and every shard are whole, else
+    "compute", after deleting each damaged shard (said in one line) and, if any was finished, the stats."""
+    stats = out / "stats.json"
+    try:
+        finished = isinstance(json.loads(stats.read_text()), dict)
+    except FileNotFoundError:
+        finished = False
+    except (OSError, ValueError):
+        print(f"nsa: stage {name}: {stats} is unreadable; summarising the stage again", file=sys.stderr)
+        finished = False
+        stats.unlink()
+    damaged = {i: why for i in range(n) if (why := _damage(out / f"shard-{i:05d}", finished))}
+    for i, why in damaged.items():
+        print(f"nsa: stage {name}: shard-{i:05d} {why}; computing it again", file=sys.stderr)
+        shutil.rmtree(out / f"shard-{i:05d}", ignore_errors=True)
+    if damaged and finished:  # its rows may come back different: the stages after it must not be reused
+        stats.unlink()
+        _write_atomic(out / "repairs", str(int(_read(out / "repairs") or 0) + 1))
+    return "finished" if finished and not damaged else "compute"
+
+
+def _repaired(fp: str, out: Path) -> str:
+    """The stage's fingerprint as the next stage sees it: changed by every repair, so that it is recomputed."""
+    repairs = _read(out / "repairs")
+    return fingerprint(fp, "repairs", repairs) if repairs else fp
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+MANIFEST = "nsa-shard.json"  # in each shard: its row count, and each file's size and sha256
+_SEEN: set[Path] = set()  # shards whose checksums this process has verified (once is enough)
+
+
+def _seal(folder: Path, rows: int) -> None:
+    """Write the shard's manifest into it, before it is committed (the rename commits both)."""
+    files = {path.name: [path.stat().st_size, _sha256(path)] for path in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps({"rows": rows, "files": files}))
+
+
+def _damage(folder: Path, finished: bool) -> str:
+    """Why a shard cannot be used ("" when it can): missing from a finished stage, a file missing, of another
+    size or (the first time this process looks) another checksum, or fewer rows than it committed."""
+    if not folder.is_dir():
+        return "is missing" if finished else ""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files, rows = manifest["files"], manifest["rows"]
+    except FileNotFoundError:
+        return ""  # committed before shards had manifests: trusted, as before
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has an unreadable manifest"
+    deep = folder not in _SEEN
+    for file, (size, digest) in files.items():
+        path = folder / file
+        if not path.is_file() or path.stat().st_size != size:
+            return f"is damaged ({file} is missing or has another size)"
+        if deep and _sha256(path) != digest:
+            return f"is damaged ({file} does not match its checksum)"
+    try:
+        loaded = len(load_from_disk(str(folder)))
+    except Exception as error:  # noqa: BLE001 (whatever Arrow says, the shard is unusable)
+        return f"does not load ({type(error).__name__})"
+    _SEEN.add(folder)
+    return "" if loaded == rows else f"has {loaded} rows of the {rows} it committed"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _load_shards(out: Path, n: int, name: str, team: Team) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from datasets import Dataset
 
+from nsa.stages import cache
 from nsa.stages.cache import StageOutput, describe, fingerprint, run_stage
 
 SLOW_STAGE = textwrap.dedent(
@@ -118,3 +121,68 @@ def test_a_shard_committed_meanwhile_by_another_process_is_kept(tmp_path):
     result = cache.run_stage(tmp_path, "double", source(), {"factor": 2}, rival_first, shard_size=5)
     assert result.dataset["y"] == [2 * x for x in range(10)]
     assert not list(result.path.glob(".tmp-*"))
+
+
+def _finished(tmp_path: Path) -> tuple[StageOutput, list[int]]:
+    calls: list[int] = []
+    summary = lambda rows: {"rows": float(len(rows))}  # noqa: E731
+    result = run_stage(tmp_path, "double", source(), {"factor": 2}, counting_double(calls), 3, summary)
+    return result, calls
+
+
+def _rerun(tmp_path: Path) -> tuple[StageOutput, list[int]]:
+    cache._SEEN.clear()  # as a new process: checksums are verified again
+    return _finished(tmp_path)
+
+
+def _arrow(out: Path, shard: int) -> Path:
+    (arrow,) = (out / f"shard-{shard:05d}").glob("*.arrow")
+    return arrow
+
+
+def damage_delete(out: Path) -> None:
+    shutil.rmtree(out / "shard-00001")
+
+
+def damage_truncate(out: Path) -> None:
+    arrow = _arrow(out, 2)
+    arrow.write_bytes(arrow.read_bytes()[:-40])
+
+
+def damage_same_size(out: Path) -> None:
+    arrow = _arrow(out, 0)
+    data = bytearray(arrow.read_bytes())
+    data[-60] ^= 0xFF  # same size, another byte: only the checksum tells
+    arrow.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "notice"),
+    [
+        (damage_delete, "shard-00001 is missing; computing it again"),
+        (damage_truncate, "shard-00002 is damaged (data-00000-of-00001.arrow is missing or has another size)"),
+        (damage_same_size, "shard-00000 is damaged (data-00000-of-00001.arrow does not match its checksum)"),
+    ],
+)
+def test_a_damaged_shard_of_a_finished_stage_is_computed_again(tmp_path, capsys, damage, notice):
+    """10 rows in shards of 3: 4 shards. One damaged shard is recomputed (3 rows, or 1 for the last), the
+    output equals the undamaged run's, and the fingerprint the next stage sees changes (it must recompute)."""
+    first, calls = _finished(tmp_path)
+    assert calls == [3, 3, 3, 1] and first.stats == {"rows": 10.0}
+    rows = first.dataset.to_list()  # before the damage: the dataset reads its files lazily
+    damage(first.path)
+    again, calls = _rerun(tmp_path)
+    assert f"nsa: stage double: {notice}" in capsys.readouterr().err
+    assert calls == [1 if "00003" in notice else 3]
+    assert again.dataset.to_list() == rows and again.stats == first.stats
+    assert again.fingerprint != first.fingerprint
+    third, calls = _rerun(tmp_path)  # whole again: nothing recomputed, the same (repaired) fingerprint
+    assert calls == [] and third.fingerprint == again.fingerprint
+
+
+def test_an_unreadable_stats_file_is_summarised_again_and_no_shard_recomputed(tmp_path, capsys):
+    first, _ = _finished(tmp_path)
+    (first.path / "stats.json").write_text('{"rows": 1')
+    again, calls = _rerun(tmp_path)
+    assert "stats.json is unreadable; summarising the stage again" in capsys.readouterr().err
+    assert calls == [] and again.stats == {"rows": 10.0} and again.fingerprint == first.fingerprint
