@@ -12,14 +12,38 @@ from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
 from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
-from nsa.pipeline import Recipe, run
+from nsa.pipeline import Recipe, judge_names, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import MATH_TEMPLATE
-from nsa.stages.rollouts import drop_unusable, with_group_std
+from nsa.stages.rollouts import check_template, drop_unusable, with_group_std
 from nsa.team import Team, of_trainer
 
 DEFAULT_TEMPLATE = MATH_TEMPLATE
+
+
+def check_counts(**counts: int | None) -> None:
+    """Each ``data.<name>`` is at least 1 (None: not set, where that is allowed)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise NSAError(f"data.{name} is {value}: it must be at least 1")
+
+
+def check_judging(judges: list[StepJudge], consensus: Consensus) -> None:
+    """Thresholds in [0, 1] (scores are probabilities), and a consensus names only configured judges."""
+    names = judge_names(judges)
+    for number, (name, judge) in enumerate(zip(names, judges)):
+        if not 0.0 <= judge.threshold <= 1.0:
+            raise NSAError(
+                f"data.judges[{number}] ({name}) threshold is {judge.threshold}: it must lie in [0, 1] "
+                "(a step is correct when its score >= threshold)"
+            )
+    chosen = getattr(consensus, "judges", None)  # a consensus that picks judges by name (Vote's judges)
+    unknown = [name for name in chosen or [] if name not in names]
+    if unknown:
+        raise NSAError(
+            f"data.consensus names {', '.join(unknown)}, which is not among data.judges ({', '.join(names)})"
+        )
 
 
 class NSADataModule(L.LightningDataModule):
@@ -88,6 +112,21 @@ class NSADataModule(L.LightningDataModule):
         if not judges:
             raise NSAError("data.judges is empty; name at least one step judge")
         check_policy(policy)
+        check_counts(
+            responses_per_step=responses_per_step,
+            tokens_per_micro_batch=tokens_per_micro_batch,
+            shard_size=shard_size,
+            logprob_batch_size=logprob_batch_size,
+            max_problems=max_problems,
+            max_length=max_length,
+        )
+        check_template(prompt_template, "data.prompt_template")
+        check_judging(judges, consensus)
+        if sampler is not None and not rollouts and sampler.num_samples < 2:
+            raise NSAError(
+                f"data.sampler num_samples is {sampler.num_samples}: BCPG compares each answer with its group's "
+                "mean, so it needs at least 2 answers per problem"
+            )
         if logprob_precision not in PRECISIONS:
             raise NSAError(
                 f"trainer.precision {logprob_precision} is not supported; use one of {', '.join(PRECISIONS)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+import string
 import sys
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,21 @@ ROLLOUT_FEATURES = Features(
         "response_logprobs": List(Value("float32")),
     }
 )
+
+
+def check_template(template: str, option: str) -> None:
+    """A prompt template has ``{question}`` and no other field (``{{`` and ``}}`` for literal braces)."""
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as error:
+        raise NSAError(f"{option} is not a valid template ({error}); write literal braces as {{{{ and }}}}") from None
+    if fields - {"question"}:
+        raise NSAError(
+            f"{option} has {', '.join('{' + f + '}' for f in sorted(fields - {'question'}))}: its only field is "
+            "{question}; write literal braces as {{ and }}"
+        )
+    if "question" not in fields:
+        raise NSAError(f"{option} has no {{question}}: every problem would get the same prompt")
 
 
 def build_prompts(tokenizer, questions: list[str], template: str) -> list[list[int]]:

@@ -31,6 +31,8 @@ class BCPG:
     def __init__(self, beta: float = 0.5, tau: float = 1e-3, per_token_behaviour: bool = False) -> None:
         if not -1.0 <= beta <= 1.0:
             raise ValueError(f"BCPG beta must lie in [-1, 1], got {beta}")
+        if tau < 0:
+            raise ValueError(f"BCPG tau must be >= 0 (it pulls log-probs towards pi_ref's), got {tau}")
         self.beta = beta
         self.tau = tau
         self.per_token_behaviour = per_token_behaviour

@@ -118,3 +118,49 @@ def test_a_sampler_that_breaks_its_count_is_named(tmp_path, tiny_model, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "ShortSampler returned 1 groups of [1] answers for 1 prompts" in err
     assert "num_samples=2" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("--data.responses_per_step=0", ["data.responses_per_step is 0", "at least 1"]),
+        ("--data.shard_size=0", ["data.shard_size is 0"]),
+        ("--data.max_problems=-1", ["data.max_problems is -1"]),
+        ("--data.tokens_per_micro_batch=0", ["data.tokens_per_micro_batch is 0"]),
+        ("--data.prompt_template=Solve it.", ["data.prompt_template has no {question}"]),
+        ("--data.prompt_template={questoin} please", ["data.prompt_template has {questoin}", "only field"]),
+        ("--data.prompt_template={question} in {", ["data.prompt_template is not a valid template"]),
+        ("--model.loss.init_args.tau=-1", ["tau must be >= 0"]),
+        ("--data.sampler.init_args.answers=[only one]", ["num_samples is 1", "at least 2"]),
+    ],
+)
+def test_a_bad_value_is_refused_before_any_stage(recipe, capsys, tmp_path, override, needles):
+    """Before any work: no stage folder is created."""
+    fails_with(capsys, ["fit", "--config", recipe, override], *needles)
+    assert not (tmp_path / "cache").exists()
+
+
+ARITHMETIC = "nsa.plugins.judges.arithmetic.ArithmeticJudge"
+
+
+@pytest.mark.parametrize(
+    ("data", "needles"),
+    [
+        (
+            {
+                "judges": [
+                    {"class_path": "nsa.plugins.judges.arithmetic.ArithmeticJudge", "init_args": {"threshold": 2}}
+                ]
+            },
+            ["data.judges[0] (ArithmeticJudge) threshold is 2", "[0, 1]"],
+        ),
+        (
+            {"consensus": {"class_path": "nsa.plugins.consensus.vote.Vote", "init_args": {"judges": ["PRMJudge"]}}},
+            ["data.consensus names PRMJudge", "not among data.judges (ArithmeticJudge)"],
+        ),
+    ],
+)
+def test_a_bad_judging_setup_is_refused_before_any_stage(tmp_path, tiny_model, monkeypatch, capsys, data, needles):
+    monkeypatch.chdir(tmp_path)
+    fails_with(capsys, ["fit", "--config", str(tiny_recipe(tmp_path, tiny_model, **data))], *needles)
+    assert not (tmp_path / "cache").exists()
