@@ -18,6 +18,7 @@ from nsa.contracts import Benchmark, Sampler, closed_after
 from nsa.errors import NSAError
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import problems_output
+from nsa.stages.rollouts import check_template
 from nsa.team import Team, say
 
 
@@ -91,6 +92,8 @@ def check(evaluation: Evaluation, sampler: Sampler) -> list[int]:
     names = [b.name for b in evaluation.benchmarks]
     if len(set(names)) != len(names):
         raise NSAError(f"two benchmarks share a name in {names}; give one a different `name`")
+    for number, benchmark in enumerate(evaluation.benchmarks):
+        check_template(benchmark.prompt_template, f"evaluate.benchmarks[{number}] ({benchmark.name}) prompt_template")
     return ks
 
 

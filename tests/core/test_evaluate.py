@@ -185,6 +185,10 @@ def test_a_second_evaluation_samples_nothing(tmp_path, tiny_model, capsys):
         ({"benchmarks": []}, r"evaluate.benchmarks is empty"),
         ({"benchmarks": [{"class_path": "MATH500"}, {"class_path": "MATH500"}]}, r"two benchmarks share a name"),
         ({"benchmarks": [{"class_path": "MATH501"}]}, r"unknown plugin 'MATH501': did you mean 'MATH500'"),
+        (
+            {"benchmarks": [{"class_path": "MATH500", "init_args": {"prompt_template": "Q: {problem}"}}]},
+            r"evaluate.benchmarks\[0\] \(math500\) prompt_template has \{problem\}: its only field is \{question\}",
+        ),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_sampling(tmp_path, tiny_model, capsys, evaluate, message):
