@@ -336,6 +336,13 @@ def main(argv: list[str] | None = None) -> None:
     except (NSAError, argparse.ArgumentError) as err:
         print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "nsa: interrupted: committed stage shards and saved checkpoints are kept; run the same command again "
+            "to resume from them",
+            file=sys.stderr,
+        )
+        sys.exit(130)  # as a shell reports a job stopped by SIGINT
 
 
 def one_line(message: str) -> str:

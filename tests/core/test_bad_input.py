@@ -164,3 +164,36 @@ def test_a_bad_judging_setup_is_refused_before_any_stage(tmp_path, tiny_model, m
     monkeypatch.chdir(tmp_path)
     fails_with(capsys, ["fit", "--config", str(tiny_recipe(tmp_path, tiny_model, **data))], *needles)
     assert not (tmp_path / "cache").exists()
+
+
+def test_ctrl_c_says_what_was_kept_in_one_line(tmp_path, tiny_model):
+    """A real SIGINT to `nsa prepare` while it samples (2 s per problem, 3 problems, 1 per shard). That a rerun
+    resumes from the kept shards is test_cache.py's killed-stage test."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from tests.recipe import REPO
+
+    slow = {"class_path": "tests.scripted.SlowScriptedSampler", "init_args": {"delay_s": 2.0}}
+    recipe = tiny_recipe(tmp_path, tiny_model, sampler=slow)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [shutil.which("nsa"), "prepare", "--config", str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").glob("sample/*/shard-00000")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "nsa: interrupted: committed stage shards and saved checkpoints are kept" in stderr.splitlines()[-1]
+    kept = sorted(path.name for path in (tmp_path / "cache").glob("sample/*/shard-*"))
+    assert kept and "shard-00000" in kept
