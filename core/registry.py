@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from nsa.errors import NSAError
+from nsa.errors import NSAError, yaml_error
 
 GROUPS = (
     "nsa.segmenters",
@@ -108,7 +108,7 @@ def _rewrite_config_file(path: str, plugins: list[Plugin]) -> str:
     except FileNotFoundError:
         raise NSAError(f"recipe file not found: {path}") from None
     except yaml.YAMLError as err:
-        raise NSAError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise yaml_error(f"recipe {path}", err) from None
     rewritten = rewrite_config(tree, plugins)
     return path if rewritten == tree else yaml.safe_dump(rewritten, sort_keys=False)
 

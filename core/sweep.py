@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from nsa.errors import NSAError
+from nsa.errors import NSAError, yaml_error
 from nsa.tracking import check_server
 
 KEYS = {"base", "grid", "cells", "per_cell", "metrics", "evaluate", "name"}
@@ -72,7 +72,7 @@ def load(path: str, extra: list[str], name: str | None = None) -> Sweep:
     try:
         spec = check_spec(yaml.safe_load(file.read_text()), path)
     except yaml.YAMLError as err:
-        raise NSAError(f"sweep {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise yaml_error(f"sweep {path}", err) from None
     raw = grid_cells(spec["grid"], path) if "grid" in spec else listed_cells(spec["cells"], path)
     names = [cell for cell, _, _ in raw]
     if len(set(names)) != len(names):

@@ -74,12 +74,35 @@ def load_raw(source: str, split: str, subset: str | None = None) -> Dataset:
     builder = FILE_BUILDERS.get(Path(source).suffix)
     if builder and not Path(source).is_file():
         raise NSAError(f"problem file not found: {source}")
+    if builder == "json":
+        check_json_file(Path(source))
     try:
         if builder:
             return datasets.load_dataset(builder, data_files=source, split="train")
         return datasets.load_dataset(source, subset, split=split)
     except Exception as err:  # datasets raises many types; the user needs the first line
         raise NSAError(f"could not load problems from '{source}': {str(err).splitlines()[0]}") from None
+
+
+def check_json_file(path: Path) -> None:
+    """A .json or .jsonl problem file is UTF-8 JSON, not empty: else one line saying where it is not."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise NSAError(f"problem file {path} is empty")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NSAError(
+            f"problem file {path} is not UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    documents = enumerate(text.splitlines(), 1) if path.suffix == ".jsonl" else [(1, text)]
+    for number, document in documents:
+        try:
+            document.strip() and json.loads(document)
+        except ValueError as err:
+            lines = path.suffix == ".jsonl"
+            where, fix = (number, "one JSON object per line") if lines else (err.lineno, "a JSON list of objects")
+            raise NSAError(f"problem file {path} line {where} is not JSON ({err.msg}); write {fix}") from None
 
 
 def _answer_text(value: object, source: str, row: int) -> str:

@@ -197,3 +197,23 @@ def test_ctrl_c_says_what_was_kept_in_one_line(tmp_path, tiny_model):
     assert "nsa: interrupted: committed stage shards and saved checkpoints are kept" in stderr.splitlines()[-1]
     kept = sorted(path.name for path in (tmp_path / "cache").glob("sample/*/shard-*"))
     assert kept and "shard-00000" in kept
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (b"", ["problems.jsonl is empty"]),
+        (b'{"question": "\xff", "answer": "1"}\n', ["is not UTF-8 (byte 0xff at offset 14)", "save it as UTF-8"]),
+        (b'{"question": "1+1", "answer": "2"}\nhello\n', ["problems.jsonl line 2 is not JSON", "one JSON object"]),
+    ],
+)
+def test_a_broken_problem_file_is_named_with_where_it_breaks(tmp_path, recipe, capsys, content, needles):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_bytes(content)
+    fails_with(capsys, ["prepare", "--config", recipe, f"--data.problems={problems}"], *needles)
+
+
+def test_a_yaml_syntax_error_gives_its_line(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  problems: x\n   shard_size: [1\n")
+    fails_with(capsys, ["fit", "--config", str(broken)], "broken.yaml is not valid YAML (line 3, column 14)")
