@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import typing
 import warnings
@@ -351,4 +352,11 @@ def one_line(message: str) -> str:
     text = " ".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
     if "does not implement protocol" in text:
         text += " (a plugin's methods must match nsa.contracts exactly, annotations included)"
+    unknown = re.search(r'Parser key "([\w.]+)": Expected a dot import path string: (\S+)', text)
+    if unknown:  # a name no plugin advertises and jsonargparse cannot import
+        slot, name = unknown.groups()
+        text = (
+            f"unknown plugin '{name}' for {slot}: no installed package advertises it and it is no importable "
+            "class path; `nsa plugins` lists what is installed, or install the package that provides it"
+        )
     return text

@@ -217,3 +217,13 @@ def test_a_yaml_syntax_error_gives_its_line(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("data:\n  problems: x\n   shard_size: [1\n")
     fails_with(capsys, ["fit", "--config", str(broken)], "broken.yaml is not valid YAML (line 3, column 14)")
+
+
+def test_an_unknown_plugin_that_is_no_near_miss_says_how_to_find_or_install_one(recipe, capsys):
+    fails_with(
+        capsys,
+        ["fit", "--config", recipe, "--model.loss.class_path", "NoSuchLoss"],
+        "unknown plugin 'NoSuchLoss' for model.loss",
+        "`nsa plugins`",
+        "install the package",
+    )
