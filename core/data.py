@@ -124,8 +124,8 @@ class NSADataModule(L.LightningDataModule):
         check_judging(judges, consensus)
         if sampler is not None and not rollouts and sampler.num_samples < 2:
             raise NSAError(
-                f"data.sampler num_samples is {sampler.num_samples}: BCPG compares each answer with its group's "
-                "mean, so it needs at least 2 answers per problem"
+                f"data.sampler num_samples is {sampler.num_samples}: answers are scored against the others of "
+                "their problem (the group mean), so it needs at least 2 answers per problem"
             )
         if logprob_precision not in PRECISIONS:
             raise NSAError(

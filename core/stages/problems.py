@@ -98,7 +98,8 @@ def check_json_file(path: Path) -> None:
     documents = enumerate(text.splitlines(), 1) if path.suffix == ".jsonl" else [(1, text)]
     for number, document in documents:
         try:
-            document.strip() and json.loads(document)
+            if document.strip():
+                json.loads(document)
         except ValueError as err:
             lines = path.suffix == ".jsonl"
             where, fix = (number, "one JSON object per line") if lines else (err.lineno, "a JSON list of objects")

@@ -352,16 +352,16 @@ def checked_limits(limits: Limits) -> Limits:
     No bubblewrap (or one that cannot start here) falls back to the launcher's own layers, with a warning; a
     sandbox that cannot start, or whose user cannot import the standard library, is an NSAError.
     """
-    if limits.bubblewrap:
-        report, problem = ({}, "bubblewrap is not installed") if shutil.which("bwrap") is None else _probe(limits)
-        if problem:
-            print(
-                f"nsa: code sandbox: {problem}; reads rest on Landlock alone and the folder on a per-file size "
-                "limit (apt-get install bubblewrap for a sandbox with no view of the host)",
-                file=sys.stderr,
-            )
-            limits = replace(limits, bubblewrap=False)
-    report, problem = _probe(limits)
+    missing = limits.bubblewrap and shutil.which("bwrap") is None
+    report, problem = ({}, "bubblewrap is not installed") if missing else _probe(limits)
+    if problem and limits.bubblewrap:
+        print(
+            f"nsa: code sandbox: {problem}; reads rest on Landlock alone and the folder on a per-file size "
+            "limit (apt-get install bubblewrap for a sandbox with no view of the host)",
+            file=sys.stderr,
+        )
+        limits = replace(limits, bubblewrap=False)
+        report, problem = _probe(limits)
     if problem:
         raise NSAError(
             f"CodeVerifier: {problem}; install bubblewrap (apt-get install "

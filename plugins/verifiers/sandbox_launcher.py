@@ -125,7 +125,7 @@ def isolate(config: dict) -> dict:
     return {
         "network": " + ".join(filter(None, [network, seccomp and "seccomp (no sockets)"])) or "none",
         "processes": " + ".join(filter(None, [seccomp and "seccomp (no fork/exec)", *processes])) or "none",
-        "files": " + ".join(filter(None, ["bubblewrap (read-only binds)" * config["bubblewrap"], files])) or "none",
+        "files": " + ".join(filter(None, [config["bubblewrap"] and "bubblewrap (read-only binds)", files])) or "none",
         "metadata": seccomp and "seccomp (no chmod/chown/utime/xattr/link)" or "none",
         "memory": " + ".join(filter(None, ["RLIMIT_AS", seccomp and "seccomp (no memfd/shm)", folder])),
         "user": f"{os.getuid()}" + (" (no capabilities)" if dropped else ""),
