@@ -13,22 +13,24 @@ nsa plugins                                    list advertised plugins (imports 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
 import sys
 import typing
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
+from nsa.conformance import conforms, explain
 from nsa.data import NSADataModule
 from nsa.errors import NSAError
 from nsa.evaluate import Evaluation
 from nsa.module import NSAModule
-from nsa.registry import Plugin, advertised, rewrite_args
+from nsa.registry import CONTRACTS, Plugin, advertised, rewrite_args, unknown_name_error
 from nsa.team import Team
 from nsa.tracking import MLflowConfig, StageStats, check_reachable
 
@@ -55,19 +57,62 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help, with the plugin list in the epilog kept one group a line."""
 
 
-def plugin_slots() -> frozenset[str]:
-    """``--model.loss``, ``--data.sampler``, ...: the arguments typed by a contract."""
-    slots = set()
+def slot_protocols() -> dict[str, type]:
+    """``--model.loss``, ``--data.sampler``, ...: the arguments typed by a contract, and its Protocol."""
+    slots = {}
     for prefix, cls in (("model", NSAModule), ("data", NSADataModule), ("evaluate", Evaluation)):
         for name, hint in typing.get_type_hints(cls.__init__).items():
-            if _names_a_protocol(hint):
-                slots.add(f"--{prefix}.{name}")
-    return frozenset(slots)
+            protocol = protocol_in(hint)
+            if protocol is not None:
+                slots[f"--{prefix}.{name}"] = protocol
+    return slots
 
 
-def _names_a_protocol(hint: object) -> bool:
-    """Whether a type is a contract, or holds one at any depth (``list[Benchmark] | None``)."""
-    return getattr(hint, "_is_protocol", False) or any(_names_a_protocol(a) for a in typing.get_args(hint))
+def slot_groups() -> dict[str, str]:
+    """Each plugin slot's entry-point group, ``--model.loss``: ``nsa.losses``; ``--judge`` is judge-eval's."""
+    group_of = {protocol: group for group, protocol in CONTRACTS.items()}
+    return {slot: group_of[p.__name__] for slot, p in slot_protocols().items()} | {"--judge": "nsa.judges"}
+
+
+def protocol_in(hint: object) -> type | None:
+    """The contract a type names, at any depth (``list[Benchmark] | None``), or None."""
+    if getattr(hint, "_is_protocol", False):
+        return hint
+    return next(filter(None, map(protocol_in, typing.get_args(hint))), None)
+
+
+@contextlib.contextmanager
+def typing_rules() -> Iterator[None]:
+    """While nsa parses, a plugin meets its contract as a type checker would judge it
+    (``nsa.conformance``), where jsonargparse alone asks for equal annotations."""
+    from jsonargparse import _typehints
+
+    exact = _typehints.implements_protocol
+    _typehints.implements_protocol = conforms
+    try:
+        yield
+    finally:
+        _typehints.implements_protocol = exact
+
+
+def check_plugin_help(args: list[str]) -> None:
+    """``--model.loss.help X`` shows X's options only if X meets the slot's contract: the same
+    verdict, with the same one-line reason, in every slot (jsonargparse's own help check takes
+    any class that merely has the method names)."""
+    slots = slot_protocols()
+    for i, token in enumerate(args):
+        key, eq, value = token.partition("=")
+        slot = key.removesuffix(".help")
+        if slot == key or slot not in slots:
+            continue
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if not value or value.startswith("-"):  # the slot's own help, no plugin named
+            continue
+        if "." not in value:  # a short name no plugin advertises (rewrite_args resolved the others)
+            raise unknown_name_error(value, advertised(), slot_groups()[slot], key)
+        problem = explain(value, slots[slot])
+        if problem:
+            raise NSAError(f"{key}: {problem}")
 
 
 def loss_pairs(loss: object) -> bool:
@@ -128,6 +173,10 @@ class NSACLI(LightningCLI):
 
     def __init__(self, args: list[str], run: bool = True, prog: str = "nsa") -> None:
         self.plugins = advertised()
+        with typing_rules():
+            self._build(args, run, prog)
+
+    def _build(self, args: list[str], run: bool, prog: str) -> None:
         super().__init__(
             NSAModule,
             NSADataModule,
@@ -161,7 +210,7 @@ class NSACLI(LightningCLI):
         except NSAError:
             raise
         except ValueError as err:
-            raise NSAError(f"a recipe value was rejected: {err}") from None
+            raise rejected(str(err)) from None
 
     def instantiate_trainer(self, **kwargs):
         from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -176,6 +225,20 @@ class NSACLI(LightningCLI):
         check_reachable(trainer.loggers)  # before any data stage runs
         trainer.callbacks.append(StageStats())
         return trainer
+
+
+def rejected(message: str) -> NSAError:
+    """A value a class refused as it was built. jsonargparse lists why each type of a union
+    refused it; the one reason that is no type mismatch is the user's problem."""
+    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines() if line.strip().startswith("- ")]
+    reason = next((line.split(". ")[0] for line in lines if not line.startswith("Expected a ")), None)
+    uri = re.search(r"tracking_uri='([^']*)'", message)
+    if uri and reason:  # MLflow's refusal of the logger's store
+        return NSAError(
+            f"trainer.logger.init_args.tracking_uri '{uri.group(1)}' is refused by MLflow ({reason}); use "
+            "sqlite:///mlflow.db (a local file), http(s)://HOST:PORT (a server) or a database URI"
+        )
+    return NSAError(f"a recipe value was rejected: {reason or message}")
 
 
 def print_plugins() -> None:
@@ -322,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         # a sweep file must reach nsa.sweep as a path, not rewritten YAML; it rewrites each cell's arguments
         if args[:1] == ["sweep"]:
             return in_module("sweep")(args[1:])
-        args = rewrite_args(args, advertised(), plugin_slots() | {"--judge"})
+        args = rewrite_args(args, advertised(), slot_groups())
         commands = {
             "prepare": prepare,
             "generate": generate,
@@ -331,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             "inspect": in_module("inspector"),
             "judge-eval": in_module("judge_eval"),
         }
+        check_plugin_help(args)
         if args[:1] and args[0] in commands:
             return commands[args[0]](args[1:])
         NSACLI(args=args)
@@ -350,13 +414,12 @@ def one_line(message: str) -> str:
     """jsonargparse explains a bad value over several lines; keep what names the problem."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     text = " ".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
-    if "does not implement protocol" in text:
-        text += " (a plugin's methods must match nsa.contracts exactly, annotations included)"
-    unknown = re.search(r'Parser key "([\w.]+)": Expected a dot import path string: (\S+)', text)
+    mismatch = re.search(r'Parser key "([\w.]+)": Import path ([\w.]+) does not implement protocol (\w+)', text)
+    if mismatch:  # say which method differs, and how
+        slot, class_path, protocol = mismatch.groups()
+        text = f"{slot}: {explain(class_path, getattr(importlib.import_module('nsa.contracts'), protocol))}"
+    unknown = re.search(r'Parser key "([\w.]+)":.* Expected a dot import path string: (\S+)', text)
     if unknown:  # a name no plugin advertises and jsonargparse cannot import
         slot, name = unknown.groups()
-        text = (
-            f"unknown plugin '{name}' for {slot}: no installed package advertises it and it is no importable "
-            "class path; `nsa plugins` lists what is installed, or install the package that provides it"
-        )
+        text = str(unknown_name_error(name, advertised(), slot_groups().get(f"--{slot}"), f"--{slot}"))
     return text

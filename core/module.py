@@ -55,6 +55,19 @@ def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=5e-7, weight_decay=0.0)
 
 
+def check_optimizer(optimizer: OptimizerCallable) -> None:
+    """The optimizer's own checks, and a learning rate above 0, before any data stage runs:
+    built over one throwaway parameter, it costs nothing."""
+    try:
+        built = optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise NSAError(f"model.optimizer: {err}; fix its init_args") from None
+    for group in built.param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, (int, float)) and lr <= 0:
+            raise NSAError(f"model.optimizer: lr is {lr}; it must be > 0, or the policy never changes")
+
+
 class NSAModule(L.LightningModule):
     """Trains ``policy`` with ``loss``.
 
@@ -80,6 +93,7 @@ class NSAModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_policy(policy)
+        check_optimizer(optimizer)
         # under LightningCLI this stores the plugins as class_path + init_args: a checkpoint rebuilds them
         self.save_hyperparameters()
         self.automatic_optimization = False

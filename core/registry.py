@@ -12,21 +12,23 @@ paths; a misspelt name fails with "did you mean".
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 from nsa.errors import NSAError, yaml_error
 
-GROUPS = (
-    "nsa.segmenters",
-    "nsa.judges",
-    "nsa.consensus",
-    "nsa.losses",
-    "nsa.verifiers",
-    "nsa.samplers",
-    "nsa.benchmarks",
-)
+CONTRACTS = {  # entry-point group: the Protocol in nsa.contracts that its plugins meet
+    "nsa.segmenters": "Segmenter",
+    "nsa.judges": "StepJudge",
+    "nsa.consensus": "Consensus",
+    "nsa.losses": "PolicyLoss",
+    "nsa.verifiers": "Verifier",
+    "nsa.samplers": "Sampler",
+    "nsa.benchmarks": "Benchmark",
+}
+GROUPS = tuple(CONTRACTS)
 
 
 @dataclass(frozen=True)
@@ -61,44 +63,58 @@ def lookup(name: str, plugins: list[Plugin]) -> Plugin | None:
     return next(iter(matches.values()), None)
 
 
-def unknown_name_error(name: str, plugins: list[Plugin]) -> NSAError:
-    names = sorted({p.name for p in plugins})
+def unknown_name_error(name: str, plugins: list[Plugin], group: str | None = None, where: str = "") -> NSAError:
+    """``unknown plugin 'X' for --model.loss``, with the near misses and the installed plugins of that kind."""
+    names = sorted({p.name for p in plugins if group in (None, p.group)})
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    return NSAError(f"unknown plugin '{name}': {hint}available: {', '.join(names)} (see `nsa plugins`)")
+    kind = group or "plugins"
+    return NSAError(
+        f"unknown plugin '{name}'{f' for {where}' if where else ''}: {hint}installed {kind}: {', '.join(names)}; "
+        "install the package that provides it, or write its full class_path (`nsa plugins` lists every kind)"
+    )
 
 
-def resolve_name(value: str, plugins: list[Plugin]) -> str:
+def resolve_name(value: str, plugins: list[Plugin], group: str | None = None, where: str = "") -> str:
     """Full class path for a short plugin name; other values pass through.
 
-    A bare identifier that no plugin advertises but is close to one is taken for a
-    misspelling and rejected. Names jsonargparse resolves on its own (torch optimizers
-    such as ``AdamW``) are not close to any plugin and pass.
+    A bare identifier that no plugin advertises but is close to one (of ``group``, when the
+    slot's kind is known) is taken for a misspelling and rejected. Names jsonargparse
+    resolves on its own (torch optimizers such as ``AdamW``) are not close to any plugin and pass.
     """
     if not value.isidentifier():
         return value
     plugin = lookup(value, plugins)
     if plugin is not None:
         return plugin.class_path
-    names = {p.name for p in plugins}
+    names = {p.name for p in plugins if group in (None, p.group)}
     if difflib.get_close_matches(value, names, n=1, cutoff=0.75):
-        raise unknown_name_error(value, plugins)
+        raise unknown_name_error(value, plugins, group, where)
     return value
 
 
-def rewrite_config(node: Any, plugins: list[Plugin]) -> Any:
-    """Rewrite every ``class_path`` short name in a parsed YAML tree."""
+def rewrite_config(node: Any, plugins: list[Plugin], slots: Mapping[str, str] | None = None, at: str = "-") -> Any:
+    """Rewrite every ``class_path`` short name in a parsed YAML tree. ``at`` is the node's
+    option (``--model.loss``); ``slots`` maps a plugin slot's option to its entry-point group."""
     if isinstance(node, list):
-        return [rewrite_config(item, plugins) for item in node]
+        return [rewrite_config(item, plugins, slots, at) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: rewrite_config(val, plugins) for key, val in node.items()}
+    out = {key: rewrite_config(val, plugins, slots, below(at, key)) for key, val in node.items()}
     if isinstance(out.get("class_path"), str):
-        out["class_path"] = resolve_name(out["class_path"], plugins)
+        out["class_path"] = resolve_name(out["class_path"], plugins, (slots or {}).get(at), at)
     return out
 
 
-def _rewrite_config_file(path: str, plugins: list[Plugin]) -> str:
+def below(at: str, key: str) -> str:
+    """The option of a YAML key under ``at``: ``--model`` + ``loss`` is ``--model.loss``; a
+    plugin's ``init_args`` are options of the plugin itself."""
+    if key == "init_args":
+        return at
+    return f"--{key}" if at == "-" else f"{at}.{key}"
+
+
+def _rewrite_config_file(path: str, plugins: list[Plugin], slots: Mapping[str, str]) -> str:
     """The recipe itself if it uses full paths only, else its rewritten YAML text."""
     import yaml
 
@@ -109,17 +125,18 @@ def _rewrite_config_file(path: str, plugins: list[Plugin]) -> str:
         raise NSAError(f"recipe file not found: {path}") from None
     except yaml.YAMLError as err:
         raise yaml_error(f"recipe {path}", err) from None
-    rewritten = rewrite_config(tree, plugins)
+    rewritten = rewrite_config(tree, plugins, slots)
     return path if rewritten == tree else yaml.safe_dump(rewritten, sort_keys=False)
 
 
-def rewrite_args(argv: list[str], plugins: list[Plugin], slots: frozenset[str] = frozenset()) -> list[str]:
+def rewrite_args(argv: list[str], plugins: list[Plugin], slots: Mapping[str, str] | None = None) -> list[str]:
     """Resolve short plugin names in command-line arguments and the recipes they name.
 
     A value is taken for a plugin name only under a ``.class_path`` or ``.help`` key, or
-    under a plugin slot given bare (``--model.loss=BCPG``, with ``slots`` holding
-    ``--model.loss``); every other value passes through untouched.
+    under a plugin slot given bare (``--model.loss=BCPG``, with ``slots`` mapping
+    ``--model.loss`` to ``nsa.losses``); every other value passes through untouched.
     """
+    slots = slots or {}
     out: list[str] = []
     previous = ""
     for token in argv:
@@ -134,11 +151,13 @@ def rewrite_args(argv: list[str], plugins: list[Plugin], slots: frozenset[str] =
     return out
 
 
-def _rewrite_value(key: str, value: str, plugins: list[Plugin], slots: frozenset[str]) -> str:
+def _rewrite_value(key: str, value: str, plugins: list[Plugin], slots: Mapping[str, str]) -> str:
     if key in ("--config", "-c"):
-        return _rewrite_config_file(value, plugins)
-    if key.endswith((".class_path", ".help")) or key.removesuffix("+") in slots:
-        if value.startswith("[") and value.endswith("]"):  # a list of plugins: --data.judges=[A,B]
-            return "[" + ",".join(resolve_name(v.strip(), plugins) for v in value[1:-1].split(",")) + "]"
-        return resolve_name(value, plugins)
-    return value
+        return _rewrite_config_file(value, plugins, slots)
+    slot = key.removesuffix("+").removesuffix(".class_path").removesuffix(".help")
+    if slot == key.removesuffix("+") and slot not in slots:
+        return value
+    group = slots.get(slot)
+    if value.startswith("[") and value.endswith("]"):  # a list of plugins: --data.judges=[A,B]
+        return "[" + ",".join(resolve_name(v.strip(), plugins, group, slot) for v in value[1:-1].split(",")) + "]"
+    return resolve_name(value, plugins, group, slot)

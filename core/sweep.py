@@ -181,11 +181,11 @@ def path_safe(name: str) -> str:
 
 def fit_args(cell: Cell, run_id: str | None) -> list[str]:
     """The cell's ``nsa fit`` arguments, short plugin names resolved as ``nsa.cli.main`` does."""
-    from nsa.cli import plugin_slots
+    from nsa.cli import slot_groups
     from nsa.registry import advertised, rewrite_args
 
     tracked = [f"--trainer.logger.init_args.run_id={run_id}"] if run_id else []
-    return rewrite_args(["fit", *cell.args, *tracked], advertised(), plugin_slots() | {"--judge"})
+    return rewrite_args(["fit", *cell.args, *tracked], advertised(), slot_groups())
 
 
 def resolve(cell: Cell) -> dict:

@@ -132,6 +132,9 @@ def test_a_sampler_that_breaks_its_count_is_named(tmp_path, tiny_model, capsys):
         ("--data.prompt_template={question} in {", ["data.prompt_template is not a valid template"]),
         ("--model.loss.init_args.tau=-1", ["tau must be >= 0"]),
         ("--data.sampler.init_args.answers=[only one]", ["num_samples is 1", "at least 2"]),
+        ("--model.optimizer.init_args.lr=-1", ["model.optimizer: Invalid learning rate: -1.0"]),
+        ("--model.optimizer.init_args.lr=0", ["model.optimizer: lr is 0.0", "> 0"]),
+        ("--trainer.logger.init_args.tracking_uri=garbage://x", ["tracking_uri 'garbage://x' is refused by MLflow"]),
     ],
 )
 def test_a_bad_value_is_refused_before_any_stage(recipe, capsys, tmp_path, override, needles):
@@ -223,7 +226,54 @@ def test_an_unknown_plugin_that_is_no_near_miss_says_how_to_find_or_install_one(
     fails_with(
         capsys,
         ["fit", "--config", recipe, "--model.loss.class_path", "NoSuchLoss"],
-        "unknown plugin 'NoSuchLoss' for model.loss",
+        "unknown plugin 'NoSuchLoss' for --model.loss",
+        "installed nsa.losses: BCPG, DPO, GRPOOffline, RFT, TOPR;",
         "`nsa plugins`",
         "install the package",
     )
+
+
+def test_a_near_miss_lists_only_plugins_of_its_kind(recipe, capsys):
+    line = fails_with(
+        capsys,
+        ["fit", "--config", recipe, "--data.judges=[ArithmeticJudge,PRMJudgee]"],
+        "unknown plugin 'PRMJudgee' for --data.judges: did you mean 'PRMJudge'",
+        "installed nsa.judges: ArithmeticJudge, LLMJudge, NoisyJudge, PRMJudge;",
+    )
+    assert "BCPG" not in line and "MATH500" not in line
+
+
+BAD = "tests.bad_plugins."
+
+
+@pytest.mark.parametrize(
+    ("slot", "plugin", "needles"),
+    [
+        ("--model.loss", "SequenceSegmenter", ["PolicyLoss contract", "has no method __call__()"]),
+        ("--data.judges", "SequenceSegmenter", ["StepJudge contract", "has no method score()"]),
+        ("--data.segmenter", "SequenceSegmenter", ["returns Sequence[tuple[int, int]]", "expects list[tuple"]),
+        ("--data.judges", "ListJudge", ["parameter items is list[StepItem], which does not take Sequence[StepItem]"]),
+        ("--model.loss", "NoSuch", ["cannot import tests.bad_plugins.NoSuch", "is the package"]),
+        ("--data.segmenter", "Nope", ["unknown plugin 'Nope'", "installed nsa.segmenters: ParagraphSegmenter"]),
+    ],
+)
+def test_help_of_a_broken_plugin_fails_alike_in_every_slot(recipe, capsys, slot, plugin, needles):
+    """jsonargparse alone printed an empty help, exit 0, for a segmenter with the wrong return type."""
+    name = plugin if plugin == "Nope" else BAD + plugin
+    fails_with(capsys, ["fit", "--config", recipe, f"{slot}.help", name], f"{slot}.help: ", *needles)
+
+
+def test_a_plugin_mismatch_names_the_method_and_types(recipe, capsys):
+    fails_with(
+        capsys,
+        ["fit", "--config", recipe, f"--data.judges=[{BAD}ListJudge]", "--print_config"],
+        "data.judges: ListJudge does not meet the StepJudge contract (nsa.contracts): ListJudge.score: parameter items",
+    )
+
+
+def test_a_plugin_a_type_checker_accepts_is_accepted(recipe, capsys):
+    """IterableJudge.score takes Iterable[StepItem], wider than the contract's Sequence[StepItem]."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", recipe, f"--data.judges=[{BAD}IterableJudge]", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert f"class_path: {BAD}IterableJudge" in capsys.readouterr().out

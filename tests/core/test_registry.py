@@ -41,10 +41,17 @@ class HalfRFT:
 
 
 class Unannotated:
-    """Has the method, but not the exact signature the PolicyLoss protocol declares."""
+    """Leaves its method unannotated: Any, which a type checker accepts for any contract."""
 
     def __call__(self, batch, logprobs):
-        return None
+        return HalfRFT()(batch, logprobs)
+
+
+class FloatLoss:
+    """Returns a float where the PolicyLoss contract returns a LossOutput."""
+
+    def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> float:
+        return 0.0
 '''
 
 
@@ -211,9 +218,19 @@ def test_misspelt_name_in_recipe(site, recipe, capsys):
 
 
 def test_plugin_breaking_the_protocol_fails_in_one_line(site, recipe, capsys):
-    path = recipe("acme_nsa.losses.Unannotated")
+    path = recipe("acme_nsa.losses.FloatLoss")
     code, _, err = run_main(capsys, "fit", "--config", str(path), "--print_config")
-    assert_one_line_error(code, err, "acme_nsa.losses.Unannotated", "does not implement protocol PolicyLoss")
+    assert_one_line_error(
+        code, err, "model.loss: FloatLoss does not meet the PolicyLoss contract", "FloatLoss.__call__ returns float"
+    )
+    code, _, err = run_main(capsys, "fit", "--config", str(path), "--model.loss.help", "acme_nsa.losses.FloatLoss")
+    assert_one_line_error(code, err, "--model.loss.help: FloatLoss does not meet", "where nsa expects LossOutput")
+
+
+def test_unannotated_plugin_is_accepted_as_a_type_checker_would(site, recipe, capsys):
+    code, out, err = run_main(capsys, "fit", "--config", str(recipe("acme_nsa.losses.Unannotated")), "--print_config")
+    assert code == 0, err
+    assert printed_loss(out) == "acme_nsa.losses.Unannotated"
 
 
 def test_misspelt_name_on_command_line(site, recipe, capsys):
@@ -255,7 +272,7 @@ def test_name_claimed_twice_full_path_works(rival, recipe, capsys):
 
 # -- rewrite_args ----------------------------------------------------------------------
 
-SLOTS = frozenset({"--model.loss", "--data.judges"})
+SLOTS = {"--model.loss": "nsa.losses", "--data.judges": "nsa.judges"}
 PLUGINS = [
     registry.Plugin("nsa.losses", "BCPG", "nsa.plugins.losses.bcpg:BCPG", "nsa"),
     registry.Plugin("nsa.losses", "HalfRFT", "acme_nsa.losses:HalfRFT", "acme-nsa"),
@@ -311,5 +328,5 @@ def test_rewrite_args_misspelt_and_missing_recipe(tmp_path):
 
 
 def test_append_to_a_list_slot():
-    out = registry.rewrite_args(["--data.judges+=BCPG"], PLUGINS, frozenset({"--data.judges"}))
+    out = registry.rewrite_args(["--data.judges+=BCPG"], PLUGINS, {"--data.judges": "nsa.judges"})
     assert out == ["--data.judges+=nsa.plugins.losses.bcpg.BCPG"]
