@@ -1,48 +1,103 @@
-"""The ``nsa`` command: a LightningCLI with the data stages, evaluation and plugin listing added.
+"""The ``nsa`` command: its command table, and the dispatch to the module that runs each.
 
-nsa fit --config recipes/quickstart.yaml       run the whole method
-nsa prepare --config recipes/quickstart.yaml   run only the data stages
-nsa generate --config R --output F             sample and verify; write the rollouts
-nsa evaluate --config R                        benchmark a policy (the recipe's evaluate: section)
-nsa sweep --config S                           one fit per cell of a sweep file, MLflow parent + children
-nsa iterate --config R --iterations N          rounds of sample, judge, train, evaluate from the last policy
-nsa inspect --config R                         an HTML page of the judged negatives
-nsa plugins                                    list advertised plugins (imports none)
+``COMMANDS`` is the one list of commands: ``nsa --help`` prints it and ``main`` dispatches
+by it. This module imports nothing heavy: ``nsa --help`` and ``nsa plugins`` read
+metadata only, and ``nsa <command> --help`` prints a help text rendered once per installed
+version (torch and Lightning take 10-15 s of CPU to import on a small machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
+import io
+import os
 import re
+import shutil
 import sys
-import typing
-import warnings
+import textwrap
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
-from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
-
-from nsa.conformance import conforms, explain
-from nsa.data import NSADataModule
 from nsa.errors import NSAError
-from nsa.evaluate import Evaluation
-from nsa.module import NSAModule
-from nsa.registry import CONTRACTS, Plugin, advertised, rewrite_args, unknown_name_error
-from nsa.team import Team
-from nsa.tracking import MLflowConfig, StageStats, check_reachable
+from nsa.registry import Plugin, advertised
 
-TRAINER_DEFAULTS = {
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.MLFlowLogger",
-        "init_args": {"experiment_name": "nsa", "tracking_uri": "sqlite:///mlflow.db"},
-    },
-    "use_distributed_sampler": False,  # micro-batches are planned by nsa.batching
-    "log_every_n_steps": 1,  # an optimizer step spans many micro-batches: log each
-    "reload_dataloaders_every_n_epochs": 1,  # each epoch has its own plan, and its own length
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str  # the arguments after the name, as the help shows them
+    summary: str
+    target: str  # "module:function", imported only when the command runs; called with the arguments after the name
+    plugin_names: bool = True  # short plugin names in the arguments are resolved before the call
+
+
+COMMANDS = {
+    c.name: c
+    for c in (
+        Command("fit", "--config R", "run the data stages (cached) and train", "nsa.commands:fit"),
+        Command("prepare", "--config R", "run only the data stages and print their statistics", "nsa.commands:prepare"),
+        Command(
+            "generate",
+            "--config R [--output F.jsonl|F.parquet]",
+            "sample and verify answers (cached); write them to F, which --data.rollouts=F trains on later",
+            "nsa.commands:generate",
+        ),
+        Command(
+            "evaluate",
+            "--config R",
+            "sample n answers per benchmark problem (the recipe's evaluate: section), verify, print and log "
+            "avg@n and pass@k to MLflow",
+            "nsa.commands:evaluate",
+        ),
+        Command(
+            "sweep",
+            "--config S",
+            "run each cell of a sweep file (a base recipe and its overrides, e.g. recipes/ablations/beta.yaml) "
+            "as nsa fit, skipping finished ones; MLflow child runs of one parent, with a summary table",
+            "nsa.sweep:run",
+            plugin_names=False,  # the sweep file reaches nsa.sweep as a path; it resolves each cell's names
+        ),
+        Command(
+            "judge-eval", "--file F --judge J", "score a step judge on a ProcessBench-style file", "nsa.judge_eval:run"
+        ),
+        Command(
+            "iterate",
+            "--config R --iterations N",
+            "N rounds of sample (with the last trained policy), verify, judge, train, evaluate; one MLflow child "
+            "run each, resumable",
+            "nsa.iterate:run",
+        ),
+        Command(
+            "inspect",
+            "--config R [--output F.html]",
+            "a page of the judged negatives: steps coloured by consensus, each judge's verdicts, the weights, "
+            "agreement counts; to MLflow",
+            "nsa.inspector:run",
+        ),
+        Command("plugins", "", "list the advertised plugins (imports none)", "nsa.cli:print_plugins", False),
+    )
 }
+
+PLACEMENT = """fit, prepare, generate and evaluate run on the trainer's placement (trainer.devices,
+trainer.num_nodes, or torchrun/SLURM): every process takes shards of every data stage."""
+
+
+def description() -> str:
+    """The commands, one entry each, from ``COMMANDS``: the top of every ``--help``."""
+    lines = ["BCPG-NSA: offline policy optimisation with negative sample augmentation.", ""]
+    for c in COMMANDS.values():
+        head = f"  nsa {c.name} {c.usage}".rstrip()
+        body = textwrap.wrap(c.summary, 88 - 27)
+        if len(head) > 25:  # the usage takes the line; the summary starts below it
+            lines.append(head)
+            head = ""
+        lines += [f"{head:<27}{text}" for text in body[:1]] + [" " * 27 + text for text in body[1:]]
+    return "\n".join([*lines, "", PLACEMENT])
 
 
 def plugins_epilog(plugins: list[Plugin]) -> str:
@@ -53,351 +108,37 @@ def plugins_epilog(plugins: list[Plugin]) -> str:
     return "plugins (short name or class_path; `nsa plugins` for details):\n  " + "\n  ".join(lines)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help, with the plugin list in the epilog kept one group a line."""
-
-
-def slot_protocols() -> dict[str, type]:
-    """``--model.loss``, ``--data.sampler``, ...: the arguments typed by a contract, and its Protocol."""
-    slots = {}
-    for prefix, cls in (("model", NSAModule), ("data", NSADataModule), ("evaluate", Evaluation)):
-        for name, hint in typing.get_type_hints(cls.__init__).items():
-            protocol = protocol_in(hint)
-            if protocol is not None:
-                slots[f"--{prefix}.{name}"] = protocol
-    return slots
-
-
-def slot_groups() -> dict[str, str]:
-    """Each plugin slot's entry-point group, ``--model.loss``: ``nsa.losses``; ``--judge`` is judge-eval's."""
-    group_of = {protocol: group for group, protocol in CONTRACTS.items()}
-    return {slot: group_of[p.__name__] for slot, p in slot_protocols().items()} | {"--judge": "nsa.judges"}
-
-
-def protocol_in(hint: object) -> type | None:
-    """The contract a type names, at any depth (``list[Benchmark] | None``), or None."""
-    if getattr(hint, "_is_protocol", False):
-        return hint
-    return next(filter(None, map(protocol_in, typing.get_args(hint))), None)
-
-
-@contextlib.contextmanager
-def typing_rules() -> Iterator[None]:
-    """While nsa parses, a plugin meets its contract as a type checker would judge it
-    (``nsa.conformance``), where jsonargparse alone asks for equal annotations."""
-    from jsonargparse import _typehints
-
-    exact = _typehints.implements_protocol
-    _typehints.implements_protocol = conforms
-    try:
-        yield
-    finally:
-        _typehints.implements_protocol = exact
-
-
-def check_plugin_help(args: list[str]) -> None:
-    """``--model.loss.help X`` shows X's options only if X meets the slot's contract: the same
-    verdict, with the same one-line reason, in every slot (jsonargparse's own help check takes
-    any class that merely has the method names)."""
-    slots = slot_protocols()
-    for i, token in enumerate(args):
-        key, eq, value = token.partition("=")
-        slot = key.removesuffix(".help")
-        if slot == key or slot not in slots:
-            continue
-        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-        if not value or value.startswith("-"):  # the slot's own help, no plugin named
-            continue
-        if "." not in value:  # a short name no plugin advertises (rewrite_args resolved the others)
-            raise unknown_name_error(value, advertised(), slot_groups()[slot], key)
-        problem = explain(value, slots[slot])
-        if problem:
-            raise NSAError(f"{key}: {problem}")
-
-
-def loss_pairs(loss: object) -> bool:
-    """Whether the loss trains on (correct, incorrect) pairs: its class attribute ``pairs``."""
-    import importlib
-
-    class_path = getattr(loss, "class_path", None)
-    if class_path is None:  # an instantiated loss
-        return bool(getattr(loss, "pairs", False))
-    module, _, name = class_path.rpartition(".")
-    return bool(getattr(getattr(importlib.import_module(module), name), "pairs", False))
-
-
-def behaviour_precision(precision: object, strategy: object) -> str:
-    """The precision pi_ref's forward must use to match training's numerics.
-
-    Lightning's spelling of ``trainer.precision`` (None means full precision), except that
-    FSDP's bf16-mixed casts the parameters themselves to bf16, which is bf16-true for a forward.
-    """
-    from lightning.fabric.connector import _convert_precision_to_unified_args
-
-    name = "32-true" if precision is None else str(_convert_precision_to_unified_args(precision))
-    fsdp = "fsdp" in str(strategy).lower()
-    return "bf16-true" if fsdp and name == "bf16-mixed" else name
-
-
-DESCRIPTION = """BCPG-NSA: offline policy optimisation with negative sample augmentation.
-
-  nsa fit --config R       run the data stages (cached) and train
-  nsa prepare --config R   run only the data stages and print their statistics
-  nsa generate --config R [--output F.jsonl|F.parquet]
-                           sample and verify answers (cached); write them to F, which
-                           --data.rollouts=F trains on later
-  nsa evaluate --config R  sample n answers per benchmark problem (the recipe's evaluate:
-                           section), verify, print and log avg@n and pass@k to MLflow
-  nsa sweep --config S     run each cell of a sweep file (a base recipe and its overrides,
-                           e.g. recipes/ablations/beta.yaml) as nsa fit, skipping finished
-                           ones; MLflow child runs of one parent, with a summary table
-  nsa judge-eval --file F --judge J   score a step judge on a ProcessBench-style file
-  nsa iterate --config R --iterations N
-                           N rounds of sample (with the last trained policy), verify,
-                           judge, train, evaluate; one MLflow child run each, resumable
-  nsa inspect --config R [--output F.html]
-                           a page of the judged negatives: steps coloured by consensus,
-                           each judge's verdicts, the weights, agreement counts; to MLflow
-  nsa plugins              list the advertised plugins (imports none)
-
-fit, prepare, generate and evaluate run on the trainer's placement (trainer.devices,
-trainer.num_nodes, or torchrun/SLURM): every process takes shards of every data stage."""
-
-
-class NSACLI(LightningCLI):
-    """``fit`` only: NSAModule has no validation, test or predict loop."""
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {"fit": LightningCLI.subcommands()["fit"]}
-
-    def __init__(self, args: list[str], run: bool = True, prog: str = "nsa") -> None:
-        self.plugins = advertised()
-        with typing_rules():
-            self._build(args, run, prog)
-
-    def _build(self, args: list[str], run: bool, prog: str) -> None:
-        super().__init__(
-            NSAModule,
-            NSADataModule,
-            args=args,
-            run=run,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_callback=MLflowConfig,
-            save_config_kwargs={"save_to_log_dir": False},
-            parser_kwargs={
-                "exit_on_error": False,
-                "formatter_class": HelpFormatter,
-                "description": DESCRIPTION,
-                "prog": prog,
-                "fit": {"exit_on_error": False, "formatter_class": HelpFormatter, "description": DESCRIPTION},
-            },
-        )
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.policy", "data.policy")
-        parser.link_arguments("model.loss", "data.pairs", compute_fn=loss_pairs)
-        parser.link_arguments(
-            ("trainer.precision", "trainer.strategy"), "data.logprob_precision", compute_fn=behaviour_precision
-        )
-        parser.add_class_arguments(Evaluation, "evaluate", sub_configs=True)
-        parser.epilog = plugins_epilog(self.plugins)
-
-    def instantiate_classes(self) -> None:
-        """Plugins reject bad settings with ValueError; show it as a one-line error."""
-        try:
-            super().instantiate_classes()
-        except NSAError:
-            raise
-        except ValueError as err:
-            raise rejected(str(err)) from None
-
-    def instantiate_trainer(self, **kwargs):
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        except MisconfigurationException as err:  # a placement this machine cannot give
-            raise NSAError(
-                f"trainer: {one_line(str(err))}; every command runs on the recipe's placement: override "
-                "--trainer.accelerator, --trainer.devices, --trainer.num_nodes or --trainer.strategy"
-            ) from None
-        check_reachable(trainer.loggers)  # before any data stage runs
-        trainer.callbacks.append(StageStats())
-        return trainer
-
-
-def rejected(message: str) -> NSAError:
-    """A value a class refused as it was built. jsonargparse lists why each type of a union
-    refused it; the one reason that is no type mismatch is the user's problem."""
-    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines() if line.strip().startswith("- ")]
-    reason = next((line.split(". ")[0] for line in lines if not line.startswith("Expected a ")), None)
-    uri = re.search(r"tracking_uri='([^']*)'", message)
-    if uri and reason:  # MLflow's refusal of the logger's store
-        return NSAError(
-            f"trainer.logger.init_args.tracking_uri '{uri.group(1)}' is refused by MLflow ({reason}); use "
-            "sqlite:///mlflow.db (a local file), http(s)://HOST:PORT (a server) or a database URI"
-        )
-    return NSAError(f"a recipe value was rejected: {reason or message}")
-
-
-def print_plugins() -> None:
+def print_plugins(args: list[str] | None = None) -> None:
     rows = [(p.group.removeprefix("nsa."), p.name, p.class_path, p.dist) for p in advertised()]
     widths = [max(len(r[i]) for r in rows + [("kind", "name", "class_path", "from")]) for i in range(4)]
     for row in [("kind", "name", "class_path", "from"), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
-    """Runs ``work`` on every process of the recipe's placement (``trainer:`` devices and
-    nodes), started by the trainer's launcher as ``nsa fit`` would be, or by torchrun or
-    SLURM. The processes share each data stage's shards; they leave together."""
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    from nsa.team import of_trainer
-
-    trainer = cli.trainer
-
-    def launched() -> None:
-        trainer.strategy.setup_environment()  # the process group, and this process's device
-        team = of_trainer(trainer, cli.datamodule.recipe.shared_cache_dir)
-        with team.guard():
-            work(team)
-            team.leave()
-
-    launcher = trainer.strategy.launcher  # None for one process
-    if isinstance(launcher, _MultiProcessingLauncher):  # it would pickle `launched`, a closure
-        raise NSAError(
-            "trainer.strategy: spawned processes (ddp_spawn, ...) are not supported here; use ddp or fsdp, "
-            "whose launcher starts each process as a command"
-        )
-    if launcher is None:
-        launched()
-    else:
-        launcher.launch(launched, trainer=trainer)
+def print_help() -> None:
+    usage = "usage: nsa <command> [options]; nsa <command> --help lists a command's options"
+    print(f"{usage}\n\n{description()}\n\n{plugins_epilog(advertised())}")
 
 
-def prepare(args: list[str]) -> None:
-    """Run only the data stages of a recipe and print their statistics."""
-    cli = NSACLI(args=args, run=False, prog="nsa prepare")
-
-    def work(team: Team) -> None:
-        cli.datamodule.run_stages(team)
-        if team.job_rank == 0:
-            print("nsa: data stages", file=sys.stderr)
-            cli.datamodule.print_stats()
-            for out in cli.datamodule.stages:
-                print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
-
-    on_every_process(cli, work)
-
-
-# inspect and iterate run on one process: their recipe's trainer (8 GPUs x 8 nodes, FSDP) is
-# built for its logger only, so it must not ask for devices
-ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
-
-
-def generate(args: list[str]) -> None:
-    """Sample and verify answers (cached stages); with ``--output``, write them to a file."""
-    from nsa import pipeline
-    from nsa.stages.rollouts import check_output, save_rollouts
-
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--output")
-    known, rest = own.parse_known_args(args)
-    if known.output:
-        check_output(known.output)  # before any sampling
-    cli = NSACLI(args=rest, run=False, prog="nsa generate")
-
-    def work(team: Team) -> None:
-        outputs = pipeline.generate(cli.datamodule.recipe, team)
-        if team.job_rank != 0:
-            return
-        print("nsa: rollout stages", file=sys.stderr)
-        for out in outputs:
-            stats = "  ".join(f"{k} {v:g}" for k, v in out.stats.items())
-            print(f"  {out.name:<10} {out.fingerprint}  {out.path}\n    {stats}", file=sys.stderr)
-        if known.output:
-            save_rollouts(outputs[-1].dataset, known.output)
-            print(f"nsa: {len(outputs[-1].dataset)} rollouts written to {known.output}", file=sys.stderr)
-
-    on_every_process(cli, work)
-
-
-def evaluate(args: list[str]) -> None:
-    """Benchmark a policy: the recipe's ``evaluate:`` section, printed and logged to MLflow."""
-    from nsa import evaluate as ev
-
-    cli = NSACLI(args=args, run=False, prog="nsa evaluate")
-    evaluation: Evaluation = cli.config_init["evaluate"]
-    sampler = evaluation.sampler or cli.datamodule.recipe.sampler
-    if sampler is None:
-        raise NSAError("no sampler: set evaluate.sampler (or data.sampler)")
-    policy = ev.choose_policy(evaluation, cli.model.policy_spec, cli.model.export_dir)
-
-    def work(team: Team) -> None:
-        rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.recipe.cache_dir, team)
-        if team.job_rank == 0:
-            print(ev.format_table(rows))
-            log_evaluation(cli, rows, policy)
-
-    on_every_process(cli, work)
-
-
-def log_evaluation(cli: NSACLI, rows: list[dict], policy: str) -> None:
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    from nsa import evaluate as ev
-
-    for logger in cli.trainer.loggers:
-        if isinstance(logger, MLFlowLogger):
-            ev.log_results(logger, rows, policy, cli.parser.dump(cli.config, skip_none=False))
-            logger.finalize("success")  # no Trainer.fit ends this run: mark it FINISHED, not left RUNNING
-            print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
-
-
-def in_module(name: str):
-    """The ``run(args)`` of ``nsa.<name>``, imported when called: a command loads only what it uses."""
-
-    def command(args: list[str]) -> None:
-        importlib.import_module(f"nsa.{name}").run(args)
-
-    return command
-
-
-def quiet_libraries() -> None:
-    """nsa draws one progress bar per stage; the libraries' own bars would bury it."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+def target(spec: str):
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    # the (rewritten) args go to LightningCLI explicitly; it warns when sys.argv has some too
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    quiet_libraries()
     try:
-        if args[:1] == ["plugins"]:
-            return print_plugins()
-        # a sweep file must reach nsa.sweep as a path, not rewritten YAML; it rewrites each cell's arguments
-        if args[:1] == ["sweep"]:
-            return in_module("sweep")(args[1:])
-        args = rewrite_args(args, advertised(), slot_groups())
-        commands = {
-            "prepare": prepare,
-            "generate": generate,
-            "evaluate": evaluate,
-            "iterate": in_module("iterate"),
-            "inspect": in_module("inspector"),
-            "judge-eval": in_module("judge_eval"),
-        }
-        check_plugin_help(args)
-        if args[:1] and args[0] in commands:
-            return commands[args[0]](args[1:])
-        NSACLI(args=args)
+        if not args or args[0] in ("-h", "--help"):
+            print_help()
+            sys.exit(0)
+        command = COMMANDS.get(args[0])
+        if command is None:  # LightningCLI's own parser names what it expected
+            return target("nsa.commands:lightning_cli")(args)
+        if args[1:] in (["-h"], ["--help"]):
+            return cached_help(command, args)
+        if command.plugin_names:
+            args = target("nsa.commands:with_plugin_names")(args)
+        target(command.target)(args[1:])
     except (NSAError, argparse.ArgumentError) as err:
         print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
@@ -410,16 +151,73 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)  # as a shell reports a job stopped by SIGINT
 
 
+def cached_help(command: Command, args: list[str]) -> None:
+    """``nsa <command> --help``: rendered by the command the first time, then read back, as long as
+    nsa's files, the installed packages, the plugins and the terminal width are unchanged."""
+    path = help_cache() / f"{command.name}-{help_key(args)}.txt"
+    with contextlib.suppress(OSError):
+        sys.stdout.write(path.read_text())
+        sys.exit(0)
+    text, code = rendered(command, args)
+    if code in (0, None):
+        with contextlib.suppress(OSError):  # a cache we cannot write costs time, nothing else
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = path.with_suffix(f".{os.getpid()}.tmp")
+            scratch.write_text(text)
+            scratch.replace(path)
+    sys.stdout.write(text)
+    sys.exit(code)
+
+
+def rendered(command: Command, args: list[str]) -> tuple[str, int | str | None]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            target(command.target)(args[1:])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    return printed.getvalue(), code
+
+
+def help_cache() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "nsa" / "help"
+
+
+def help_key(args: list[str]) -> str:
+    """What a help text depends on: the arguments, the width it wraps to, nsa's own files (an
+    editable install changes without a version), the packages that build it, the plugins."""
+    import nsa
+    import nsa.plugins
+
+    digest = hashlib.sha256(repr((args, shutil.get_terminal_size().columns)).encode())
+    for root in (*nsa.__path__, *nsa.plugins.__path__):
+        for path in sorted(Path(root).rglob("*.py")):
+            stat = path.stat()
+            digest.update(f"{path}:{stat.st_mtime_ns}:{stat.st_size}".encode())
+    for dist in ("jsonargparse", "lightning", "torch", "transformers", "nsa"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            digest.update(f"{dist}={metadata.version(dist)}".encode())
+    digest.update(repr(advertised()).encode())
+    return digest.hexdigest()[:16]
+
+
 def one_line(message: str) -> str:
     """jsonargparse explains a bad value over several lines; keep what names the problem."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     text = " ".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
     mismatch = re.search(r'Parser key "([\w.]+)": Import path ([\w.]+) does not implement protocol (\w+)', text)
     if mismatch:  # say which method differs, and how
+        from nsa.conformance import explain
+
         slot, class_path, protocol = mismatch.groups()
         text = f"{slot}: {explain(class_path, getattr(importlib.import_module('nsa.contracts'), protocol))}"
     unknown = re.search(r'Parser key "([\w.]+)":.* Expected a dot import path string: (\S+)', text)
     if unknown:  # a name no plugin advertises and jsonargparse cannot import
+        from nsa.commands import slot_groups
+        from nsa.registry import unknown_name_error
+
         slot, name = unknown.groups()
         text = str(unknown_name_error(name, advertised(), slot_groups().get(f"--{slot}"), f"--{slot}"))
     return text

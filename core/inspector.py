@@ -120,7 +120,7 @@ def run(args: list[str]) -> None:
     """``nsa inspect --config R [--output F.html] [--limit N]``."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from nsa.cli import NSACLI, ONE_PROCESS
+    from nsa.commands import NSACLI, ONE_PROCESS
     from nsa.pipeline import judge_names
 
     own = argparse.ArgumentParser(add_help=False)

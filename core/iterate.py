@@ -50,7 +50,7 @@ def _recipe(args: list[str]):
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from nsa.cli import NSACLI, ONE_PROCESS
+    from nsa.commands import NSACLI, ONE_PROCESS
 
     cli = NSACLI(args=args + ONE_PROCESS, run=False, prog="nsa iterate")
     if not cli.model.export_dir:
@@ -87,7 +87,7 @@ def _child(client, experiment: str, parent: str, k: int):
 
 def _iteration(args: list[str], run_id: str, policy: str, target: str) -> None:
     """Fit from ``policy`` into ``target``, then evaluate ``target``; both log to ``run_id``."""
-    from nsa.cli import NSACLI, evaluate
+    from nsa.commands import NSACLI, evaluate
 
     print(f"nsa: iterate: training {policy} -> {target}", file=sys.stderr)
     place = [f"--model.policy={policy}", f"--model.export_dir={target}", f"--trainer.logger.init_args.run_id={run_id}"]

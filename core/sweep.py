@@ -181,7 +181,7 @@ def path_safe(name: str) -> str:
 
 def fit_args(cell: Cell, run_id: str | None) -> list[str]:
     """The cell's ``nsa fit`` arguments, short plugin names resolved as ``nsa.cli.main`` does."""
-    from nsa.cli import slot_groups
+    from nsa.commands import slot_groups
     from nsa.registry import advertised, rewrite_args
 
     tracked = [f"--trainer.logger.init_args.run_id={run_id}"] if run_id else []
@@ -190,7 +190,8 @@ def fit_args(cell: Cell, run_id: str | None) -> list[str]:
 
 def resolve(cell: Cell) -> dict:
     """The cell's fully resolved config (``--print_config``): checks every override before any training."""
-    from nsa.cli import NSACLI, one_line
+    from nsa.cli import one_line
+    from nsa.commands import NSACLI
 
     printed = io.StringIO()
     try:
@@ -283,7 +284,7 @@ def finished_children(client, experiment_id: str, parent: str) -> dict[tuple[str
 
 def run_cell(client, experiment_id: str, parent: str, sweep: Sweep, cell: Cell) -> str:
     """``nsa fit`` (and ``nsa evaluate``) of one cell in a new child run; FAILED if it raises."""
-    from nsa import cli
+    from nsa import commands
 
     tags = {
         "mlflow.parentRunId": parent,
@@ -295,10 +296,10 @@ def run_cell(client, experiment_id: str, parent: str, sweep: Sweep, cell: Cell) 
     print(f"nsa: sweep {sweep.name}: cell {cell.name} (MLflow run {child})", file=sys.stderr)
     try:
         args = fit_args(cell, child)
-        cli.NSACLI(args=args)
+        commands.NSACLI(args=args)
         if sweep.evaluate:
             client.update_run(child, status="RUNNING")  # fit finished the run; the cell is not done yet
-            cli.evaluate(args[1:])
+            commands.evaluate(args[1:])
     except BaseException as err:  # an interrupt too: the child must not stay RUNNING
         client.set_terminated(child, "FAILED")
         if isinstance(err, Exception):

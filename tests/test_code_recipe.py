@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nsa.cli import NSACLI, main
+from nsa.cli import main
+from nsa.commands import NSACLI
 from nsa.plugins.verifiers.code import parse_reference, reference_json
 from tests.recipe import tiny_recipe
 

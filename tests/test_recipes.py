@@ -123,7 +123,7 @@ def test_each_sweep_file_resolves_every_cell_on_the_math_recipe(path):
 @pytest.mark.parametrize(("precision", "expected"), [(None, "32-true"), ("bf16-mixed", "bf16-mixed")])
 def test_behaviour_precision_follows_the_trainer(tmp_path, tiny_model, precision, expected):
     """pi_ref's log-probs must come from the training numerics: the link sets them."""
-    from nsa.cli import NSACLI
+    from nsa.commands import NSACLI
     from tests.recipe import tiny_recipe
 
     args = ["--config", str(tiny_recipe(tmp_path, tiny_model))]
@@ -144,6 +144,6 @@ def test_behaviour_precision_follows_the_trainer(tmp_path, tiny_model, precision
 )
 def test_fsdp_mixed_precision_computes_pi_ref_in_bf16(precision, strategy, expected):
     """FSDP's bf16-mixed runs the forward on bf16 parameters: pi_ref must too."""
-    from nsa.cli import behaviour_precision
+    from nsa.commands import behaviour_precision
 
     assert behaviour_precision(precision, strategy) == expected

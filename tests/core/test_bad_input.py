@@ -93,7 +93,7 @@ def test_relative_model_path_without_dot(recipe, capsys):
 
 def test_answers_longer_than_max_length_are_dropped_and_counted(recipe, capsys):
     """The tiny rows are 73 to 88 tokens: a limit of 80 drops some, a limit of 10 all of them."""
-    from nsa.cli import NSACLI
+    from nsa.commands import NSACLI
 
     cli = NSACLI(["--config", recipe, "--data.max_length=80"], run=False)
     cli.datamodule.setup("fit")
@@ -277,3 +277,90 @@ def test_a_plugin_a_type_checker_accepts_is_accepted(recipe, capsys):
         main(["fit", "--config", recipe, f"--data.judges=[{BAD}IterableJudge]", "--print_config"])
     assert exit_info.value.code in (0, None)
     assert f"class_path: {BAD}IterableJudge" in capsys.readouterr().out
+
+
+HF_SAMPLER = "nsa.plugins.samplers.hf_generate.HFSampler"
+LONG_QUESTION = " ".join(["What is 12 + 7?"] * 60)  # 885 prompt tokens; the three problems' are 57 each
+
+
+def with_a_long_question(tmp_path) -> str:
+    from tests.recipe import DATA
+
+    problems = tmp_path / "problems.jsonl"
+    long = json.dumps({"id": "long", "question": LONG_QUESTION, "answer": "19"})
+    problems.write_text(DATA.read_text().strip() + "\n" + long + "\n")
+    return str(problems)
+
+
+def hf_recipe(tmp_path, tiny_model, **data) -> str:
+    """The tiny recipe with the real HF sampler: the tiny Llama's context is 512 tokens."""
+    sampler = {"class_path": HF_SAMPLER, "init_args": {"num_samples": 2, "max_new_tokens": 8}}
+    return str(tiny_recipe(tmp_path, tiny_model, sampler=sampler, problems=with_a_long_question(tmp_path), **data))
+
+
+def test_a_question_longer_than_the_samplers_context_is_dropped_and_counted(tmp_path, tiny_model, monkeypatch, capsys):
+    """Before: the 885-token prompt went to generate (past the 512 positions); now it is dropped
+    before sampling, counted as prompts_too_long, and a rerun reuses the sample stage."""
+    from tests.recipe import stage_rows
+
+    monkeypatch.chdir(tmp_path)
+    recipe = hf_recipe(tmp_path, tiny_model)
+    main(["generate", "--config", recipe])
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("nsa: warning:")]
+    assert line == (
+        "nsa: warning: problems: dropped 1 of 4 questions (prompts_too_long) whose prompt is longer than 504 "
+        "tokens (the context 512 minus data.sampler max_new_tokens 8); lower data.sampler max_new_tokens or "
+        "shorten the questions"
+    )
+    assert "prompts_too_long 1" in err
+    (stage,) = (tmp_path / "cache" / "sample").iterdir()
+    groups = sorted(row["group"] for row in stage_rows(tmp_path / "cache", "sample"))
+    assert groups == ["hard", "hard", "six", "six", "sum", "sum"]  # two answers to each short question
+    main(["generate", "--config", recipe])  # the same drop: the same key, nothing sampled again
+    assert [p.name for p in (tmp_path / "cache" / "sample").iterdir()] == [stage.name]
+    assert "prompts_too_long 1" in capsys.readouterr().err
+
+
+def test_when_no_question_fits_the_sampler_it_says_which_option(tmp_path, tiny_model, monkeypatch, capsys):
+    """max_new_tokens 500 leaves 12 of the 512 positions for a prompt: none of the four fits."""
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "--config", hf_recipe(tmp_path, tiny_model), "--data.sampler.init_args.max_new_tokens=500"]
+    fails_with(
+        capsys,
+        args,
+        "all 4 questions of problems have a prompt longer than 12 tokens (the context 512 minus data.sampler "
+        "max_new_tokens 500); lower data.sampler max_new_tokens or shorten the questions",
+    )
+    assert not (tmp_path / "cache" / "sample").exists()
+
+
+def test_an_evaluation_drops_a_question_longer_than_its_samplers_context(tmp_path, tiny_model, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(tiny_recipe(tmp_path, tiny_model).read_text())
+    bench = {"source": with_a_long_question(tmp_path), "name": "four", "workers": 1}
+    sampler = {"class_path": HF_SAMPLER, "init_args": {"num_samples": 2, "max_new_tokens": 8}}
+    config["evaluate"] = {"benchmarks": [{"class_path": "ProblemFile", "init_args": bench}], "sampler": sampler}
+    (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump(config))
+    main(["evaluate", "--config", str(tmp_path / "evaluate.yaml")])
+    out, err = capsys.readouterr()
+    (line,) = [line for line in err.splitlines() if line.startswith("nsa: warning:")]
+    assert line.startswith("nsa: warning: eval-four: dropped 1 of 4 questions (prompts_too_long)")
+    assert "evaluate.sampler max_new_tokens 8" in line
+    assert out.splitlines()[1].split()[:2] == ["four", "3"]  # the table counts the problems sampled
+
+
+def test_a_micro_batch_budget_below_the_longest_row_is_said_before_training(recipe, capsys):
+    """The tiny rows are 73 to 88 tokens: a budget of 80 is exceeded by some; batching gives each
+    its own micro-batch (test_prompt_room.py), so training goes on after one warning line."""
+    main(["fit", "--config", recipe, "--data.tokens_per_micro_batch=80", "--trainer.max_steps=1"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "tokens_per_micro_batch" in line]
+    assert line.startswith("nsa: warning: data.tokens_per_micro_batch is 80, below the longest row of 88 tokens")
+    over = int(line.split("): ")[1].split(" of ")[0])
+    assert 0 < over < 8 and line.endswith(
+        " of 8 rows get a micro-batch of their own, over the budget; raise it to at least 88"
+    )
+    main(["fit", "--config", recipe, "--data.tokens_per_micro_batch=88", "--trainer.max_steps=1"])
+    assert "tokens_per_micro_batch" not in capsys.readouterr().err

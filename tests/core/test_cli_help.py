@@ -30,3 +30,58 @@ def test_help_for_one_plugin_by_short_name(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "--model.loss.beta" in out and "--model.loss.tau" in out
+
+
+HEAVY = ("torch", "lightning", "transformers", "datasets", "vllm")
+PROBE = """
+import sys
+from nsa.cli import main
+try:
+    main({args!r})
+except SystemExit as stop:
+    assert stop.code in (0, None), stop.code
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r}))
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+def probe(tmp_path, args: list[str]) -> tuple[str, list[str]]:
+    """Runs ``main(args)`` in a fresh interpreter: its stdout, and which heavy packages it imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "COLUMNS": "100"}
+    code = PROBE.format(args=args, heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    heavy = done.stderr.strip().splitlines()[-1].removeprefix("HEAVY:")
+    return done.stdout, [m for m in heavy.split(",") if m]
+
+
+def test_help_and_plugins_import_nothing_heavy(tmp_path):
+    """`nsa --help` and `nsa plugins` read the command table and metadata only (0.5 s, where
+    importing Lightning took 15 s of CPU on the 2-core machine)."""
+    out, heavy = probe(tmp_path, ["--help"])
+    assert heavy == [] and "nsa judge-eval --file F --judge J" in out and "losses: BCPG" in out
+    out, heavy = probe(tmp_path, ["plugins"])
+    assert heavy == [] and "BCPG" in out
+
+
+def test_a_command_help_is_rendered_once_then_read_back(tmp_path):
+    first, heavy = probe(tmp_path, ["prepare", "--help"])
+    assert "torch" in heavy and "--data.tokens_per_micro_batch" in first
+    again, heavy = probe(tmp_path, ["prepare", "--help"])
+    assert heavy == [] and again == first
+    assert len(list((tmp_path / "cache" / "nsa" / "help").glob("prepare-*.txt"))) == 1
+
+
+def test_every_command_in_the_table_has_a_target():
+    """The table names each command's function by string: a typo would surface only when run."""
+    import importlib
+
+    from nsa.cli import COMMANDS
+
+    for command in COMMANDS.values():
+        module, _, function = command.target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), command.name

@@ -63,7 +63,7 @@ def test_every_epoch_runs_all_its_steps(tmp_path, tiny_model, monkeypatch):
     micro-batches (7, 8, 8). An epoch cut at the first epoch's length would lose its last step.
     """
     from nsa.batching import plan_epoch
-    from nsa.cli import NSACLI
+    from nsa.commands import NSACLI
 
     monkeypatch.chdir(tmp_path)
     recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=4, tokens_per_micro_batch=166)
@@ -79,7 +79,7 @@ def test_every_loss_of_the_comparison_trains_by_name(tmp_path, tiny_model, monke
     """Table 3's losses are one override each. DPO's ``pairs`` reaches the data module through
     the CLI link, so its micro-batches hold whole pairs (collate raises on a split pair); the
     tiny data's 3 mixed questions give min(right, wrong) pairs each."""
-    from nsa.cli import NSACLI
+    from nsa.commands import NSACLI
 
     monkeypatch.chdir(tmp_path)
     recipe = tiny_recipe(tmp_path, tiny_model, tokens_per_micro_batch=40)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nsa.cli import NSACLI, main
+from nsa.cli import main
+from nsa.commands import NSACLI
 from tests.recipe import tiny_recipe
 
 

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nsa.cli import NSACLI
+from nsa.commands import NSACLI
 from tests.recipe import tiny_recipe
 from tests.tiny import build_model
 

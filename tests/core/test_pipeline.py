@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from nsa.cli import NSACLI
+from nsa.commands import NSACLI
 from tests.recipe import tiny_recipe
 
 STRICT = {"class_path": "nsa.plugins.judges.arithmetic.ArithmeticJudge", "init_args": {"no_claim_score": 0.0}}

@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import load_file
 
 from nsa.batching import StepBatchSampler
-from nsa.cli import NSACLI
+from nsa.commands import NSACLI
 from tests.recipe import tiny_recipe
 
 KILLED_RUN = textwrap.dedent(

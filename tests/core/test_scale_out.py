@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nsa.cli import NSACLI, main
+from nsa.cli import main
+from nsa.commands import NSACLI
 from nsa.errors import NSAError
 from tests.recipe import TWO, computed, nsa, stage_rows, tiny_recipe
 

@@ -1,0 +1,336 @@
+"""The commands that run: NSACLI (a LightningCLI with nsa's plugin slots) and the commands
+built on it. ``nsa.cli`` names them, and imports this module only when one runs: it pulls
+in torch and Lightning."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+import typing
+import warnings
+from collections.abc import Callable, Iterator
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.cli import LightningCLI
+
+from nsa.cli import description, one_line, plugins_epilog
+from nsa.conformance import conforms, explain
+from nsa.data import NSADataModule
+from nsa.errors import NSAError
+from nsa.evaluate import Evaluation
+from nsa.module import NSAModule
+from nsa.registry import CONTRACTS, advertised, rewrite_args, unknown_name_error
+from nsa.team import Team
+from nsa.tracking import MLflowConfig, StageStats, check_reachable
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+        "init_args": {"experiment_name": "nsa", "tracking_uri": "sqlite:///mlflow.db"},
+    },
+    "use_distributed_sampler": False,  # micro-batches are planned by nsa.batching
+    "log_every_n_steps": 1,  # an optimizer step spans many micro-batches: log each
+    "reload_dataloaders_every_n_epochs": 1,  # each epoch has its own plan, and its own length
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the plugin list in the epilog kept one group a line."""
+
+
+def slot_protocols() -> dict[str, type]:
+    """``--model.loss``, ``--data.sampler``, ...: the arguments typed by a contract, and its Protocol."""
+    slots = {}
+    for prefix, cls in (("model", NSAModule), ("data", NSADataModule), ("evaluate", Evaluation)):
+        for name, hint in typing.get_type_hints(cls.__init__).items():
+            protocol = protocol_in(hint)
+            if protocol is not None:
+                slots[f"--{prefix}.{name}"] = protocol
+    return slots
+
+
+def slot_groups() -> dict[str, str]:
+    """Each plugin slot's entry-point group, ``--model.loss``: ``nsa.losses``; ``--judge`` is judge-eval's."""
+    group_of = {protocol: group for group, protocol in CONTRACTS.items()}
+    return {slot: group_of[p.__name__] for slot, p in slot_protocols().items()} | {"--judge": "nsa.judges"}
+
+
+def protocol_in(hint: object) -> type | None:
+    """The contract a type names, at any depth (``list[Benchmark] | None``), or None."""
+    if getattr(hint, "_is_protocol", False):
+        return hint
+    return next(filter(None, map(protocol_in, typing.get_args(hint))), None)
+
+
+@contextlib.contextmanager
+def typing_rules() -> Iterator[None]:
+    """While nsa parses, a plugin meets its contract as a type checker would judge it
+    (``nsa.conformance``), where jsonargparse alone asks for equal annotations."""
+    from jsonargparse import _typehints
+
+    exact = _typehints.implements_protocol
+    _typehints.implements_protocol = conforms
+    try:
+        yield
+    finally:
+        _typehints.implements_protocol = exact
+
+
+def check_plugin_help(args: list[str]) -> None:
+    """``--model.loss.help X`` shows X's options only if X meets the slot's contract: the same
+    verdict, with the same one-line reason, in every slot (jsonargparse's own help check takes
+    any class that merely has the method names)."""
+    slots = slot_protocols()
+    for i, token in enumerate(args):
+        key, eq, value = token.partition("=")
+        slot = key.removesuffix(".help")
+        if slot == key or slot not in slots:
+            continue
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if not value or value.startswith("-"):  # the slot's own help, no plugin named
+            continue
+        if "." not in value:  # a short name no plugin advertises (rewrite_args resolved the others)
+            raise unknown_name_error(value, advertised(), slot_groups()[slot], key)
+        problem = explain(value, slots[slot])
+        if problem:
+            raise NSAError(f"{key}: {problem}")
+
+
+def loss_pairs(loss: object) -> bool:
+    """Whether the loss trains on (correct, incorrect) pairs: its class attribute ``pairs``."""
+    import importlib
+
+    class_path = getattr(loss, "class_path", None)
+    if class_path is None:  # an instantiated loss
+        return bool(getattr(loss, "pairs", False))
+    module, _, name = class_path.rpartition(".")
+    return bool(getattr(getattr(importlib.import_module(module), name), "pairs", False))
+
+
+def behaviour_precision(precision: object, strategy: object) -> str:
+    """The precision pi_ref's forward must use to match training's numerics.
+
+    Lightning's spelling of ``trainer.precision`` (None means full precision), except that
+    FSDP's bf16-mixed casts the parameters themselves to bf16, which is bf16-true for a forward.
+    """
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    name = "32-true" if precision is None else str(_convert_precision_to_unified_args(precision))
+    fsdp = "fsdp" in str(strategy).lower()
+    return "bf16-true" if fsdp and name == "bf16-mixed" else name
+
+
+class NSACLI(LightningCLI):
+    """``fit`` only: NSAModule has no validation, test or predict loop."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
+    def __init__(self, args: list[str], run: bool = True, prog: str = "nsa") -> None:
+        # the (rewritten) args go to LightningCLI explicitly; it warns when sys.argv has some too
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        quiet_libraries()
+        self.plugins = advertised()
+        with typing_rules():
+            self._build(args, run, prog)
+
+    def _build(self, args: list[str], run: bool, prog: str) -> None:
+        super().__init__(
+            NSAModule,
+            NSADataModule,
+            args=args,
+            run=run,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=MLflowConfig,
+            save_config_kwargs={"save_to_log_dir": False},
+            parser_kwargs={
+                "exit_on_error": False,
+                "formatter_class": HelpFormatter,
+                "description": description(),
+                "prog": prog,
+                "fit": {"exit_on_error": False, "formatter_class": HelpFormatter, "description": description()},
+            },
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.policy", "data.policy")
+        parser.link_arguments("model.loss", "data.pairs", compute_fn=loss_pairs)
+        parser.link_arguments(
+            ("trainer.precision", "trainer.strategy"), "data.logprob_precision", compute_fn=behaviour_precision
+        )
+        parser.add_class_arguments(Evaluation, "evaluate", sub_configs=True)
+        parser.epilog = plugins_epilog(self.plugins)
+
+    def instantiate_classes(self) -> None:
+        """Plugins reject bad settings with ValueError; show it as a one-line error."""
+        try:
+            super().instantiate_classes()
+        except NSAError:
+            raise
+        except ValueError as err:
+            raise rejected(str(err)) from None
+
+    def instantiate_trainer(self, **kwargs):
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # a placement this machine cannot give
+            raise NSAError(
+                f"trainer: {one_line(str(err))}; every command runs on the recipe's placement: override "
+                "--trainer.accelerator, --trainer.devices, --trainer.num_nodes or --trainer.strategy"
+            ) from None
+        check_reachable(trainer.loggers)  # before any data stage runs
+        trainer.callbacks.append(StageStats())
+        return trainer
+
+
+def rejected(message: str) -> NSAError:
+    """A value a class refused as it was built. jsonargparse lists why each type of a union
+    refused it; the one reason that is no type mismatch is the user's problem."""
+    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines() if line.strip().startswith("- ")]
+    reason = next((line.split(". ")[0] for line in lines if not line.startswith("Expected a ")), None)
+    uri = re.search(r"tracking_uri='([^']*)'", message)
+    if uri and reason:  # MLflow's refusal of the logger's store
+        return NSAError(
+            f"trainer.logger.init_args.tracking_uri '{uri.group(1)}' is refused by MLflow ({reason}); use "
+            "sqlite:///mlflow.db (a local file), http(s)://HOST:PORT (a server) or a database URI"
+        )
+    return NSAError(f"a recipe value was rejected: {reason or message}")
+
+
+def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
+    """Runs ``work`` on every process of the recipe's placement (``trainer:`` devices and
+    nodes), started by the trainer's launcher as ``nsa fit`` would be, or by torchrun or
+    SLURM. The processes share each data stage's shards; they leave together."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    from nsa.team import of_trainer
+
+    trainer = cli.trainer
+
+    def launched() -> None:
+        trainer.strategy.setup_environment()  # the process group, and this process's device
+        team = of_trainer(trainer, cli.datamodule.recipe.shared_cache_dir)
+        with team.guard():
+            work(team)
+            team.leave()
+
+    launcher = trainer.strategy.launcher  # None for one process
+    if isinstance(launcher, _MultiProcessingLauncher):  # it would pickle `launched`, a closure
+        raise NSAError(
+            "trainer.strategy: spawned processes (ddp_spawn, ...) are not supported here; use ddp or fsdp, "
+            "whose launcher starts each process as a command"
+        )
+    if launcher is None:
+        launched()
+    else:
+        launcher.launch(launched, trainer=trainer)
+
+
+def prepare(args: list[str]) -> None:
+    """Run only the data stages of a recipe and print their statistics."""
+    cli = NSACLI(args=args, run=False, prog="nsa prepare")
+
+    def work(team: Team) -> None:
+        cli.datamodule.run_stages(team)
+        if team.job_rank == 0:
+            print("nsa: data stages", file=sys.stderr)
+            cli.datamodule.print_stats()
+            for out in cli.datamodule.stages:
+                print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
+
+    on_every_process(cli, work)
+
+
+# inspect and iterate run on one process: their recipe's trainer (8 GPUs x 8 nodes, FSDP) is
+# built for its logger only, so it must not ask for devices
+ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
+
+
+def generate(args: list[str]) -> None:
+    """Sample and verify answers (cached stages); with ``--output``, write them to a file."""
+    from nsa import pipeline
+    from nsa.stages.rollouts import check_output, save_rollouts
+
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--output")
+    known, rest = own.parse_known_args(args)
+    if known.output:
+        check_output(known.output)  # before any sampling
+    cli = NSACLI(args=rest, run=False, prog="nsa generate")
+
+    def work(team: Team) -> None:
+        outputs = pipeline.generate(cli.datamodule.recipe, team)
+        if team.job_rank != 0:
+            return
+        print("nsa: rollout stages", file=sys.stderr)
+        for out in outputs:
+            stats = "  ".join(f"{k} {v:g}" for k, v in out.stats.items())
+            print(f"  {out.name:<10} {out.fingerprint}  {out.path}\n    {stats}", file=sys.stderr)
+        if known.output:
+            save_rollouts(outputs[-1].dataset, known.output)
+            print(f"nsa: {len(outputs[-1].dataset)} rollouts written to {known.output}", file=sys.stderr)
+
+    on_every_process(cli, work)
+
+
+def evaluate(args: list[str]) -> None:
+    """Benchmark a policy: the recipe's ``evaluate:`` section, printed and logged to MLflow."""
+    from nsa import evaluate as ev
+
+    cli = NSACLI(args=args, run=False, prog="nsa evaluate")
+    evaluation: Evaluation = cli.config_init["evaluate"]
+    sampler = evaluation.sampler or cli.datamodule.recipe.sampler
+    if sampler is None:
+        raise NSAError("no sampler: set evaluate.sampler (or data.sampler)")
+    policy = ev.choose_policy(evaluation, cli.model.policy_spec, cli.model.export_dir)
+
+    def work(team: Team) -> None:
+        rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.recipe.cache_dir, team)
+        if team.job_rank == 0:
+            print(ev.format_table(rows))
+            log_evaluation(cli, rows, policy)
+
+    on_every_process(cli, work)
+
+
+def log_evaluation(cli: NSACLI, rows: list[dict], policy: str) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from nsa import evaluate as ev
+
+    for logger in cli.trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            ev.log_results(logger, rows, policy, cli.parser.dump(cli.config, skip_none=False))
+            logger.finalize("success")  # no Trainer.fit ends this run: mark it FINISHED, not left RUNNING
+            print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
+
+
+def fit(args: list[str]) -> None:
+    NSACLI(args=["fit", *args])
+
+
+def lightning_cli(args: list[str]) -> None:
+    """What no nsa command names: LightningCLI's parser says what it expected."""
+    NSACLI(args=with_plugin_names(args))
+
+
+def with_plugin_names(args: list[str]) -> list[str]:
+    """The arguments with short plugin names resolved to class paths (in the recipes they name
+    too), and a ``--<slot>.help X`` checked against the slot's contract."""
+    args = rewrite_args(args, advertised(), slot_groups())
+    check_plugin_help(args)
+    return args
+
+
+def quiet_libraries() -> None:
+    """nsa draws one progress bar per stage; the libraries' own bars would bury it."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
