@@ -165,13 +165,17 @@ class NSACLI(LightningCLI):
         parser.epilog = plugins_epilog(self.plugins)
 
     def instantiate_classes(self) -> None:
-        """Plugins reject bad settings with ValueError; show it as a one-line error."""
+        """Plugins reject bad settings with ValueError; show it as a one-line error. The cache
+        folder is checked here too, before any stage runs."""
+        from nsa.stages.cache import check_writable
+
         try:
             super().instantiate_classes()
         except NSAError:
             raise
         except ValueError as err:
             raise rejected(str(err)) from None
+        check_writable(self.datamodule.recipe.cache_dir)
 
     def instantiate_trainer(self, **kwargs):
         from lightning.fabric.utilities.exceptions import MisconfigurationException

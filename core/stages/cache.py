@@ -16,6 +16,7 @@ the same shard; the first rename wins and the other copy is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,18 +95,22 @@ def run_stage(
     starts = list(range(0, len(source.dataset), shard_size)) or [0]  # shard i: rows starts[i]...
     if span > 1:  # an engine will span the GPUs of processes that just held a model: free them first
         free_accelerator_memory()
-    if team.agree(f"{name}/{fp}", _check(out, len(starts), name) if team.leads else "") == "finished":
+    with writing(out, name):
+        verdict = _check(out, len(starts), name) if team.leads else ""
+    if team.agree(f"{name}/{fp}", verdict) == "finished":
         stats = json.loads((out / "stats.json").read_text())
         return StageOutput(name, _load_shards(out, len(starts), name, team), _repaired(fp, out), out, stats)
-    out.mkdir(parents=True, exist_ok=True)
-    if team.leads:
-        _write_atomic(out / "config.json", json.dumps(describe(config), indent=2, default=str))
+    with writing(out, name):
+        out.mkdir(parents=True, exist_ok=True)
+        if team.leads:
+            _write_atomic(out / "config.json", json.dumps(describe(config), indent=2, default=str))
     _compute_shards(out, name, source.dataset, fn, starts, shard_size, team, span)
     dataset = _load_shards(out, len(starts), name, team)
     with muted(team):  # every process summarises (the same numbers); the leader's notices print
         stats = summarise(dataset) if summarise else {}
     if team.leads:
-        _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
+        with writing(out, name):
+            _write_atomic(out / "stats.json", json.dumps(stats, indent=2))
     return StageOutput(name, dataset, _repaired(fp, out), out, stats)
 
 
@@ -122,9 +127,10 @@ def _compute_shards(
             return False
         result = fn(data.select(range(starts[i], min(starts[i] + shard_size, len(data)))))
         tmp = out / f".tmp-{i:05d}-{uuid.uuid4().hex}"  # unique across processes and nodes
-        result.save_to_disk(str(tmp))
-        _seal(tmp, len(result))
-        _commit(tmp, final)
+        with writing(out, name, tmp):
+            result.save_to_disk(str(tmp))
+            _seal(tmp, len(result))
+            _commit(tmp, final)
         return True
 
     with tqdm(total=len(starts), desc=f"stage {name}", unit="shard", leave=False, disable=not team.leads) as bar:
@@ -132,6 +138,32 @@ def _compute_shards(
     if team.size > 1:
         by = ", ".join(str(c) for c in counts)
         say(team, f"nsa: stage {name}: {sum(counts)} shards computed by {team.size} processes ({by})")
+
+
+@contextlib.contextmanager
+def writing(out: Path, name: str = "", scratch: Path | None = None) -> Iterator[None]:
+    """A write the cache refuses (read-only, full, a file where a folder should be) is one line
+    naming data.cache_dir; the half-written ``scratch`` goes, the committed shards stay."""
+    try:
+        yield
+    except OSError as err:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        where = f"stage {name} in {out}" if name else str(out)
+        raise NSAError(
+            f"data.cache_dir: cannot write {where} ({err.strerror or err}); free space there or set "
+            "--data.cache_dir to a writable folder (committed shards are kept: a rerun resumes from them)"
+        ) from None
+
+
+def check_writable(cache_dir: str | Path) -> None:
+    """Before any stage runs: the cache folder can be made and written to."""
+    root = Path(cache_dir)
+    with writing(root):
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(20, "it is a file, not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(root / ".nsa-writable", "")
 
 
 def _commit(tmp: Path, final: Path) -> None:

@@ -186,3 +186,62 @@ def test_an_unreadable_stats_file_is_summarised_again_and_no_shard_recomputed(tm
     again, calls = _rerun(tmp_path)
     assert "stats.json is unreadable; summarising the stage again" in capsys.readouterr().err
     assert calls == [] and again.stats == {"rows": 10.0} and again.fingerprint == first.fingerprint
+
+
+FILL = textwrap.dedent(
+    """
+    import sys
+    from datasets import Dataset
+    from nsa.errors import NSAError
+    from nsa.stages.cache import StageOutput, check_writable, run_stage
+
+    root = sys.argv[1]
+    check_writable(root)
+    rows = Dataset.from_dict({"x": list(range(40))})
+    source = StageOutput("numbers", rows, "fp-numbers", None, {})
+    try:
+        run_stage(root, "wide", source, {}, lambda r: r.map(lambda _: {"text": "y" * 20000}), shard_size=1)
+    except NSAError as err:
+        print(err)
+    """
+)
+
+
+def in_own_mounts(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``sh -c script`` in a private mount namespace: the test's tmpfs and read-only mounts
+    vanish with it (root only, as CI runs, like the sandbox's uid-65534 battery)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_a_full_cache_is_one_line_and_keeps_the_committed_shards(tmp_path):
+    """A 256 KiB tmpfs: each 20 kB shard takes about 5 pages (arrow, two JSON files, the
+    manifest), so some shards commit and then the disk is full: ENOSPC is one line naming
+    data.cache_dir, and the shard in flight leaves no scratch folder behind."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    mount = f'mount -t tmpfs -o size=256k tmpfs "{cache_dir}"'
+    done = in_own_mounts(f'{mount} && "{sys.executable}" -c "$1" "{cache_dir}" && ls -a "{cache_dir}"/wide/*', FILL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    message, *listing = done.stdout.strip().splitlines()
+    assert message.startswith("data.cache_dir: cannot write stage wide in "), message
+    assert "(No space left on device); free space there" in message and "a rerun resumes" in message
+    shards = [name for name in listing if name.startswith("shard-")]
+    assert 1 <= len(shards) < 40 and not [name for name in listing if name.startswith(".tmp")], listing
+
+
+def test_a_read_only_cache_is_refused_before_any_stage(tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    read_only = f'mount --bind "{cache_dir}" "{cache_dir}" && mount -o remount,bind,ro "{cache_dir}"'
+    done = in_own_mounts(f'{read_only} && "{sys.executable}" -c "$1" "{cache_dir}"', FILL)
+    assert done.returncode == 1 and done.stdout.strip() == "", done.stderr[-2000:]  # check_writable raised
+    assert f"nsa.errors.NSAError: data.cache_dir: cannot write {cache_dir} (Read-only file system)" in done.stderr
+
+
+def test_a_cache_that_is_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    for path, why in ((tmp_path / "cache", "it is a file, not a folder"), (tmp_path / "cache" / "sub", "Not a")):
+        with pytest.raises(cache.NSAError, match=rf"data.cache_dir: cannot write {path} \({why}"):
+            cache.check_writable(path)
