@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             args = target("nsa.commands:with_plugin_names")(args)
         target(command.target)(args[1:])
     except (NSAError, argparse.ArgumentError) as err:
+        if os.environ.get("NSA_DEBUG"):  # the traceback behind the one line, for whoever wants it
+            raise
         print(f"nsa: error: {one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

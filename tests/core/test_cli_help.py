@@ -85,3 +85,15 @@ def test_every_command_in_the_table_has_a_target():
     for command in COMMANDS.values():
         module, _, function = command.target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), command.name
+
+
+def test_nsa_debug_shows_the_traceback_behind_the_one_line(monkeypatch, capsys, tmp_path):
+    from nsa.errors import NSAError
+
+    missing = str(tmp_path / "missing.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", missing])
+    assert capsys.readouterr().err.strip() == f"nsa: error: recipe file not found: {missing}"
+    monkeypatch.setenv("NSA_DEBUG", "1")
+    with pytest.raises(NSAError, match="recipe file not found"):
+        main(["fit", "--config", missing])
