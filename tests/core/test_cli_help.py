@@ -97,3 +97,26 @@ def test_nsa_debug_shows_the_traceback_behind_the_one_line(monkeypatch, capsys, 
     monkeypatch.setenv("NSA_DEBUG", "1")
     with pytest.raises(NSAError, match="recipe file not found"):
         main(["fit", "--config", missing])
+
+
+def test_the_readme_override_forms(tmp_path, tiny_model, capsys):
+    """The README's forms for plugin slots, with short names: a single slot, a list replaced,
+    appended to, and the appended entry's argument."""
+    import yaml
+
+    from tests.recipe import tiny_recipe
+
+    recipe = str(tiny_recipe(tmp_path, tiny_model))
+    forms = [
+        "--data.segmenter=ParagraphSegmenter",
+        "--data.judges=[ArithmeticJudge]",
+        "--data.judges+=ArithmeticJudge",
+        "--data.judges.init_args.threshold=0.7",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", recipe, *forms, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["segmenter"]["class_path"] == "nsa.plugins.segmenters.paragraph.ParagraphSegmenter"
+    judges = [(j["class_path"].rsplit(".", 1)[1], j["init_args"]["threshold"]) for j in data["judges"]]
+    assert judges == [("ArithmeticJudge", 0.5), ("ArithmeticJudge", 0.7)]
