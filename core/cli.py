@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import hashlib
 import importlib
 import io
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> None:
             print_help()
             sys.exit(0)
         command = COMMANDS.get(args[0])
-        if command is None:  # LightningCLI's own parser names what it expected
+        if command is None and not args[0].startswith("-"):
+            close = difflib.get_close_matches(args[0], COMMANDS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise NSAError(f"unknown command '{args[0]}': {hint}the commands are {', '.join(COMMANDS)} (nsa --help)")
+        if command is None:  # options before any command: LightningCLI's own parser names what it expected
             return target("nsa.commands:lightning_cli")(args)
         if args[1:] in (["-h"], ["--help"]):
             return cached_help(command, args)

@@ -120,3 +120,17 @@ def test_the_readme_override_forms(tmp_path, tiny_model, capsys):
     assert data["segmenter"]["class_path"] == "nsa.plugins.segmenters.paragraph.ParagraphSegmenter"
     judges = [(j["class_path"].rsplit(".", 1)[1], j["init_args"]["threshold"]) for j in data["judges"]]
     assert judges == [("ArithmeticJudge", 0.5), ("ArithmeticJudge", 0.7)]
+
+
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [
+        ("frobnicate", "unknown command 'frobnicate': the commands are fit, prepare"),
+        ("prepair", "did you mean 'prepare'?"),
+    ],
+)
+def test_an_unknown_command_lists_the_commands(capsys, command, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", "x.yaml"])
+    assert exit_info.value.code == 2
+    assert needle in capsys.readouterr().err
