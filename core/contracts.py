@@ -11,6 +11,8 @@ process pool) in ``_private`` attributes.
 Two optional members any plugin may define: ``close()``, which nsa calls when the plugin's
 stage is done (see ``closed_after``), and ``devices_per_engine``, the number of a node's
 devices one of its engines spans (a tensor-parallel vLLM engine; see ``devices_per_engine``).
+A sampler may also define ``prompt_room(model_dir)``, how long a prompt it can answer in full
+(see ``prompt_room``); questions whose prompt does not fit are dropped before sampling.
 """
 
 from __future__ import annotations
@@ -48,6 +50,34 @@ def devices_per_engine(plugin: object) -> int:
     (a vLLM engine's tensor-parallel size), else 1. Only the process that leads each group of
     that many local processes runs the plugin's stage; the others wait."""
     return int(getattr(plugin, "devices_per_engine", 1))
+
+
+class PromptRoom(NamedTuple):
+    """How long a prompt a sampler answers in full: ``context`` tokens hold prompt and answer
+    together, and ``answer`` of them are its answer budget. The option names are the sampler's
+    own, for messages; ``context_option`` is None when the model's config sets the context."""
+
+    context: int
+    answer: int
+    answer_option: str
+    context_option: str | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The most tokens a prompt may have."""
+        return max(0, self.context - self.answer)
+
+    def fits(self, prompt_tokens: int) -> bool:
+        """The one rule for which prompts are sampled: an answer of the full budget still fits
+        after the prompt (a longer prompt would fail in the engine, or have its answers cut short)."""
+        return prompt_tokens <= self.prompt_tokens
+
+
+def prompt_room(sampler: object, model_dir: str) -> PromptRoom | None:
+    """The sampler's ``prompt_room(model_dir)``, if it has one; None: any prompt is sampled
+    (a scripted sampler, or one whose model does not say its context)."""
+    room = getattr(sampler, "prompt_room", None)
+    return room(model_dir) if callable(room) else None
 
 
 @runtime_checkable
@@ -93,7 +123,9 @@ class Sampler(Protocol):
 
     Returns, per prompt, ``num_samples`` Completions. A sampler holding an engine (a vLLM
     process) may also define ``close()``; nsa calls it when the sampling stage is done, so
-    its memory is free again before training.
+    its memory is free again before training. One with a bounded context may define
+    ``prompt_room(model_dir) -> PromptRoom | None``: prompts that do not fit are never passed
+    to ``sample``.
     """
 
     num_samples: int

@@ -112,8 +112,18 @@ def load(benchmark: Benchmark) -> tuple[StageOutput, dict[str, str]]:
     return problems, answers
 
 
-def score(benchmark: Benchmark, loaded: tuple, sampler: Sampler, policy: str, cache_dir: str, shard: int, team: Team):
-    """Sample and verify one benchmark (cached stages): its sampled and its verified answers."""
+def score(
+    benchmark: Benchmark,
+    loaded: tuple,
+    sampler: Sampler,
+    option: str,
+    policy: str,
+    cache_dir: str,
+    shard: int,
+    team: Team,
+):
+    """Sample and verify one benchmark (cached stages): its sampled and its verified answers.
+    Questions whose prompt does not fit the sampler (``option``) are dropped and counted."""
     problems, answers = loaded
     sampled = pipeline.sample(
         problems,
@@ -124,6 +134,7 @@ def score(benchmark: Benchmark, loaded: tuple, sampler: Sampler, policy: str, ca
         shard_size=shard,
         team=team,
         name="eval_sample",
+        option=option,
     )
     verified = pipeline.verify(
         sampled,
@@ -147,10 +158,11 @@ def evaluate(
     pipeline.check_team(team, [sampler], cache_dir)
     say(team, f"nsa: evaluate: policy {policy}, {sampler.num_samples} answers per problem")
     loaded = [load(bench) for bench in evaluation.benchmarks]  # a bad file fails before any sampling
+    option = "evaluate.sampler" if evaluation.sampler is not None else "data.sampler"
     rows = []
     with closed_after(sampler):  # one engine for every benchmark, gone at the end
         for bench, problems in zip(evaluation.benchmarks, loaded):
-            sampled, verified = score(bench, problems, sampler, policy, cache_dir, evaluation.shard_size, team)
+            sampled, verified = score(bench, problems, sampler, option, policy, cache_dir, evaluation.shard_size, team)
             correct = correct_per_problem(verified)
             truncated = 100.0 * sampled.stats["answers_truncated"] / max(1, len(sampled.dataset))
             metrics = {**benchmark_metrics(correct, sampler.num_samples, ks), "truncated%": truncated}

@@ -18,12 +18,21 @@ from dataclasses import dataclass
 import torch
 from datasets import Dataset
 
-from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier, closed_after, devices_per_engine
+from nsa.contracts import (
+    Consensus,
+    Sampler,
+    Segmenter,
+    StepJudge,
+    Verifier,
+    closed_after,
+    devices_per_engine,
+    prompt_room,
+)
 from nsa.models import load_policy, load_tokenizer, local_device, policy_identity, resolve_policy
 from nsa.stages import behaviour, rollouts, steps
 from nsa.stages.cache import StageOutput, check_shared, describe, fingerprint, run_stage
 from nsa.stages.problems import MATH_TEMPLATE, load_problems
-from nsa.team import Team, check_span
+from nsa.team import Team, check_span, muted
 
 
 @dataclass(kw_only=True)
@@ -95,19 +104,26 @@ def sample(
     shard_size: int,
     team: Team,
     name: str = "sample",
+    option: str = "data.sampler",
 ) -> StageOutput:
-    """``sampler.num_samples`` answers to each problem: the cached sampling stage of training
-    and of evaluation. The caller closes the sampler (an evaluation keeps its engine for the
-    next benchmark)."""
+    """``sampler.num_samples`` answers to each problem whose prompt fits the sampler (the others
+    are dropped first, counted in ``prompts_too_long``): the cached sampling stage of training
+    and of evaluation. ``option`` names the sampler in messages. The caller closes the sampler
+    (an evaluation keeps its engine for the next benchmark)."""
     model_dir = resolve_policy(policy)
     tokenizer = load_tokenizer(model_dir)
+    with muted(team):  # every process drops the same prompts; the leader says so
+        room = prompt_room(sampler, model_dir)
+        problems, too_long = rollouts.drop_long_prompts(problems, tokenizer, template, room, option)
     fn = functools.partial(
         rollouts.sample_shard, sampler=sampler, model_dir=model_dir, tokenizer=tokenizer, template=template
     )
     # rows: the columns of rollouts.ROLLOUT_FEATURES (2 added response_logprobs)
     config = {"sampler": sampler, "policy": policy_identity(policy), "template": template, "rows": 2}
     summarise = functools.partial(rollouts.summarise_samples, eos_id=tokenizer.eos_token_id)
-    return run_stage(cache_dir, name, problems, config, fn, shard_size, summarise, team, devices_per_engine(sampler))
+    sampled = run_stage(cache_dir, name, problems, config, fn, shard_size, summarise, team, devices_per_engine(sampler))
+    sampled.stats = {**sampled.stats, "prompts_too_long": float(too_long)}
+    return sampled
 
 
 def verify(

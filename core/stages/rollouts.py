@@ -11,9 +11,9 @@ from pathlib import Path
 
 from datasets import Dataset, Features, List, Value
 
-from nsa.contracts import Sampler, Verifier
+from nsa.contracts import PromptRoom, Sampler, Verifier
 from nsa.errors import NSAError
-from nsa.stages.cache import StageOutput
+from nsa.stages.cache import StageOutput, fingerprint
 
 ROLLOUT_COLUMNS = ("group", "question", "answer", "prompt_ids", "response_ids", "response", "response_logprobs")
 ROLLOUT_FEATURES = Features(
@@ -54,6 +54,41 @@ def build_prompts(tokenizer, questions: list[str], template: str) -> list[list[i
         ]
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def drop_long_prompts(
+    problems: StageOutput, tokenizer, template: str, room: PromptRoom | None, option: str
+) -> tuple[StageOutput, int]:
+    """The problems whose prompt fits ``room`` (``option``'s sampler), and how many did not (one
+    warning line; an error when none fits). Dropping none keeps ``problems`` as it is, so the
+    sampling stage's cache key changes only when its set of prompts does."""
+    if room is None:  # the sampler sets no bound: every prompt is sampled
+        return problems, 0
+    prompts = build_prompts(tokenizer, problems.dataset["question"], template)
+    keep = [i for i, ids in enumerate(prompts) if room.fits(len(ids))]
+    if len(keep) == len(prompts):
+        return problems, 0
+    what, fix = _room_text(room, option)
+    if not keep:
+        raise NSAError(f"all {len(prompts)} questions of {problems.name} have a prompt {what}; {fix}")
+    dropped = len(prompts) - len(keep)
+    print(
+        f"nsa: warning: {problems.name}: dropped {dropped} of {len(prompts)} questions (prompts_too_long) whose "
+        f"prompt is {what}; {fix}",
+        file=sys.stderr,
+    )
+    kept = problems.dataset.select(keep)
+    fp = fingerprint(problems.fingerprint, "prompts", keep)
+    return StageOutput(problems.name, kept, fp, problems.path, {"problems": float(len(kept))}), dropped
+
+
+def _room_text(room: PromptRoom, option: str) -> tuple[str, str]:
+    """What a dropped prompt is longer than, and which options would make room, in the sampler's own names."""
+    what = f"longer than {room.prompt_tokens} tokens (the context {room.context}"
+    what += f" from {option} {room.context_option}" if room.context_option else ""
+    what += f" minus {option} {room.answer_option} {room.answer})"
+    fixes = [f"raise {option} {room.context_option}"] if room.context_option else []
+    return what, ", ".join([*fixes, f"lower {option} {room.answer_option}"]) + " or shorten the questions"
 
 
 def sample_shard(problems: Dataset, sampler: Sampler, model_dir: str, tokenizer, template: str) -> Dataset:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nsa.contracts import Completion
+from nsa.contracts import Completion, PromptRoom
 from nsa.errors import NSAError
 
 
@@ -54,6 +54,14 @@ class HFSampler:
         for start in range(0, len(prompt_ids), self.batch_size):
             out.extend(self._generate(model, tokenizer, prompt_ids[start : start + self.batch_size]))
         return out
+
+    def prompt_room(self, model_dir: str) -> PromptRoom | None:
+        """The model's context (its config's ``max_position_embeddings``, read without the weights)
+        less ``max_new_tokens``; None when the config does not say."""
+        from nsa.models import policy_context
+
+        context = policy_context(model_dir)
+        return None if context is None else PromptRoom(context, self.max_new_tokens, "max_new_tokens")
 
     def _processors(self, recorder: _SampledLogprobs):
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nsa.contracts import Completion
+from nsa.contracts import Completion, PromptRoom
 from nsa.errors import NSAError
 from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 
@@ -80,6 +80,16 @@ class VLLMSampler:
         _check_lengths(prompts, worker.max_model_len)
         drawn = worker.sample(prompts, self._requests(prompts))  # [prompt][sample] -> (ids, logprobs)
         return [[Completion(ids, logprobs) for ids, logprobs in group] for group in drawn]
+
+    def prompt_room(self, model_dir: str) -> PromptRoom | None:
+        """The engine's context (``max_model_len``, else the model config's ``max_position_embeddings``)
+        less ``max_tokens``; None when neither says. Read without starting the engine."""
+        if self.max_model_len is not None:
+            return PromptRoom(self.max_model_len, self.max_tokens, "max_tokens", "max_model_len")
+        from nsa.models import policy_context
+
+        context = policy_context(model_dir)
+        return None if context is None else PromptRoom(context, self.max_tokens, "max_tokens")
 
     @property
     def devices_per_engine(self) -> int:
