@@ -120,6 +120,14 @@ def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int) -> 
     return groups
 
 
+def over_budget(lengths: Sequence[int], budget: int, pairs: bool = False) -> list[int]:
+    """The rows no micro-batch can hold within ``budget`` padded tokens: a unit (a row, or a
+    pair padded to its longer row) wider than the budget; ``_pack`` gives each one a micro-batch
+    of its own, over the budget, so training goes on, at that micro-batch's memory."""
+    rows_per_unit = 2 if pairs else 1
+    return [i for i, n in enumerate(lengths) if n * rows_per_unit > budget]
+
+
 class StepBatchSampler:
     """Yields process ``rank``'s micro-batches of Slots of one epoch's seeded plan (``groups``: pairs).
 

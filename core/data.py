@@ -8,7 +8,7 @@ import sys
 import lightning as L
 import torch
 
-from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate
+from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate, over_budget
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
 from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
@@ -16,7 +16,7 @@ from nsa.pipeline import Recipe, judge_names, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import MATH_TEMPLATE
-from nsa.stages.rollouts import check_template, drop_unusable, with_group_std
+from nsa.stages.rollouts import check_template, drop_unusable, row_lengths, with_group_std
 from nsa.team import Team, of_trainer
 
 DEFAULT_TEMPLATE = MATH_TEMPLATE
@@ -183,6 +183,8 @@ class NSADataModule(L.LightningDataModule):
         if not len(rows):
             raise NSAError("no training rows left after filtering; see the stage statistics above")
         self.train_rows = with_group_std(rows)
+        self.lengths = row_lengths(self.train_rows)
+        self._warn_budget()
         self.pad_id = load_tokenizer(folder).pad_token_id
 
     def _warn_dropped(self) -> None:
@@ -196,6 +198,22 @@ class NSADataModule(L.LightningDataModule):
                 file=sys.stderr,
             )
 
+    def _warn_budget(self) -> None:
+        """data.tokens_per_micro_batch against the longest row training will see: batching gives a row
+        (a pair) over it a micro-batch of its own, over the budget; said once, before training."""
+        budget = self.tokens_per_micro_batch
+        over = over_budget(self.lengths, budget, self.pairs)
+        if not over or (self.trainer is not None and not self.trainer.is_global_zero):
+            return
+        longest = max(self.lengths)
+        pair, need = (", x 2 for a pair", 2 * longest) if self.pairs else ("", longest)
+        print(
+            f"nsa: warning: data.tokens_per_micro_batch is {budget}, below the longest row of {longest} tokens "
+            f"(prompt + answer{pair}): {len(over)} of {len(self.lengths)} rows get a micro-batch of their own, "
+            f"over the budget; raise it to at least {need}",
+            file=sys.stderr,
+        )
+
     @property
     def stats(self) -> dict[str, float]:
         merged: dict[str, float] = {}
@@ -208,12 +226,11 @@ class NSADataModule(L.LightningDataModule):
         return {out.name: out.fingerprint for out in self.stages}
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        lengths = [len(p) + len(r) for p, r in zip(self.train_rows["prompt_ids"], self.train_rows["response_ids"])]
         positive = [r > 0.5 for r in self.train_rows["reward"]]
         groups = self.train_rows["group"] if self.pairs else None
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = StepBatchSampler(
-            lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups, world, rank
+            self.lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups, world, rank
         )
         sampler.epoch = self.trainer.current_epoch if self.trainer else 0  # a new loader every epoch (see setup)
         return ResumableLoader(

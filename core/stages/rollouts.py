@@ -192,6 +192,15 @@ def drop_unusable(rows: Dataset, max_length: int | None) -> tuple[Dataset, dict[
     return (rows if len(keep) == len(rows) else rows.select(keep)), stats
 
 
+def row_lengths(rows: Dataset) -> list[int]:
+    """Each row's prompt + answer tokens, by Arrow compute (no Python pass over the ids)."""
+    import pyarrow.compute as pc
+
+    table = rows.with_format("arrow")[:]  # the selected rows, in order
+    prompt, answer = table.column("prompt_ids"), table.column("response_ids")
+    return pc.add(pc.list_value_length(prompt), pc.list_value_length(answer)).to_pylist()
+
+
 def filter_groups(rollouts: Dataset) -> Dataset:
     """Add the group mean reward and drop groups whose answers are all right or all wrong."""
     by_group: dict[str, list[float]] = {}

@@ -1,16 +1,18 @@
-"""Which prompts a sampler can answer in full (PromptRoom).
+"""Which prompts a sampler can answer in full (PromptRoom), and which rows overflow a micro-batch.
 
-The end-to-end cases (a question dropped before sampling, all dropped, an evaluation) are in
-test_bad_input.py; these check the rules themselves.
+The end-to-end cases (a question dropped before sampling, all dropped, an evaluation, the
+micro-batch warning of a fit) are in test_bad_input.py; these check the rules themselves.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
+from nsa.batching import over_budget, plan_epoch
 from nsa.contracts import PromptRoom, prompt_room
 from nsa.errors import NSAError
 from nsa.models import load_tokenizer
@@ -76,3 +78,24 @@ def test_the_message_names_the_samplers_own_options(tiny_model, capsys):
         "(the context 100 from evaluate.sampler max_model_len minus evaluate.sampler max_tokens 12); raise "
         "evaluate.sampler max_model_len, lower evaluate.sampler max_tokens or shorten the questions"
     )
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_the_rows_over_budget_are_those_packing_puts_over_it(pairs):
+    """A micro-batch's padded size (rows x longest) exceeds the budget exactly when it holds a row
+    over_budget names, and then that row (or its pair) is alone in it: batching copes, over budget."""
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 130) for _ in range(40)]
+    positive = [i % 2 == 0 for i in range(40)]
+    groups = [f"g{i // 4}" for i in range(40)] if pairs else None
+    over = set(over_budget(lengths, 100, pairs))
+    assert over == {i for i, n in enumerate(lengths) if n > (50 if pairs else 100)}
+    exceeding = 0
+    for micro in plan_epoch(lengths, positive, 8, 100, seed=0, groups=groups):
+        rows = [s.row for s in micro]
+        padded = len(rows) * max(lengths[r] for r in rows)
+        assert (padded > 100) == bool(over & set(rows)), (rows, padded)
+        if padded > 100:
+            exceeding += 1
+            assert len(rows) == (2 if pairs else 1)
+    assert exceeding
