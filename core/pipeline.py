@@ -10,6 +10,7 @@ by default): each stage's output is the same on any number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Sequence
@@ -203,20 +204,21 @@ def run(recipe: Recipe, team: Team | None = None) -> list[StageOutput]:
         _behaviour_fn(model_dir, recipe.logprob_precision, tokenizer.pad_token_id, recipe.logprob_batch_size),
         rows,
     )
-    labelled = _judge_and_label(recipe, segmented, tokenizer, rows, policy, team)
+    judged, labelled = _judge_and_label(recipe, segmented, tokenizer, rows, policy, team)
     train = labelled.dataset.add_column("ref_logprobs", scored.dataset["ref_logprobs"])
     train_fp = fingerprint(labelled.fingerprint, scored.fingerprint)
     trained_on = StageOutput("train", train, train_fp, labelled.path, {})
-    return [*first, grouped, segmented, scored, labelled, trained_on]
+    return [*first, grouped, segmented, scored, *judged, labelled, trained_on]
 
 
 def _judge_and_label(
     recipe: Recipe, segmented: StageOutput, tokenizer, rows: int, policy: dict, team: Team
-) -> StageOutput:
-    """Each judge's scores are cached on their own; the label stage combines them."""
+) -> tuple[list[StageOutput], StageOutput]:
+    """Each judge's scores are cached on their own (a stage ``judge/<name>`` each, whose counters the
+    label stage's statistics carry); the label stage combines them."""
     names = judge_names(recipe.judges)
     combined = segmented.dataset
-    fps, judge_stats = [], {}
+    fps, judge_stats, outputs = [], {}, []
     for name, judge in zip(names, recipe.judges):
         with closed_after(judge):  # its model or vLLM process goes before the next judge's
             judged = run_stage(
@@ -232,6 +234,7 @@ def _judge_and_label(
             )
         combined = combined.add_column(f"scores/{name}", judged.dataset["scores"])
         fps.append(judged.fingerprint)
+        outputs.append(dataclasses.replace(judged, name=f"judge/{name}", stats={}))
         judge_stats.update({f"judge/{name}/{k}": v for k, v in judged.stats.items()})
     source = StageOutput("judged", combined, fingerprint(segmented.fingerprint, fps), segmented.path, {})
     config = {
@@ -257,7 +260,7 @@ def _judge_and_label(
         team,
     )
     labelled.stats = {**labelled.stats, **judge_stats}
-    return labelled
+    return outputs, labelled
 
 
 def _judge_counters(data: Dataset, judge: StepJudge, team: Team) -> dict[str, float]:

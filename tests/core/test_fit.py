@@ -25,6 +25,8 @@ def test_fit_logs_config_stats_and_exports_policy(tmp_path, tiny_model, monkeypa
     assert "class_path: nsa.plugins.losses.bcpg.BCPG" in open(config).read()
     assert run.data.metrics["data/negatives"] == 6 and run.data.metrics["data/steps"] == 14
     assert {"stage/sample", "stage/label", "stage/behaviour"} <= set(run.data.params)
+    (judged,) = (tmp_path / "cache" / "judge").iterdir()  # each judge's stage is logged too
+    assert run.data.params["stage/judge/ArithmeticJudge"] == judged.name
     assert "train/loss" in run.data.metrics and "train/ref_drift" in run.data.metrics
     trained, start = weights(tmp_path / "policy"), load_file(f"{tiny_model}/model.safetensors")
     assert any(not torch.equal(trained[k], start[k]) for k in start)
