@@ -184,7 +184,7 @@ def test_a_second_evaluation_samples_nothing(tmp_path, tiny_model, capsys):
         ({"pass_k": [8]}, r"evaluate.pass_k \[8\] must lie in 1..4"),
         ({"benchmarks": []}, r"evaluate.benchmarks is empty"),
         ({"benchmarks": [{"class_path": "MATH500"}, {"class_path": "MATH500"}]}, r"two benchmarks share a name"),
-        ({"benchmarks": [{"class_path": "MATH501"}]}, r"unknown plugin 'MATH501' for --evaluate.benchmarks: did you mean 'MATH500'"),
+        ({"benchmarks": [{"class_path": "MATH501"}]}, r"'MATH501' for --evaluate.benchmarks: did you mean 'MATH500'"),
         (
             {"benchmarks": [{"class_path": "MATH500", "init_args": {"prompt_template": "Q: {problem}"}}]},
             r"evaluate.benchmarks\[0\] \(math500\) prompt_template has \{problem\}: its only field is \{question\}",
