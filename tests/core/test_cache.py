@@ -156,10 +156,15 @@ def damage_same_size(out: Path) -> None:
     arrow.write_bytes(bytes(data))
 
 
+def damage_manifest(out: Path) -> None:
+    (out / "shard-00000" / cache.MANIFEST).write_text('{"rows": 3, "fi')
+
+
 @pytest.mark.parametrize(
     ("damage", "notice"),
     [
         (damage_delete, "shard-00001 is missing; computing it again"),
+        (damage_manifest, "shard-00000 has an unreadable manifest; computing it again"),
         (damage_truncate, "shard-00002 is damaged (data-00000-of-00001.arrow is missing or has another size)"),
         (damage_same_size, "shard-00000 is damaged (data-00000-of-00001.arrow does not match its checksum)"),
     ],
