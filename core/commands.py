@@ -23,7 +23,7 @@ from nsa.evaluate import Evaluation
 from nsa.module import NSAModule
 from nsa.registry import CONTRACTS, advertised, rewrite_args, unknown_name_error
 from nsa.team import Team
-from nsa.tracking import MLflowConfig, StageStats, check_reachable
+from nsa.tracking import MLflowConfig, StageStats, SystemMetrics, check_reachable
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -188,7 +188,7 @@ class NSACLI(LightningCLI):
                 "--trainer.accelerator, --trainer.devices, --trainer.num_nodes or --trainer.strategy"
             ) from None
         check_reachable(trainer.loggers)  # before any data stage runs
-        trainer.callbacks.append(StageStats())
+        trainer.callbacks += [StageStats(), SystemMetrics()]
         return trainer
 
 

@@ -6,6 +6,7 @@ logger with a sqlite or http URI does not have; this one logs the YAML to the ru
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
@@ -35,6 +36,57 @@ class StageStats(L.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams({f"stage/{name}": fp for name, fp in datamodule.fingerprints.items()})
             logger.log_metrics({f"data/{k}": v for k, v in datamodule.stats.items()}, step=0)
+            if isinstance(logger, MLFlowLogger):
+                log_stage_inputs(logger, datamodule.stages)
+
+
+def log_stage_inputs(logger: MLFlowLogger, stages: list) -> None:
+    """Each stage's dataset as an input of the run, the way MLflow records what a run trained on:
+    its name, its folder, its digest (the stage's fingerprint, so that two runs on the same data
+    show the same digest) and its schema and row count; the training set is the ``training`` one."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset import from_huggingface
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for out in stages:
+        with warnings.catch_warnings():  # a local folder resolves as two equal source kinds; either is right
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(out.path))
+        dataset = from_huggingface(out.dataset, source=source, name=f"nsa-{out.name}", digest=out.fingerprint)
+        context = "training" if out.name == "train" else out.name
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]))
+    logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+
+
+class SystemMetrics(L.Callback):
+    """CPU, memory, disk, network and GPU utilisation of the training run, as MLflow's own
+    ``system/...`` metrics: on by default; ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it
+    off and ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the seconds between samples (10).
+    The first process samples its node (every GPU on it)."""
+
+    def __init__(self) -> None:
+        self._monitors: list = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() == "false":
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"))
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                uri = logger._tracking_uri
+                monitor = SystemMetricsMonitor(logger.run_id, sampling_interval=interval, tracking_uri=uri)
+                monitor.start()
+                self._monitors.append(monitor)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for monitor in self._monitors:
+            monitor.finish()  # logs what it sampled last
+        self._monitors.clear()
 
 
 def check_reachable(loggers: list) -> None:

@@ -4,6 +4,8 @@ exported policy, and gradients that do not depend on how a step is cut into micr
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import torch
 from safetensors.torch import load_file
@@ -18,6 +20,7 @@ def weights(folder) -> dict[str, torch.Tensor]:
 
 def test_fit_logs_config_stats_and_exports_policy(tmp_path, tiny_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")  # the 2-step fit takes < 1 s
     main(["fit", "--config", str(tiny_recipe(tmp_path, tiny_model))])
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
@@ -27,6 +30,14 @@ def test_fit_logs_config_stats_and_exports_policy(tmp_path, tiny_model, monkeypa
     assert {"stage/sample", "stage/label", "stage/behaviour"} <= set(run.data.params)
     (judged,) = (tmp_path / "cache" / "judge").iterdir()  # each judge's stage is logged too
     assert run.data.params["stage/judge/ArithmeticJudge"] == judged.name
+    # each stage's dataset is an input of the run, its digest the stage's fingerprint
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert inputs["nsa-judge/ArithmeticJudge"].dataset.digest == judged.name
+    assert inputs["nsa-sample"].dataset.digest == run.data.params["stage/sample"]
+    train = inputs["nsa-train"]
+    assert [t.value for t in train.tags if t.key == "mlflow.data.context"] == ["training"]
+    assert json.loads(train.dataset.profile)["num_rows"] == 8
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # system metrics, on by default
     assert "train/loss" in run.data.metrics and "train/ref_drift" in run.data.metrics
     trained, start = weights(tmp_path / "policy"), load_file(f"{tiny_model}/model.safetensors")
     assert any(not torch.equal(trained[k], start[k]) for k in start)
