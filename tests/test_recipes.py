@@ -48,6 +48,26 @@ def test_math_recipe_is_the_papers_setup(capsys):
     assert config["data"]["judges"][0]["init_args"]["threshold"] == 0.5  # lambda
 
 
+def test_math_recipe_switches_to_the_papers_claude_judge_in_one_line(capsys, monkeypatch):
+    """The switch its header documents: the LLM judge (the list's last entry) becomes Claude,
+    on Anthropic's API by default; the PRM judge is untouched."""
+    from nsa.plugins.judges.llm import LLMJudge
+
+    switch = ["--data.judges.init_args.backend=anthropic", "--data.judges.init_args.model=claude-3-7-sonnet-20250219"]
+    recipe = Path(__file__).parents[1] / "recipes" / "math.yaml"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(recipe), *switch, "--print_config"])
+    prm, llm = yaml.safe_load(capsys.readouterr().out)["data"]["judges"]
+    assert prm["init_args"]["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+    judge = LLMJudge(**llm["init_args"])
+    assert (judge.backend, judge.model, judge.base_url) == (
+        "anthropic",
+        "claude-3-7-sonnet-20250219",
+        "https://api.anthropic.com",
+    )
+    assert judge._api_key_env == "ANTHROPIC_API_KEY"
+
+
 TABLE_3 = {
     "bcpg.yaml": ("BCPG", {"beta": 1.0, "tau": 0.001, "per_token_behaviour": False}),
     "rft.yaml": ("RFT", None),

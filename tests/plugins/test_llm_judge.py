@@ -61,12 +61,12 @@ class FakeServer:
                 pass
 
             def do_GET(self) -> None:  # only a followed redirect would ask this
-                server.requests.append((dict(self.headers), {}))
+                server.requests.append(({k.lower(): v for k, v in self.headers.items()}, {}))
                 self._send(200, "[true]")
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append((dict(self.headers), body))
+                server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 first = len(server.requests) == 1
                 if server.mode == "bad_status_once" and first:
                     self.wfile.write(b"NOT-HTTP garbage\r\n\r\n")
@@ -169,7 +169,7 @@ def test_good_replies_label_each_step_and_request_carries_prompt(server, monkeyp
     assert "[Step 1]\n12 * 7 = 84" in prompt and "[Step 3]\nThe answer is 70 WRONG" in prompt
     assert "What is 12 * 7 - 15?" in prompt and "exactly\n3 verdicts" in prompt
     assert "Error propagation" in prompt and "Error termination" in prompt
-    assert headers["Authorization"] == "Bearer sk-secret-123"
+    assert headers["authorization"] == "Bearer sk-secret-123"
     assert body["model"] == "judge" and body["response_format"]["type"] == "json_schema"
     verdicts = body["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]
     assert verdicts["minItems"] == verdicts["maxItems"] == 3  # exactly one verdict per step
@@ -203,7 +203,7 @@ def test_pickles_without_its_lock(server):
 def test_no_key_on_localhost_means_no_header(server, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert judge(server).score([item("a")]) == [[1.0]]
-    assert "Authorization" not in server.requests[0][0]
+    assert "authorization" not in server.requests[0][0]
 
 
 def test_missing_key_for_remote_server_is_a_user_error(monkeypatch):
@@ -403,7 +403,7 @@ def test_retry_after_is_honoured(server):
 
 
 def test_retry_after_parsing_is_capped():
-    from nsa.plugins.judges.llm import _retry_after
+    from nsa.plugins.judges.remote import retry_after as _retry_after
 
     assert _retry_after({"Retry-After": "3600"}) == 60.0
     assert _retry_after({"Retry-After": "2.5"}) == 2.5
@@ -437,7 +437,9 @@ def test_key_never_sent_over_plain_http_to_remote_host(monkeypatch):
     j = LLMJudge(base_url="http://judge.example.com/v1", api_key_env="NSA_TEST_JUDGE_KEY")
     with pytest.raises(NSAError, match="plain http"):
         j.score([item("a")])
-    assert LLMJudge(base_url="https://judge.example.com/v1", api_key_env="NSA_TEST_JUDGE_KEY")._api_key()
-    assert LLMJudge(base_url="http://[::1]:8000/v1", api_key_env="NSA_TEST_JUDGE_KEY")._api_key()
+    from nsa.plugins.judges.remote import api_key
+
+    assert api_key("https://judge.example.com/v1", "NSA_TEST_JUDGE_KEY") == "sk-secret-123"
+    assert api_key("http://[::1]:8000/v1", "NSA_TEST_JUDGE_KEY") == "sk-secret-123"
     monkeypatch.delenv("NSA_TEST_JUDGE_KEY")
-    assert LLMJudge(base_url="http://judge.example.com/v1", api_key_env="NSA_TEST_JUDGE_KEY")._api_key() is None
+    assert api_key("http://judge.example.com/v1", "NSA_TEST_JUDGE_KEY") is None

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from nsa.contracts import StepItem
-from nsa.plugins.judges.llm import LLMJudge, _schema
+from nsa.plugins.judges.llm import LLMJudge
+from nsa.plugins.judges.llm_hf import encode
+from nsa.plugins.judges.verdicts import schema
 from nsa.vllm_worker import VLLMEngine
 from tests.tiny import build_model
 
@@ -40,7 +42,7 @@ def judge(tmp_path_factory):
 
 
 def prompt_ids(judge: LLMJudge, it: StepItem) -> list[int]:
-    return judge._hf_encode(judge._worker_tokenizer, judge.render(it))["input_ids"][0].tolist()
+    return encode(judge.transport().tokenizer, judge.render(it))["input_ids"][0].tolist()
 
 
 def test_schema_gives_one_verdict_per_step(judge):
@@ -62,8 +64,8 @@ def test_schema_gives_one_verdict_per_step(judge):
 def test_raw_replies_follow_the_schema(judge):
     """The replies themselves: compact JSON (no free whitespace), n verdicts, steps in 1..n."""
     judge.score(ITEMS[:1])  # starts the engine if this test runs alone
-    sampling = [{"max_tokens": 120, "temperature": 0.0, "json_schema": _schema(len(it.spans))} for it in ITEMS]
-    replies = judge._worker.generate([prompt_ids(judge, it) for it in ITEMS], sampling)
+    sampling = [{"max_tokens": 120, "temperature": 0.0, "json_schema": schema(len(it.spans))} for it in ITEMS]
+    replies = judge.transport().worker.generate([prompt_ids(judge, it) for it in ITEMS], sampling)
     finished = [(it, text) for it, (text, finish, _) in zip(ITEMS, replies, strict=True) if finish == "stop"]
     assert finished, replies  # with n <= 3 verdicts at least one reply ends inside 120 tokens
     for it, text in finished:
@@ -78,13 +80,13 @@ def test_prompt_ids_and_greedy_text_match_transformers(judge):
 
     judge.score(ITEMS[:1])
     ids = prompt_ids(judge, ITEMS[1])
-    [(text, finish, new_ids)] = judge._worker.generate([ids], [{"max_tokens": 12, "temperature": 0.0}])
-    model = AutoModelForCausalLM.from_pretrained(judge._worker._model).eval()
+    [(text, finish, new_ids)] = judge.transport().worker.generate([ids], [{"max_tokens": 12, "temperature": 0.0}])
+    model = AutoModelForCausalLM.from_pretrained(judge.transport().worker._model).eval()
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert finish == "length" and new_ids == out[0, len(ids) :].tolist()
     # the text too, up to a split UTF-8 character at the end that vLLM holds back
-    assert judge._worker_tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).startswith(text)
+    assert judge.transport().tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).startswith(text)
 
 
 def test_a_prompt_beyond_the_context_fails_alone(judge):
@@ -105,7 +107,7 @@ def test_a_dead_engine_is_an_error_and_the_next_call_restarts(judge):
     from nsa.errors import NSAError
 
     judge.score(ITEMS[:1])
-    os.kill(judge._worker._process.pid, signal.SIGKILL)
+    os.kill(judge.transport().worker._process.pid, signal.SIGKILL)
     with pytest.raises(NSAError, match=r"vLLM process for model .* died \(exit code -9\)"):
         judge.score(ITEMS[:1])
     assert len(judge.score(ITEMS[:1])[0]) == 2  # a fresh engine
@@ -113,8 +115,8 @@ def test_a_dead_engine_is_an_error_and_the_next_call_restarts(judge):
 
 def test_close_ends_the_process(judge):
     judge.score(ITEMS[:1])
-    process = judge._worker._process
+    process = judge.transport().worker._process
     assert process.is_alive()
     judge.close()
-    assert not process.is_alive() and judge._worker is None
+    assert not process.is_alive() and judge._backend is None
     assert len(judge.score(ITEMS[:1])[0]) == 2  # a later call starts it again

@@ -35,7 +35,7 @@ import pytest
 
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
-from nsa.plugins.judges import llm as llm_module
+from nsa.plugins.judges import openai_chat
 from nsa.plugins.judges.llm import LLMJudge, parse_verdicts
 from tests.plugins.test_llm_judge import item
 from tests.tiny import build_model
@@ -179,13 +179,13 @@ def chat(server: Server, body: dict) -> dict:
 
 
 def test_structured_reply_is_json_of_the_schema(server):
-    """With structured_output the judge's own request (its ``_post``) gets back, from vLLM, JSON of
+    """With structured_output the judge's own request (its openai backend's ``_post``) gets back, from vLLM, JSON of
     the judge's schema: exactly one ``{step, correct}`` per step, step numbers within 1..n. The same
     prompt without the schema gives text that is no such JSON, so the constraint is vLLM's doing."""
     j = judge(server)
     for answer in ANSWERS:
         n = len(answer.spans)
-        reply = j._post(j.render(answer), None, 2, n)  # the exact schema
+        reply = j.transport()._post(j.render(answer), n, None, 2)  # the exact schema
         assert reply, f"structured reply for {n} steps was cut off at max_tokens or empty"
         value = json.loads(reply)
         assert set(value) == {"verdicts"}, reply
@@ -195,7 +195,7 @@ def test_structured_reply_is_json_of_the_schema(server):
             assert type(verdict["step"]) is int and 1 <= verdict["step"] <= n, reply
             assert type(verdict["correct"]) is bool, reply
 
-    free = chat(server, j._body(j.render(ANSWERS[1]), 0, 2))  # no schema
+    free = chat(server, {**j.transport().body(j.render(ANSWERS[1]), 0, 2), "model": j.model})  # no schema
     with pytest.raises(ValueError):
         json.loads(free["message"]["content"])
 
@@ -226,7 +226,7 @@ def test_score_through_the_server(server):
 
     for answer, got in zip(ANSWERS, scores[:-1], strict=True):
         n = len(answer.spans)
-        verdicts, _ = parse_verdicts(j._post(j.render(answer), None, 2, n), n)
+        verdicts, _ = parse_verdicts(j.transport()._post(j.render(answer), n, None, 2), n)
         assert got == ([None] * n if verdicts is None else [1.0 if v else 0.0 for v in verdicts])
 
 
@@ -248,7 +248,7 @@ def test_schema_the_server_refuses_falls_back_to_free_text(server, monkeypatch, 
     schema is swapped for an invalid one here). The judge steps down, exact schema -> open schema ->
     none, warns once, and asks without it from then on: the server sees exactly two 400s. The tiny
     model's free text is no verdict, so the step is unjudged (malformed), not failed."""
-    monkeypatch.setattr(llm_module, "_schema", lambda num_steps: {"type": "no-such-type"})
+    monkeypatch.setattr(openai_chat, "schema", lambda num_steps: {"type": "no-such-type"})
     j = judge(server, max_tokens=16)
     seen = server.chat_posts(400)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
@@ -282,7 +282,7 @@ def test_other_400_fails_without_turning_the_schema_off(server, caplog):
     assert server.wait_chat_posts(400, seen + 3) == seen + 3  # exact schema, open schema, none
     assert not [r for r in caplog.records if "refused a stricter response_format" in r.getMessage()]
 
-    j.max_tokens = 64
+    j.transport().max_tokens = 64  # the same backend, which remembers what the server refused
     assert j.score(ANSWERS[:1])[0] in ([1.0], [0.0])
     assert server.chat_posts(400) == seen + 3
     assert j.stats()["requests"] == 2 and j.stats()["failed"] == 1
