@@ -80,6 +80,14 @@ class FakeServer:
                 if server.mode == "retry_after_once" and first:
                     self._send(429, "", {"Retry-After": "1"})
                     return
+                if server.mode == "reasoning_model" and "max_tokens" in body:  # as OpenAI answers for o-series models
+                    said = "Unsupported parameter: 'max_tokens' is not supported. Use 'max_completion_tokens'"
+                    error = json.dumps({"error": {"message": said, "type": "invalid_request_error"}}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
                 if server.mode == "redirect":
                     self._send(302, "", {"Location": server.redirect_to + "/chat/completions"})
                     return
@@ -443,3 +451,13 @@ def test_key_never_sent_over_plain_http_to_remote_host(monkeypatch):
     assert api_key("http://[::1]:8000/v1", "NSA_TEST_JUDGE_KEY") == "sk-secret-123"
     monkeypatch.delenv("NSA_TEST_JUDGE_KEY")
     assert api_key("http://judge.example.com/v1", "NSA_TEST_JUDGE_KEY") is None
+
+
+def test_a_server_that_wants_max_completion_tokens_is_asked_so_from_then_on(server):
+    server.mode = "reasoning_model"
+    j = judge(server, max_tokens=300)
+    assert j.score([item("12 * 7 = 84")]) == [[1.0]]
+    assert j.score([item("12 * 7 = 84")]) == [[1.0]]
+    fields = [("max_tokens" in body, body.get("max_completion_tokens")) for _, body in server.requests]
+    assert fields == [(True, None), (False, 300), (False, 300)]  # one refusal, then the other field
+    assert "response_format" in server.requests[-1][1]  # the schema stays
