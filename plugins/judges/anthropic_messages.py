@@ -17,7 +17,7 @@ import json
 import threading
 from typing import Any
 
-from nsa.plugins.judges.remote import Transient, no_answer, status_error
+from nsa.plugins.judges.remote import Failed, Transient, no_answer, status_error
 from nsa.plugins.judges.verdicts import schema
 
 TOOL = "record_verdicts"
@@ -87,6 +87,47 @@ class AnthropicMessages:
         except anthropic.APIStatusError as err:
             raise status_error(self.base_url, err.status_code, err.response.headers, err.body) from None
         return verdict_text(raw.http_response.content)
+
+    # ------------------------------------------------------ Message Batches (batches.py)
+
+    def keyed_client(self, key: str | None) -> Any:
+        """A client for one batch call, holding the key only for that call: the SDK's ``results``
+        makes a request of its own (the batch, for its results URL) with the client's key."""
+        import anthropic
+
+        return anthropic.Anthropic(
+            api_key=key or "none-needed-here",
+            base_url=self.base_url,
+            timeout=self.timeout_s,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(follow_redirects=False),
+        )
+
+    def submit(self, requests: dict[str, tuple[str, int]], key: str | None) -> str:
+        batch_requests = [{"custom_id": cid, "params": self.params(p, n)} for cid, (p, n) in requests.items()]
+        with self.keyed_client(key) as client:
+            return client.messages.batches.create(requests=batch_requests).id
+
+    def poll(self, batch_id: str, key: str | None) -> tuple[bool, int]:
+        with self.keyed_client(key) as client:
+            batch = client.messages.batches.retrieve(batch_id)
+        c = batch.request_counts
+        return batch.processing_status == "ended", c.succeeded + c.errored + c.canceled + c.expired
+
+    def results(self, batch_id: str, key: str | None) -> dict[str, str | Failed | None]:
+        """Each request's verdict text, a Failed for one that errored, None for one that expired or
+        was cancelled (resubmitted by batches.py)."""
+        out: dict[str, str | Failed | None] = {}
+        with self.keyed_client(key) as client:
+            for entry in client.messages.batches.results(batch_id):
+                result = entry.result
+                if result.type == "succeeded":
+                    out[entry.custom_id] = verdict_text(result.message.model_dump_json().encode())
+                elif result.type == "errored":
+                    out[entry.custom_id] = Failed(False, f"batch error: {str(result.error)[:200]}")
+                else:
+                    out[entry.custom_id] = None
+        return out
 
 
 def verdict_text(raw: bytes) -> str:

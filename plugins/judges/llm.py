@@ -120,14 +120,22 @@ class LLMJudge:
         engine: VLLMEngine = DEFAULT_ENGINE,
         dtype: str = "auto",
         thinking_tokens: int = 0,
+        mode: Literal["online", "batch"] = "online",
+        batch_dir: str = ".nsa_batches",
+        poll_s: float = 30.0,
     ) -> None:
         """``base_url`` and ``api_key_env`` default to the backend's (a local OpenAI-compatible
         server and OPENAI_API_KEY; Anthropic's API and ANTHROPIC_API_KEY). ``thinking_tokens``:
-        Claude's extended-thinking budget (anthropic only; 0 is off)."""
+        Claude's extended-thinking budget (anthropic only; 0 is off). ``mode: batch`` sends each
+        shard's requests as one batch of the provider's batch API (openai and anthropic), recorded
+        in ``batch_dir`` so that a killed run never submits a request twice; ``poll_s`` is the
+        wait between looks at a batch."""
         _check(backend, model, concurrency, retries, timeout_s, backoff_s)
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise NSAError(f"LLMJudge max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         _check_anthropic(backend, temperature, thinking_tokens, max_tokens)
+        if mode == "batch" and (backend not in REMOTE or not model):
+            raise NSAError(f"LLMJudge mode 'batch' needs backend openai or anthropic and a model, got '{backend}'")
         template = _load_prompt(prompt_file)
         url, key_env = REMOTE.get(backend, REMOTE["openai"])
         self.backend = backend
@@ -156,6 +164,10 @@ class LLMJudge:
         self._backoff_s = backoff_s
         self._max_failed_fraction = max_failed_fraction
         self._engine = engine
+        # how the requests travel (one batch or one by one), not what the judge says: private
+        self._mode = mode
+        self._batch_dir = batch_dir
+        self._poll_s = poll_s
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._backend: Any = None
@@ -237,6 +249,8 @@ class LLMJudge:
 
     def _remote_replies(self, requests: list[tuple[str, int]]) -> list[str | remote.Failed]:
         key = remote.api_key(self.base_url, self._api_key_env)  # read once per call, passed along, never kept
+        if self._mode == "batch":
+            return self._batch_replies(requests, key)
         post = self.transport().post
         work = [
             functools.partial(
@@ -249,6 +263,15 @@ class LLMJudge:
             for prompt, num_steps in requests
         ]
         replies = remote.concurrently(work, self._concurrency)
+        remote.check_failures(replies, self.base_url, self._max_failed_fraction)
+        return replies
+
+    def _batch_replies(self, requests: list[tuple[str, int]], key: str | None) -> list[str | remote.Failed]:
+        from nsa.plugins.judges import batches
+
+        identity = {k: v for k, v in vars(self).items() if not k.startswith("_")}  # what the verdicts depend on
+        journal = batches.Journal(Path(self._batch_dir) / f"{batches.digest(identity, requests)}.json")
+        replies = batches.batch_replies(self.transport(), requests, key, journal, self._poll_s, self._count)
         remote.check_failures(replies, self.base_url, self._max_failed_fraction)
         return replies
 

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any
 
-from nsa.plugins.judges.remote import Rejected, Transient, no_answer, status_error
+from nsa.plugins.judges.remote import Failed, Rejected, Transient, no_answer, status_error
 from nsa.plugins.judges.verdicts import schema
 
 log = logging.getLogger("nsa.plugins.judges.llm")  # one logger for all of LLMJudge's notices
@@ -118,6 +118,71 @@ class OpenAIChat:
         except openai.APIStatusError as err:
             raise status_error(self.base_url, err.status_code, err.response.headers, err.body) from None
         return _content(raw.http_response.content)
+
+    # ---------------------------------------------------------------- the Batch API (batches.py)
+
+    def submit(self, requests: dict[str, tuple[str, int]], key: str | None) -> str:
+        """Uploads the requests as one JSONL file and starts a batch over it; its id."""
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": cid,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": self.model, **self.body(prompt, self.schema_level, num_steps)},
+                }
+            )
+            for cid, (prompt, num_steps) in requests.items()
+        ]
+        auth = self._auth(key)
+        client = self.client()
+        upload = client.files.create(file=("nsa-judge.jsonl", "\n".join(lines).encode()), purpose="batch", **auth)
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h", **auth
+        )
+        return batch.id
+
+    def poll(self, batch_id: str, key: str | None) -> tuple[bool, int]:
+        batch = self.client().batches.retrieve(batch_id, **self._auth(key))
+        counts = batch.request_counts
+        done = (counts.completed + counts.failed) if counts else 0
+        return batch.status in ("completed", "failed", "expired", "cancelled"), done
+
+    def results(self, batch_id: str, key: str | None) -> dict[str, str | Failed | None]:
+        """Each request's reply text (read as an online reply is), a Failed for an error the server
+        gave it, None for one never processed (the batch expired or was cancelled first)."""
+        client = self.client()
+        batch = client.batches.retrieve(batch_id, **self._auth(key))
+        out: dict[str, str | Failed | None] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            for line in client.files.content(file_id, **self._auth(key)).text.splitlines():
+                cid, reply = _batch_line(line)
+                if cid is not None:
+                    out[cid] = reply
+        return out
+
+    def _auth(self, key: str | None) -> dict[str, Any]:
+        import openai
+
+        return {"extra_headers": {"Authorization": f"Bearer {key}" if key else openai.omit}}
+
+
+def _batch_line(line: str) -> tuple[str | None, str | Failed | None]:
+    """One line of a batch's output or error file: (custom id, reply text / Failed / None if expired)."""
+    try:
+        entry = json.loads(line)
+        cid = entry["custom_id"]
+    except (ValueError, KeyError, TypeError):
+        return None, None
+    response, error = entry.get("response") or {}, entry.get("error") or {}
+    if response.get("status_code") == 200:
+        return cid, _content(json.dumps(response.get("body")).encode())
+    code = str(error.get("code") or response.get("status_code"))
+    if "expired" in code or "cancel" in code:
+        return cid, None
+    return cid, Failed(False, f"batch error {code}: {str(error.get('message', ''))[:200]}")
 
 
 def _content(raw: bytes) -> str:
