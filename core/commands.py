@@ -23,7 +23,7 @@ from nsa.evaluate import Evaluation
 from nsa.module import NSAModule
 from nsa.registry import CONTRACTS, advertised, rewrite_args, unknown_name_error
 from nsa.team import Team
-from nsa.tracking import MLflowConfig, StageStats, SystemMetrics, check_reachable
+from nsa.tracking import MLflowConfig, StageStats, SystemMetrics, check_reachable, log_stages, system_metrics
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -240,14 +240,29 @@ def prepare(args: list[str]) -> None:
     cli = NSACLI(args=args, run=False, prog="nsa prepare")
 
     def work(team: Team) -> None:
-        cli.datamodule.run_stages(team)
+        with system_metrics(cli.trainer.loggers, team.job_rank == 0):
+            cli.datamodule.run_stages(team)
         if team.job_rank == 0:
             print("nsa: data stages", file=sys.stderr)
             cli.datamodule.print_stats()
             for out in cli.datamodule.stages:
                 print(f"  {out.name:<10} {out.fingerprint}  {out.path}", file=sys.stderr)
+            log_prepared(cli)
 
     on_every_process(cli, work)
+
+
+def log_prepared(cli: NSACLI) -> None:
+    """``nsa prepare``'s own MLflow run (tag ``nsa.command: prepare``): the stages, their statistics
+    and datasets, and the system metrics of the stages it ran."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    log_stages(cli.trainer.loggers, cli.datamodule)
+    for logger in cli.trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.set_tag(logger.run_id, "nsa.command", "prepare")
+            logger.experiment.log_text(logger.run_id, cli.parser.dump(cli.config, skip_none=False), "config.yaml")
+            logger.finalize("success")  # no Trainer.fit ends this run: mark it FINISHED, not left RUNNING
 
 
 # inspect and iterate run on one process: their recipe's trainer (8 GPUs x 8 nodes, FSDP) is
@@ -294,7 +309,8 @@ def evaluate(args: list[str]) -> None:
     policy = ev.choose_policy(evaluation, cli.model.policy_spec, cli.model.export_dir)
 
     def work(team: Team) -> None:
-        rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.recipe.cache_dir, team)
+        with system_metrics(cli.trainer.loggers, team.job_rank == 0):
+            rows = ev.evaluate(evaluation, sampler, policy, cli.datamodule.recipe.cache_dir, team)
         if team.job_rank == 0:
             print(ev.format_table(rows))
             log_evaluation(cli, rows, policy)

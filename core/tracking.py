@@ -6,8 +6,10 @@ logger with a sqlite or http URI does not have; this one logs the YAML to the ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import lightning as L
 from lightning.pytorch.cli import SaveConfigCallback
@@ -33,11 +35,17 @@ class StageStats(L.Callback):
             return  # every process has the stats; one prints and logs them
         print("nsa: data stages", file=sys.stderr)
         datamodule.print_stats()
-        for logger in trainer.loggers:
-            logger.log_hyperparams({f"stage/{name}": fp for name, fp in datamodule.fingerprints.items()})
-            logger.log_metrics({f"data/{k}": v for k, v in datamodule.stats.items()}, step=0)
-            if isinstance(logger, MLFlowLogger):
-                log_stage_inputs(logger, datamodule.stages)
+        log_stages(trainer.loggers, datamodule)
+
+
+def log_stages(loggers: list, datamodule) -> None:
+    """Each stage's fingerprint (``stage/...``), the data statistics (``data/...``) and, for MLflow,
+    each stage's dataset as an input of the run."""
+    for logger in loggers:
+        logger.log_hyperparams({f"stage/{name}": fp for name, fp in datamodule.fingerprints.items()})
+        logger.log_metrics({f"data/{k}": v for k, v in datamodule.stats.items()}, step=0)
+        if isinstance(logger, MLFlowLogger):
+            log_stage_inputs(logger, datamodule.stages)
 
 
 def log_stage_inputs(logger: MLFlowLogger, stages: list) -> None:
@@ -61,32 +69,52 @@ def log_stage_inputs(logger: MLFlowLogger, stages: list) -> None:
     logger.experiment.log_inputs(logger.run_id, datasets=inputs)
 
 
+def monitors(loggers: list) -> list:
+    """MLflow's system metrics monitor of each MLflow run (CPU, memory, disk, network and the
+    node's GPUs, as ``system/...``), started: on by default; ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+    =false`` turns them off, ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the seconds between
+    samples (10). MLflow logs a sample at the end of each interval: a shorter command logs none."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() == "false":
+        return []
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"))
+    started = []
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            uri = logger._tracking_uri
+            monitor = SystemMetricsMonitor(logger.run_id, sampling_interval=interval, tracking_uri=uri)
+            monitor.start()
+            started.append(monitor)
+    return started
+
+
+@contextlib.contextmanager
+def system_metrics(loggers: list, lead: bool) -> Iterator[None]:
+    """The system metrics of a command that is no ``fit`` (prepare, evaluate), sampled by the
+    leading process while the block runs."""
+    running = monitors(loggers) if lead else []
+    try:
+        yield
+    finally:
+        for monitor in running:
+            monitor.finish()
+
+
 class SystemMetrics(L.Callback):
-    """CPU, memory, disk, network and GPU utilisation of the training run, as MLflow's own
-    ``system/...`` metrics: on by default; ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it
-    off and ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the seconds between samples (10).
-    The first process samples its node (every GPU on it)."""
+    """``fit``'s system metrics (see ``monitors``), sampled by the first process on its node."""
 
     def __init__(self) -> None:
-        self._monitors: list = []
+        self._running: list = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() == "false":
-            return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"))
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
-                uri = logger._tracking_uri
-                monitor = SystemMetricsMonitor(logger.run_id, sampling_interval=interval, tracking_uri=uri)
-                monitor.start()
-                self._monitors.append(monitor)
+        if trainer.is_global_zero:
+            self._running = monitors(trainer.loggers)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for monitor in self._monitors:
+        for monitor in self._running:
             monitor.finish()  # logs what it sampled last
-        self._monitors.clear()
+        self._running = []
 
 
 def check_reachable(loggers: list) -> None:

@@ -131,10 +131,11 @@ def evaluate_recipe(tmp_path: Path, model: str, **evaluate) -> Path:
     return path
 
 
-def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, capsys):
+def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, capsys, monkeypatch):
     """math500: avg@4 16.67, pass@2 33.33, pass@4 66.67 (see test_benchmark_metrics_golden).
     gsm8k: c = 1, 0: avg@4 = 1/4 / 2 = 12.50, pass@2 = 1/2 / 2 = 25.00, pass@4 = 1 / 2 = 50.00.
     The scripted answers all end in EOS: nothing truncated."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")  # a sample per 50 ms of evaluation
     main(["evaluate", "--config", str(evaluate_recipe(tmp_path, tiny_model))])
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["benchmark", "problems", "avg@4", "pass@1", "pass@2", "pass@4", "truncated%"]
@@ -150,6 +151,7 @@ def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, c
     assert run.data.params["eval/policy"] == tiny_model  # no trained export yet: the start model
     assert run.data.tags["nsa.command"] == "evaluate"
     assert run.info.status == "FINISHED"
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # system metrics, on by default
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert artifacts == {"eval/results.json", "eval/results.txt"}

@@ -126,3 +126,17 @@ def test_a_checkpoint_rebuilds_its_plugins_and_policy(tmp_path, tiny_model, monk
     exported = weights(export)
     state = module.policy.state_dict()
     assert all(torch.equal(state[k], exported[k]) for k in exported)
+
+
+def test_prepare_logs_its_stages_and_system_metrics_to_its_own_run(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    main(["prepare", "--config", str(tiny_recipe(tmp_path, tiny_model))])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.data.tags["nsa.command"] == "prepare" and run.info.status == "FINISHED"
+    (sampled,) = (tmp_path / "cache" / "sample").iterdir()
+    assert run.data.params["stage/sample"] == sampled.name and run.data.metrics["data/negatives"] == 6
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} >= {"nsa-sample", "nsa-label", "nsa-train"}
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
