@@ -121,7 +121,7 @@ class LLMJudge:
         dtype: str = "auto",
         thinking_tokens: int = 0,
         mode: Literal["online", "batch"] = "online",
-        batch_dir: str = ".nsa_batches",
+        batch_dir: str = ".nsa_cache/batches",
         poll_s: float = 30.0,
     ) -> None:
         """``base_url`` and ``api_key_env`` default to the backend's (a local OpenAI-compatible
