@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -157,13 +158,16 @@ def writing(out: Path, name: str = "", scratch: Path | None = None) -> Iterator[
 
 
 def check_writable(cache_dir: str | Path) -> None:
-    """Before any stage runs: the cache folder can be made and written to."""
-    root = Path(cache_dir)
+    """Before any stage runs: the cache folder, or the nearest folder above it that exists (where
+    it will be made), is a folder that takes a file. Nothing is left behind: a probe file goes."""
+    root = Path(cache_dir).absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists())
     with writing(root):
-        if root.exists() and not root.is_dir():
-            raise NotADirectoryError(20, "it is a file, not a folder")
-        root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(root / ".nsa-writable", "")
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
+        probe, name = tempfile.mkstemp(prefix=".nsa-writable-", dir=existing)
+        os.close(probe)
+        os.unlink(name)
 
 
 def _commit(tmp: Path, final: Path) -> None:

@@ -189,6 +189,9 @@ def test_ctrl_c_says_what_was_kept_in_one_line(tmp_path, tiny_model):
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job ignores SIGINT, and a child inherits that: Python then raises no
+        # KeyboardInterrupt at all; Ctrl-C at a terminal reaches a process with the default action
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while not list((tmp_path / "cache").glob("sample/*/shard-00000")) and time.monotonic() < deadline:

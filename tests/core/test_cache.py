@@ -247,6 +247,7 @@ def test_a_read_only_cache_is_refused_before_any_stage(tmp_path):
 
 def test_a_cache_that_is_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "cache").write_text("not a folder")
-    for path, why in ((tmp_path / "cache", "it is a file, not a folder"), (tmp_path / "cache" / "sub", "Not a")):
+    for path in (tmp_path / "cache", tmp_path / "cache" / "sub"):
+        why = f"{tmp_path / 'cache'} is a file, not a folder"
         with pytest.raises(cache.NSAError, match=rf"data.cache_dir: cannot write {path} \({why}"):
             cache.check_writable(path)

@@ -372,11 +372,14 @@ def test_final_verdict_followed_by_many_latex_braces_is_still_found():
 
 
 def test_pathological_nesting_is_malformed_and_fast():
-    start = time.monotonic()
+    """Fast because the backward scan stops at its work cap (no timed assertion: CI machines are noisy)."""
+    from nsa.plugins.judges.verdicts import _last_json_verdicts
+
     assert parse_verdicts("[true, true] " + "[1," * 60_000, 2) == (None, "malformed")
     # the scan gives up inside the nesting: malformed, never the earlier all-true draft
-    assert parse_verdicts("[true, true] " + "[" * 100_000 + " [false, true]", 2) == (None, "malformed")
-    assert time.monotonic() - start < 5.0
+    nested = "[true, true] " + "[" * 100_000 + " [false, true]"
+    assert parse_verdicts(nested, 2) == (None, "malformed")
+    assert _last_json_verdicts(nested) == (None, False)  # stopped by _MAX_DECODE_WORK, unfinished
 
 
 def test_reply_cut_off_at_max_tokens_is_malformed(server):
