@@ -51,10 +51,11 @@ def slot_protocols() -> dict[str, type]:
     return slots
 
 
-def slot_groups() -> dict[str, str]:
+def slot_groups(protocols: dict[str, type] | None = None) -> dict[str, str]:
     """Each plugin slot's entry-point group, ``--model.loss``: ``nsa.losses``; ``--judge`` is judge-eval's."""
     group_of = {protocol: group for group, protocol in CONTRACTS.items()}
-    return {slot: group_of[p.__name__] for slot, p in slot_protocols().items()} | {"--judge": "nsa.judges"}
+    protocols = slot_protocols() if protocols is None else protocols
+    return {slot: group_of[p.__name__] for slot, p in protocols.items()} | {"--judge": "nsa.judges"}
 
 
 def protocol_in(hint: object) -> type | None:
@@ -78,11 +79,10 @@ def typing_rules() -> Iterator[None]:
         _typehints.implements_protocol = exact
 
 
-def check_plugin_help(args: list[str]) -> None:
+def check_plugin_help(args: list[str], slots: dict[str, type]) -> None:
     """``--model.loss.help X`` shows X's options only if X meets the slot's contract: the same
     verdict, with the same one-line reason, in every slot (jsonargparse's own help check takes
     any class that merely has the method names)."""
-    slots = slot_protocols()
     for i, token in enumerate(args):
         key, eq, value = token.partition("=")
         slot = key.removesuffix(".help")
@@ -92,7 +92,7 @@ def check_plugin_help(args: list[str]) -> None:
         if not value or value.startswith("-"):  # the slot's own help, no plugin named
             continue
         if "." not in value:  # a short name no plugin advertises (rewrite_args resolved the others)
-            raise unknown_name_error(value, advertised(), slot_groups()[slot], key)
+            raise unknown_name_error(value, advertised(), slot_groups(slots)[slot], key)
         problem = explain(value, slots[slot])
         if problem:
             raise NSAError(f"{key}: {problem}")
@@ -342,8 +342,9 @@ def lightning_cli(args: list[str]) -> None:
 def with_plugin_names(args: list[str]) -> list[str]:
     """The arguments with short plugin names resolved to class paths (in the recipes they name
     too), and a ``--<slot>.help X`` checked against the slot's contract."""
-    args = rewrite_args(args, advertised(), slot_groups())
-    check_plugin_help(args)
+    slots = slot_protocols()
+    args = rewrite_args(args, advertised(), slot_groups(slots))
+    check_plugin_help(args, slots)
     return args
 
 

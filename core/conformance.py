@@ -18,14 +18,12 @@ import typing
 
 INVARIANT = (list, dict, set)  # mutable: their items must match exactly
 UNIONS = (typing.Union, types.UnionType)
-# what jsonargparse leaves out of a protocol's methods
-IGNORED = {"__init__", "__new__", "__init_subclass__", "__class_getitem__", "__subclasshook__"}
 
 
 def methods(protocol: type) -> list[str]:
     """The contract's methods: its public functions and ``__call__``."""
     names = [name for name, _ in inspect.getmembers(protocol, predicate=inspect.isfunction)]
-    return [n for n in names if n not in IGNORED and (not n.startswith("_") or n == "__call__")]
+    return [n for n in names if not n.startswith("_") or n == "__call__"]
 
 
 def mismatches(cls: type, protocol: type) -> list[str]:

@@ -20,7 +20,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +75,17 @@ def batch_replies(
                 journal.batches.append({"id": batch_id, "ids": missing, "open": True})
                 journal.save()
             for batch in journal.open():
-                before = len(ids) - len(journal.missing(ids))  # finished in earlier batches
-                wait(backend, batch, key, poll_s, lambda done, before=before: bar.update(max(0, before + done - bar.n)))
+                wait(backend, batch, key, poll_s, bar, len(ids) - len(journal.missing(ids)))
                 finish(journal, batch, backend.results(batch["id"], key), count)
     expired = "expired or cancelled in every batch"
     return [journal.replies[i] if i in journal.replies else Failed(False, journal.failed.get(i, expired)) for i in ids]
 
 
-def wait(backend: Any, batch: dict[str, Any], key: str | None, poll_s: float, progress: Callable[[int], None]) -> None:
+def wait(backend: Any, batch: dict[str, Any], key: str | None, poll_s: float, bar: tqdm, before: int) -> None:
+    """Polls until the batch ends; ``bar`` counts requests done across batches (``before`` of them earlier)."""
     while True:
         ended, done = backend.poll(batch["id"], key)
-        progress(done)
+        bar.update(max(0, before + done - bar.n))
         if ended:
             return
         time.sleep(poll_s)

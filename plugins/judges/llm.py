@@ -134,9 +134,12 @@ class LLMJudge:
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise NSAError(f"LLMJudge max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         _check_anthropic(backend, temperature, thinking_tokens, max_tokens)
+        if mode not in ("online", "batch") or poll_s <= 0:
+            raise NSAError(f"LLMJudge needs mode 'online' or 'batch' and poll_s > 0, got '{mode}' and {poll_s}")
         if mode == "batch" and (backend not in REMOTE or not model):
             raise NSAError(f"LLMJudge mode 'batch' needs backend openai or anthropic and a model, got '{backend}'")
         template = _load_prompt(prompt_file)
+        # hf and vllm keep the openai default base_url: it is part of their cached identity since before
         url, key_env = REMOTE.get(backend, REMOTE["openai"])
         self.backend = backend
         self.model = model

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nsa.plugins.judges.anthropic_messages import TOOL
 from nsa.plugins.judges.llm import LLMJudge
 from tests.plugins.test_llm_judge import good_reply, item, verdicts_for
+from tests.plugins.test_llm_judge_anthropic import message, tool_use
 
 REPO = Path(__file__).resolve().parents[2]
 ITEMS = [item("12 * 7 = 84", "84 - 15 = 70 WRONG", "The answer is 70 WRONG"), item("Only step"), item("A", "B WRONG")]
@@ -33,18 +33,9 @@ def prompt_of(provider: str, request: dict) -> str:
 
 
 def anthropic_message(prompt: str) -> dict:
+    """Claude's answer to one request of a batch: the same message the online server sends."""
     entries = [{"step": k, "correct": v} for k, v in enumerate(verdicts_for(prompt), 1)]
-    block = {"type": "tool_use", "id": "toolu_01", "name": TOOL, "input": {"verdicts": entries}}
-    return {
-        "id": "msg_01",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude",
-        "content": [block],
-        "stop_reason": "tool_use",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 1, "output_tokens": 1},
-    }
+    return message([tool_use({"verdicts": entries})], "tool_use")
 
 
 class FakeBatches:
@@ -244,11 +235,19 @@ def test_a_run_killed_while_it_waits_submits_nothing_again(server, tmp_path, pro
     assert server.created == [3]  # 0 new requests submitted
 
 
-def test_batch_mode_needs_a_batch_api():
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"backend": "hf", "mode": "batch"}, "mode 'batch' needs backend openai or anthropic and a model, got 'hf'"),
+        ({"mode": "batched"}, "needs mode 'online' or 'batch' and poll_s > 0, got 'batched' and 30.0"),
+        ({"mode": "batch", "poll_s": 0}, "needs mode 'online' or 'batch' and poll_s > 0, got 'batch' and 0"),
+    ],
+)
+def test_a_batch_setting_that_cannot_work_is_refused(kwargs, needle):
     from nsa.errors import NSAError
 
-    with pytest.raises(NSAError, match="mode 'batch' needs backend openai or anthropic and a model, got 'hf'"):
-        LLMJudge(backend="hf", model="x", mode="batch")
+    with pytest.raises(NSAError, match=re.escape(needle)):
+        LLMJudge(**{"model": "x", **kwargs})
 
 
 def test_online_and_batch_give_the_same_scores_and_the_same_cache_identity(server, tmp_path):
