@@ -1,8 +1,9 @@
 """Optimizer steps of a fixed number of responses, split into micro-batches by token budget.
 
 Each epoch the responses are shuffled (seeded), cut into steps of ``responses_per_step``,
-and each step is sorted by length and packed greedily into micro-batches whose padded size
-(rows x longest row) stays within ``tokens_per_micro_batch``. Every micro-batch knows how
+and each step is sorted by length and packed greedily into micro-batches whose size stays
+within ``tokens_per_micro_batch``: padded size (rows x longest row), or, ``packed``, the rows'
+real tokens (the forward then runs them as one sequence without padding). Every micro-batch knows how
 many responses its step holds, so a loss can divide by the step's count and gradients do
 not depend on how the step is split.
 
@@ -45,6 +46,7 @@ def plan_epoch(
     groups: Sequence[str] | None = None,
     world_size: int = 1,
     rank: int = 0,
+    packed: bool = False,
 ) -> list[list[Slot]]:
     """Process ``rank``'s micro-batches of one epoch; with ``groups`` (question ids), of
     (correct, incorrect) pairs. Every process plans the whole epoch alike (same seed) and
@@ -61,15 +63,15 @@ def plan_epoch(
     micro_batches: list[list[Slot]] = []
     for start in range(0, len(units), per_step):
         step = sorted(units[start : start + per_step], key=lambda u: -max(lengths[i] for i in u))
-        micro_batches += _step_share(step, lengths, positive, tokens_per_micro_batch, world_size, rank)
+        packs = _pack(step, lengths, tokens_per_micro_batch, packed)
+        micro_batches += _step_share(step, packs, positive, world_size, rank)
     return micro_batches
 
 
 def _step_share(
     step: list[tuple[int, ...]],
-    lengths: Sequence[int],
+    packed: list[list[int]],
     positive: Sequence[bool],
-    budget: int,
     world_size: int,
     rank: int,
 ) -> list[list[Slot]]:
@@ -79,7 +81,6 @@ def _step_share(
     rows = [i for unit in step for i in unit]
     n_pos = sum(positive[i] for i in rows)
     partner = {u[k]: u[1 - k] for u in step if len(u) == 2 for k in (0, 1)}
-    packed = _pack(step, lengths, budget)
     count = -(-len(packed) // world_size)  # micro-batches per process
     mine = packed[rank::world_size]
     mine += [[]] * (count - len(mine))
@@ -107,15 +108,19 @@ def draw_pairs(groups: Sequence[str], positive: Sequence[bool], rng: random.Rand
     return pairs
 
 
-def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Greedy packing of units sorted longest first: padded size = rows x first unit's longest row."""
+def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int, packed: bool) -> list[list[int]]:
+    """Greedy packing of units sorted longest first. Size: padded, rows x the first unit's longest
+    row; ``packed``, the sum of the rows' lengths."""
     groups: list[list[int]] = []
-    width = 0
+    width = used = 0
     for unit in units:
-        if groups and (len(groups[-1]) + len(unit)) * width <= budget:
+        size = sum(lengths[i] for i in unit)
+        rows = len(groups[-1]) + len(unit) if groups else 0
+        if groups and (used + size if packed else rows * width) <= budget:
             groups[-1].extend(unit)
+            used += size
         else:
-            width = max(lengths[i] for i in unit)
+            width, used = max(lengths[i] for i in unit), size
             groups.append(list(unit))
     return groups
 
@@ -150,11 +155,12 @@ class StepBatchSampler:
         world_size: int = 1,
         rank: int = 0,
         epoch: int = 0,
+        packed: bool = False,
     ) -> None:
         self.lengths, self.positive = list(lengths), list(positive)
         self.responses_per_step, self.tokens, self.seed = responses_per_step, tokens, seed
         self.groups = None if groups is None else list(groups)
-        self.world_size, self.rank, self.epoch = world_size, rank, epoch
+        self.world_size, self.rank, self.epoch, self.packed = world_size, rank, epoch, packed
         self.served = 0  # micro-batches of this epoch's plan handed out so far
         self._resume_at = 0
 
@@ -169,6 +175,7 @@ class StepBatchSampler:
             self.groups,
             self.world_size,
             self.rank,
+            self.packed,
         )
 
     def __iter__(self) -> Iterator[list[Slot]]:
@@ -235,8 +242,9 @@ def _partners(slots: list[Slot]) -> torch.Tensor:
     return torch.tensor([local.get(slot.partner, -1) for slot in slots], dtype=torch.long)
 
 
-def collate(items: list[tuple[dict, Slot]], pad_id: int) -> PolicyBatch:
-    """Right-padded prompt+response tensors; masks and ref log-probs in input coordinates."""
+def collate(items: list[tuple[dict, Slot]], pad_id: int, packed: bool = False) -> PolicyBatch:
+    """Right-padded prompt+response tensors; masks and ref log-probs in input coordinates.
+    ``packed``: the micro-batch was planned by real tokens, for a forward without padding."""
     rows, slots = [r for r, _ in items], [s for _, s in items]
     prompts = [[0] * len(r["prompt_ids"]) for r in rows]
     seqs = [r["prompt_ids"] + r["response_ids"] for r in rows]
@@ -257,4 +265,5 @@ def collate(items: list[tuple[dict, Slot]], pad_id: int) -> PolicyBatch:
         last_in_step=slots[-1].last_in_step,
         partner=_partners(slots),
         question_ids=[r["group"] for r in rows],
+        packed=packed,
     )

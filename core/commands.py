@@ -20,6 +20,7 @@ from nsa.conformance import conforms, explain
 from nsa.data import NSADataModule
 from nsa.errors import NSAError
 from nsa.evaluate import Evaluation
+from nsa.logprobs import check_chunk_size
 from nsa.module import NSAModule
 from nsa.registry import CONTRACTS, advertised, rewrite_args, unknown_name_error
 from nsa.team import Team
@@ -176,6 +177,7 @@ class NSACLI(LightningCLI):
         except ValueError as err:
             raise rejected(str(err)) from None
         check_writable(self.datamodule.recipe.cache_dir)
+        check_chunk_size(self.model.hparams.logprob_chunk_tokens, self.datamodule.tokens_per_micro_batch)
 
     def instantiate_trainer(self, **kwargs):
         from lightning.fabric.utilities.exceptions import MisconfigurationException

@@ -205,6 +205,7 @@ class PolicyBatch:
     last_in_step: bool  # the optimizer steps after this micro-batch
     question_ids: list[str]
     partner: torch.Tensor  # (B,) long: row of this response's pair in the micro-batch, -1 if none
+    packed: bool = False  # the forward may run the rows without their padding (the (B, T) layout stays)
 
 
 @dataclass

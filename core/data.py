@@ -67,7 +67,12 @@ class NSADataModule(L.LightningDataModule):
         max_problems: use only the first N problems.
         prompt_template: the user message; ``{question}`` is replaced.
         responses_per_step: responses per optimizer step (the paper: 512).
-        tokens_per_micro_batch: padded tokens per forward pass (rows x longest row).
+        tokens_per_micro_batch: tokens per forward pass: the rows' real tokens when they run
+            without padding (``padding_free``), else rows x longest row.
+        padding_free: run each micro-batch's rows as one sequence without padding, each row
+            with its own position ids, where the policy's attention keeps them apart (checked
+            on the loaded policy before the first step); else padded rows sorted by length,
+            with a notice.
         cache_dir: where stage outputs are cached by fingerprint.
         shard_size: problems per committed shard (a kill loses at most one shard).
         logprob_precision: precision of the pi_ref forward, linked from ``trainer.precision``.
@@ -103,6 +108,7 @@ class NSADataModule(L.LightningDataModule):
         max_length: int | None = None,
         rollouts: str | None = None,
         shared_cache_dir: bool = False,
+        padding_free: bool = True,
     ) -> None:
         super().__init__()
         if not problems and not rollouts:
@@ -152,8 +158,9 @@ class NSADataModule(L.LightningDataModule):
             logprob_batch_size=logprob_batch_size,
         )
         self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
-        self.seed, self.pairs, self.max_length = seed, pairs, max_length
+        self.seed, self.pairs, self.max_length, self.padding_free = seed, pairs, max_length, padding_free
         self._setup_stats: dict[str, float] = {}
+        self._noticed = False  # the padding-free notice, said once
         self.stages: list[StageOutput] = []
 
     def run_stages(self, team: Team | None = None) -> list[StageOutput]:
@@ -229,15 +236,34 @@ class NSADataModule(L.LightningDataModule):
         positive = [r > 0.5 for r in self.train_rows["reward"]]
         groups = self.train_rows["group"] if self.pairs else None
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        packed = self._packs_rows()
         sampler = StepBatchSampler(
             self.lengths, positive, self.responses_per_step, self.tokens_per_micro_batch, self.seed, groups, world, rank
         )
         sampler.epoch = self.trainer.current_epoch if self.trainer else 0  # a new loader every epoch (see setup)
+        sampler.packed = packed  # the plan counts real tokens, not rows x longest row
         return ResumableLoader(
             RolloutRows(self.train_rows),
             batch_sampler=sampler,
-            collate_fn=functools.partial(collate, pad_id=self.pad_id),
+            collate_fn=functools.partial(collate, pad_id=self.pad_id, packed=packed),
         )
+
+    def _packs_rows(self) -> bool:
+        """``padding_free``, where the policy keeps packed rows apart: NSAModule probes it in
+        on_fit_start, before Lightning asks for this loader. No trainer: padded, as planned alone."""
+        module = self.trainer.lightning_module if self.trainer else None
+        if not self.padding_free or module is None:
+            return False
+        if getattr(module, "packs_rows", False):
+            return True
+        if self.trainer.is_global_zero and not self._noticed:
+            self._noticed = True
+            print(
+                "nsa: notice: data.padding_free: this policy's attention lets packed rows attend to each other; "
+                "training on padded micro-batches sorted by length instead",
+                file=sys.stderr,
+            )
+        return False
 
     def print_stats(self) -> None:
         width = max(map(len, self.stats), default=0)

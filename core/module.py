@@ -9,6 +9,7 @@ the step's response count, so gradients are summed, never averaged, across micro
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -17,21 +18,22 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from nsa.contracts import PolicyBatch, PolicyLoss
 from nsa.errors import NSAError
-from nsa.logprobs import token_logprobs
+from nsa.logprobs import DEFAULT_CHUNK, PolicyScorer, check_chunk_size, check_chunkable, head_modifiers, packing_leaks
 from nsa.models import check_policy, load_policy, load_tokenizer, resolve_policy
 
 
-def shard(policy: torch.nn.Module) -> torch.nn.Module:
-    """Under Lightning's FSDP, make each decoder layer and then the whole policy an FSDP unit.
+def shard(policy: PolicyScorer) -> torch.nn.Module:
+    """Under Lightning's FSDP, make each decoder layer and then the whole scorer an FSDP unit.
 
     The training step runs backward inside ``training_step``, i.e. inside the forward of
     the root FSDP module; the root must therefore own no parameters, or FSDP asserts that
     its forward has not finished. Outside FSDP's wrapping context ``wrap`` returns the
-    module unchanged.
+    module unchanged. The scorer is the root, so its forward (the log-probs) runs with the root's
+    parameters gathered: the embeddings and the output layer the chunked path multiplies by.
     """
     from torch.distributed.fsdp.wrap import wrap
 
-    layer_names = set(getattr(policy, "_no_split_modules", None) or [])
+    layer_names = set(getattr(policy.model, "_no_split_modules", None) or [])
     for name, module in list(policy.named_modules()):
         if type(module).__name__ in layer_names:
             parent_name, _, child = name.rpartition(".")
@@ -40,15 +42,17 @@ def shard(policy: torch.nn.Module) -> torch.nn.Module:
 
 
 def full_state(policy: torch.nn.Module) -> tuple[torch.nn.Module, dict | None]:
-    """The Hugging Face model inside ``policy`` and its full state dict (gathered on rank 0 under FSDP)."""
+    """The Hugging Face model inside the scorer ``policy`` and its full state dict (gathered on
+    rank 0 under FSDP, its keys without the scorer's ``model.``)."""
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     if not isinstance(policy, FSDP):
-        return policy, None
+        return policy.model, None
     config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
     with FSDP.state_dict_type(policy, StateDictType.FULL_STATE_DICT, config):
-        return policy.module, policy.state_dict()
+        state = policy.state_dict()
+    return policy.module.model, {key.removeprefix("model."): value for key, value in state.items()}
 
 
 def adamw(params) -> torch.optim.Optimizer:
@@ -79,6 +83,10 @@ class NSAModule(L.LightningModule):
         max_grad_norm: clip the gradient norm per step (0 disables).
         gradient_checkpointing: trade compute for activation memory.
         export_dir: where the trained policy is saved as a Hugging Face folder at the end.
+        logprob_chunk_tokens: the output layer's rows per chunk: log-probs without the full
+            (tokens, vocabulary) float32 logits, each chunk recomputed in the backward. A number
+            (at most ``data.tokens_per_micro_batch``); ``auto``: 1024, or the whole micro-batch
+            when smaller; null: the model's own forward and its full logits.
     """
 
     def __init__(
@@ -90,9 +98,11 @@ class NSAModule(L.LightningModule):
         max_grad_norm: float = 1.0,
         gradient_checkpointing: bool = False,
         export_dir: str | None = None,
+        logprob_chunk_tokens: int | Literal["auto"] | None = "auto",
     ) -> None:
         super().__init__()
         check_policy(policy)
+        check_chunk_size(logprob_chunk_tokens)
         check_optimizer(optimizer)
         # under LightningCLI this stores the plugins as class_path + init_args: a checkpoint rebuilds them
         self.save_hyperparameters()
@@ -104,17 +114,27 @@ class NSAModule(L.LightningModule):
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
         self.export_dir = export_dir
-        self.policy: torch.nn.Module | None = None
+        self.chunk_tokens = DEFAULT_CHUNK if logprob_chunk_tokens == "auto" else logprob_chunk_tokens
+        self.policy: torch.nn.Module | None = None  # the PolicyScorer (FSDP-wrapped under FSDP)
+        self.packs_rows = False  # whether the policy keeps packed rows apart (on_fit_start)
         self._reset_step()
 
     def configure_model(self) -> None:
         """Load the policy late, so sharded strategies can wrap it as it is built."""
         if self.policy is not None:
             return
-        self.policy = load_policy(resolve_policy(self.policy_spec)).train()  # dropout off, as for pi_ref
+        model = load_policy(resolve_policy(self.policy_spec)).train()  # dropout off, as for pi_ref
+        if self.chunk_tokens is not None:
+            check_chunkable(model, "model.logprob_chunk_tokens")
         if self.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        self.policy = shard(self.policy)
+            model.gradient_checkpointing_enable()
+        self.policy = shard(PolicyScorer(model, self.chunk_tokens))
+
+    def on_fit_start(self) -> None:
+        """Before the data module plans micro-batches: can they run without padding? A probe
+        of two packed rows (every process runs it: under FSDP a forward is a collective)."""
+        model = getattr(self.policy, "module", self.policy).model  # inside FSDP's wrapper, if any
+        self.packs_rows = not head_modifiers(model) and not packing_leaks(self.policy)
 
     def on_train_end(self) -> None:
         if not self.export_dir:
@@ -152,7 +172,12 @@ class NSAModule(L.LightningModule):
             self._reset_step()
 
     def training_step(self, batch: PolicyBatch, batch_idx: int) -> torch.Tensor:
-        logprobs = token_logprobs(self.policy, batch.input_ids, batch.attention_mask)  # (B, T) float32
+        if batch.packed and not self.packs_rows:
+            raise NSAError(
+                "data.padding_free: this policy's attention lets packed rows attend to each other, and a packed "
+                "micro-batch came; set --data.padding_free=false"
+            )
+        logprobs = self.policy(batch.input_ids, batch.attention_mask, packed=batch.packed)  # (B, T) float32
         out = self.loss(batch, logprobs)
         value = out.loss.item()
         if self._any_process_nonfinite(value):
@@ -202,8 +227,9 @@ class NSAModule(L.LightningModule):
         drift = ((logprobs - batch.ref_token_logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
         self._step_loss += loss
         self._step_rows += rows
-        self._step_real += int(batch.attention_mask.sum())  # tokens that are not padding
-        self._step_padded += batch.attention_mask.numel()  # tokens the forward pass computes
+        real = int(batch.attention_mask.sum())  # tokens that are not padding
+        self._step_real += real
+        self._step_padded += real if batch.packed else batch.attention_mask.numel()  # tokens the forward computes
         for key, value in {**metrics, "ref_drift": drift}.items():
             self._step_metrics[key] = self._step_metrics.get(key, 0.0) + float(value) * rows
 

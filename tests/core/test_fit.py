@@ -44,28 +44,32 @@ def test_fit_logs_config_stats_and_exports_policy(tmp_path, tiny_model, monkeypa
 
 
 def test_step_is_the_same_however_it_is_split(tmp_path, tiny_model, monkeypatch):
-    """One SGD step over all 8 rows: as one micro-batch, or one row per micro-batch.
+    """One SGD step over all 8 rows: as one padded micro-batch, as one packed micro-batch
+    without padding, or one row per micro-batch.
 
     Lengths are ragged (prompts of 8-10 tokens, answers of 6-16), so a per-micro-batch
-    mean would weigh rows differently; the exported weights must match anyway.
+    mean would weigh rows differently, and a packed row that saw another would score other
+    log-probs; the exported weights must match anyway.
     """
     monkeypatch.chdir(tmp_path)
     results = []
-    for tokens in (100_000, 1):  # one micro-batch; one row per micro-batch
+    for tokens, free in ((100_000, "false"), (100_000, "true"), (1, "true")):
         recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=8, tokens_per_micro_batch=tokens)
-        export = tmp_path / f"policy-{tokens}"
-        main(["fit", "--config", str(recipe), "--trainer.max_steps=1", f"--model.export_dir={export}"])
+        export = tmp_path / f"policy-{tokens}-{free}"
+        flags = ["--trainer.max_steps=1", f"--model.export_dir={export}", f"--data.padding_free={free}"]
+        main(["fit", "--config", str(recipe), *flags])
         results.append(weights(export))
-    whole, split = results
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], order_by=["start_time ASC"])
     padding = [run.data.metrics["train/padding_fraction"] for run in runs]
-    # 8 ragged rows padded to the longest in one micro-batch; one row per micro-batch pads nothing
-    assert 0.0 < padding[0] < 0.2 and padding[1] == 0.0
+    # 8 ragged rows padded to the longest in one micro-batch; packed, or one row per micro-batch, pads nothing
+    assert 0.0 < padding[0] < 0.2 and padding[1] == 0.0 and padding[2] == 0.0
     start = load_file(f"{tiny_model}/model.safetensors")
-    assert any(not torch.equal(whole[k], start[k]) for k in start)
-    for key in whole:
-        torch.testing.assert_close(whole[key], split[key], atol=1e-6, rtol=1e-5)
+    padded = results[0]
+    assert any(not torch.equal(padded[k], start[k]) for k in start)
+    for other in results[1:]:
+        for key in padded:
+            torch.testing.assert_close(other[key], padded[key], atol=1e-6, rtol=1e-5)
 
 
 def test_every_epoch_runs_all_its_steps(tmp_path, tiny_model, monkeypatch):
@@ -124,7 +128,7 @@ def test_a_checkpoint_rebuilds_its_plugins_and_policy(tmp_path, tiny_model, monk
     module = NSAModule.load_from_checkpoint(path)
     assert type(module.loss).__name__ == "DPO" and module.loss.beta == 0.25
     exported = weights(export)
-    state = module.policy.state_dict()
+    state = module.policy.model.state_dict()  # the scorer holds the Hugging Face model
     assert all(torch.equal(state[k], exported[k]) for k in exported)
 
 
