@@ -77,6 +77,22 @@ def test_packing_hand_example() -> None:
     assert {(s.step_responses, s.step_positives) for m in plan for s in m} == {(5, 2)}
 
 
+def test_packed_plan_counts_real_tokens() -> None:
+    """The same step packed without padding, budget 100: a micro-batch holds rows while their
+    lengths sum to at most 100: 50 + 30 = 80, + 30 = 110 no -> new [30]; + 20 + 10 = 60; so
+    [50, 30], [30, 20, 10] again, now 80 and 60 computed tokens instead of 100 and 90.
+    With lengths 40, 30, 20, 10: padded [40, 30] (2 x 40), [20, 10]; packed [40, 30, 20, 10] (100).
+    """
+    lengths = [10, 30, 50, 20, 30]
+    plan = plan_epoch(lengths, [True] * 5, 5, 100, seed=0, packed=True)
+    assert [[lengths[s.row] for s in m] for m in plan] == [[50, 30], [30, 20, 10]]
+    lengths = [40, 30, 20, 10]
+    padded = plan_epoch(lengths, [True] * 4, 4, 100, seed=0)
+    packed = plan_epoch(lengths, [True] * 4, 4, 100, seed=0, packed=True)
+    assert [[lengths[s.row] for s in m] for m in padded] == [[40, 30], [20, 10]]
+    assert [[lengths[s.row] for s in m] for m in packed] == [[40, 30, 20, 10]]
+
+
 def test_seed_fixes_the_plan_and_epochs_differ() -> None:
     lengths, positive = data()
     first = plan_epoch(lengths, positive, PER_STEP, BUDGET, seed=0)
