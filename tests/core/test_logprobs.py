@@ -37,7 +37,8 @@ def test_chunked_head_equals_full_logits_with_gradients(chunk, bias):
     targets = torch.randint(0, 50, (13,))
     upstream = torch.randn(13)  # any loss: a weighted sum of the log-probs
     results = []
-    for score in (lambda: full_head_logprobs(hidden, head, targets), lambda: chunked_logprobs(hidden, head, targets, chunk)):
+    full, chunked = (lambda: full_head_logprobs(hidden, head, targets)), (lambda: chunked_logprobs(hidden, head, targets, chunk))
+    for score in (full, chunked):
         head.zero_grad()
         hidden.grad = None
         values = score()
