@@ -37,11 +37,10 @@ def test_chunked_head_equals_full_logits_with_gradients(chunk, bias):
     targets = torch.randint(0, 50, (13,))
     upstream = torch.randn(13)  # any loss: a weighted sum of the log-probs
     results = []
-    full, chunked = (lambda: full_head_logprobs(hidden, head, targets)), (lambda: chunked_logprobs(hidden, head, targets, chunk))
-    for score in (full, chunked):
+    for score in (full_head_logprobs, lambda *args: chunked_logprobs(*args, chunk)):
         head.zero_grad()
         hidden.grad = None
-        values = score()
+        values = score(hidden, head, targets)
         (values * upstream).sum().backward()
         params = [hidden.grad.clone(), head.weight.grad.clone()] + ([head.bias.grad.clone()] if bias else [])
         results.append((values.detach(), params))
