@@ -3,8 +3,8 @@
 At a 32k-token micro-batch and a 152k vocabulary, the float32 logits alone are 20 GB, and
 log-softmax would copy them. The chunked path never holds them: the decoder's hidden states
 go through the output layer ``chunk_tokens`` rows at a time, and each chunk's logits are
-dropped at once and recomputed in the backward (activation checkpointing of the output
-layer), so the output layer costs (chunk, V) float32 at a time, whatever T.
+dropped at once and recomputed in the backward, so the output layer holds one (chunk, V)
+float32 buffer at a time, whatever T.
 
 The packed (padding-free) path runs the rows of a micro-batch as one sequence of their real
 tokens, each row with its own position ids: transformers builds a block-diagonal causal mask
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from nsa.errors import NSAError
 
@@ -70,7 +69,7 @@ def token_logprobs(
     scored = (positions > 0).nonzero().squeeze(1)  # (M,) every real token but each row's first
     targets = input_ids.flatten()[real[scored]]  # (M,): the hidden state before a token predicts it
     head = model.get_output_embeddings()
-    picked = chunked_logprobs(hidden[scored - 1], head, targets, chunk_tokens or max(1, len(scored)), chunk_tokens)
+    picked = chunked_logprobs(hidden[scored - 1], head, targets, chunk_tokens or max(1, len(scored)))
     out = torch.zeros(input_ids.numel(), dtype=torch.float32, device=input_ids.device)
     return out.index_put((real[scored],), picked).view_as(input_ids)  # (B, T)
 
@@ -94,26 +93,70 @@ def _hidden_states(
     return hidden.reshape(-1, hidden.shape[-1])[real]  # (N, H)
 
 
-def chunked_logprobs(
-    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int, recompute: bool = True
-) -> torch.Tensor:
+def chunked_logprobs(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """log softmax(head(hidden))[target] in float32, ``chunk`` rows of (chunk, V) logits at a time.
 
-    hidden (M, H), targets (M,) -> (M,). Under autograd (and ``recompute``) each chunk is
-    checkpointed: the forward keeps only its inputs, and the backward recomputes that chunk's
-    logits, so the gradients w.r.t. the hidden states and the weight are those of the full path.
+    hidden (M, H), targets (M,) -> (M,). The gradients w.r.t. the hidden states, the weight
+    and the bias are those of the full path; see ChunkedLogprobs.
     """
-    grad = recompute and torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
-    pieces = []
-    for start in range(0, hidden.shape[0], chunk):
-        args = (hidden[start : start + chunk], head.weight, head.bias, targets[start : start + chunk])
-        pieces.append(checkpoint(_picked, *args, use_reentrant=False) if grad else _picked(*args))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return ChunkedLogprobs.apply(hidden, head.weight, head.bias, targets, chunk)
 
 
-def _picked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor):
-    logits = F.linear(hidden, weight, bias).float()  # (n, V): the model's dtype, then float32 as the full path
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (n,)
+class ChunkedLogprobs(torch.autograd.Function):
+    """The output layer and log-softmax of the chosen tokens, chunk by chunk, forward and backward.
+
+    The forward keeps only the log-sum-exp of each row (M floats). The backward recomputes a
+    chunk's logits into one float32 (chunk, V) buffer and turns it, in place, into the
+    gradient of the log-probs w.r.t. the logits, g * (onehot(target) - softmax), then
+    multiplies it back through the layer. So one (chunk, V) float32 buffer is all the output
+    layer ever holds (a checkpointed chunk would hold three: logits, softmax, gradient).
+    Under autocast the backward's matmuls run in the forward's autocast dtype, as autograd's would.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk: int):
+        device = hidden.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        picked = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # (M,)
+        lse = torch.empty_like(picked)  # (M,)
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = F.linear(hidden[rows], weight, bias).float()  # (n, V): the model's dtype, then float32
+            lse[rows] = torch.logsumexp(logits, dim=-1)
+            picked[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk = chunk
+        return picked
+
+    @staticmethod
+    def backward(ctx, grad_picked):  # (M,)
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        device, dtype, enabled = ctx.autocast
+        grad_hidden = torch.empty_like(hidden)  # (M, H)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)  # (V, H), summed over chunks in float32
+        grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            for start in range(0, hidden.shape[0], ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                grad_logits = _logit_grad(hidden[rows], weight, bias, targets[rows], lse[rows], grad_picked[rows])
+                grad_hidden[rows] = grad_logits @ weight.to(grad_logits.dtype)  # (n, H)
+                grad_weight += (grad_logits.T @ hidden[rows].to(grad_logits.dtype)).float()
+                if grad_bias is not None:
+                    grad_bias += grad_logits.float().sum(0)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None
+
+
+def _logit_grad(hidden, weight, bias, targets, lse, grad) -> torch.Tensor:
+    """d(sum_i grad_i * logprob_i) / d logits for one chunk, (n, V), in the logits' dtype."""
+    logits = F.linear(hidden, weight, bias)  # (n, V), the dtype the forward computed them in
+    dtype = logits.dtype
+    probs = logits.float().sub_(lse.unsqueeze(-1)).exp_()  # softmax; in place when logits were float32
+    probs.mul_(-grad.unsqueeze(-1))  # -g * softmax
+    probs.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1))  # + g at the target
+    return probs.to(dtype)
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
