@@ -141,8 +141,26 @@ def load_tokenizer(folder: str):
     return tokenizer
 
 
-def load_policy(folder: str, dtype: str = "float32"):
+def check_attention(name: str | None, option: str = "model.attn_implementation") -> None:
+    """An attention implementation transformers knows and, for flash-attention 2, installed:
+    checked before any stage runs, not when training loads the policy."""
+    if name is None:
+        return
+    from transformers import AttentionInterface
+    from transformers.utils import is_flash_attn_2_available
+
+    known = ["eager", *AttentionInterface().valid_keys()]
+    if name not in known:
+        raise NSAError(f"{option} {name!r} is not one transformers knows: {', '.join(known)} (null: sdpa)")
+    if name == "flash_attention_2" and not is_flash_attn_2_available():
+        raise NSAError(
+            f"{option} {name!r} needs the flash-attn package (pip install flash-attn); or use flex_attention"
+        )
+
+
+def load_policy(folder: str, dtype: str = "float32", attn_implementation: str | None = None):
     """The causal LM at ``folder`` in ``dtype``, dropout off; a one-line error when it can't load.
+    ``attn_implementation`` None is transformers' default (sdpa).
 
     Dropout is off everywhere (sampling, pi_ref, training): the importance ratios and the
     behaviour term compare the policy with pi_ref, which must be the same function at step 0.
@@ -155,6 +173,12 @@ def load_policy(folder: str, dtype: str = "float32"):
         for key, value in list(config.to_dict().items()):
             if isinstance(value, float) and any(word in key for word in ("dropout", "pdrop", "layerdrop")):
                 setattr(config, key, 0.0)
-        return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=getattr(torch, dtype))
+        return AutoModelForCausalLM.from_pretrained(
+            folder, config=config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+        )
     except OSError as err:
         raise NSAError(f"model '{folder}' could not be loaded: {str(err).splitlines()[0]}") from None
+    except (ValueError, ImportError) as err:  # an attention implementation this install or model lacks
+        if attn_implementation is None:
+            raise
+        raise NSAError(f"model.attn_implementation {attn_implementation!r}: {str(err).splitlines()[0]}") from None

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from nsa.contracts import PolicyBatch, PolicyLoss
 from nsa.errors import NSAError
 from nsa.logprobs import DEFAULT_CHUNK, PolicyScorer, check_chunk_size, check_chunkable, head_modifiers, packing_leaks
-from nsa.models import check_policy, load_policy, load_tokenizer, resolve_policy
+from nsa.models import check_attention, check_policy, load_policy, load_tokenizer, resolve_policy
 
 
 def shard(policy: PolicyScorer) -> torch.nn.Module:
@@ -87,6 +87,10 @@ class NSAModule(L.LightningModule):
             (tokens, vocabulary) float32 logits, each chunk recomputed in the backward. A number
             (at most ``data.tokens_per_micro_batch``); ``auto``: 1024, or the whole micro-batch
             when smaller; null: the model's own forward and its full logits.
+        attn_implementation: the policy's attention in training (null: transformers' default,
+            sdpa). Packed rows (``data.padding_free``) run as variable-length sequences under
+            ``flash_attention_2`` or ``flex_attention`` (GPU); sdpa and eager separate them with a
+            dense (tokens x tokens) block-diagonal mask.
     """
 
     def __init__(
@@ -99,9 +103,11 @@ class NSAModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         export_dir: str | None = None,
         logprob_chunk_tokens: int | Literal["auto"] | None = "auto",
+        attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
         check_policy(policy)
+        check_attention(attn_implementation)
         check_chunk_size(logprob_chunk_tokens)
         check_optimizer(optimizer)
         # under LightningCLI this stores the plugins as class_path + init_args: a checkpoint rebuilds them
@@ -114,6 +120,7 @@ class NSAModule(L.LightningModule):
         self.max_grad_norm = max_grad_norm
         self.gradient_checkpointing = gradient_checkpointing
         self.export_dir = export_dir
+        self.attn_implementation = attn_implementation
         self.chunk_tokens = DEFAULT_CHUNK if logprob_chunk_tokens == "auto" else logprob_chunk_tokens
         self.policy: torch.nn.Module | None = None  # the PolicyScorer (FSDP-wrapped under FSDP)
         self.packs_rows = False  # whether the policy keeps packed rows apart (on_fit_start)
@@ -123,7 +130,8 @@ class NSAModule(L.LightningModule):
         """Load the policy late, so sharded strategies can wrap it as it is built."""
         if self.policy is not None:
             return
-        model = load_policy(resolve_policy(self.policy_spec)).train()  # dropout off, as for pi_ref
+        folder = resolve_policy(self.policy_spec)
+        model = load_policy(folder, attn_implementation=self.attn_implementation).train()  # dropout off, as pi_ref
         if self.chunk_tokens is not None:
             check_chunkable(model, "model.logprob_chunk_tokens")
         if self.gradient_checkpointing:

@@ -134,6 +134,8 @@ def test_a_sampler_that_breaks_its_count_is_named(tmp_path, tiny_model, capsys):
         ("--model.logprob_chunk_tokens=0", ["model.logprob_chunk_tokens is 0", ">= 1"]),
         ("--model.logprob_chunk_tokens=-2", ["model.logprob_chunk_tokens is -2", ">= 1"]),
         ("--model.logprob_chunk_tokens=100000", ["larger than data.tokens_per_micro_batch", "at most"]),
+        ("--model.attn_implementation=flash_attn", ["model.attn_implementation 'flash_attn' is not one", "sdpa"]),
+        ("--model.attn_implementation=flash_attention_2", ["needs the flash-attn package"]),
         ("--data.sampler.init_args.answers=[only one]", ["num_samples is 1", "at least 2"]),
         ("--model.optimizer.init_args.lr=-1", ["model.optimizer: Invalid learning rate: -1.0"]),
         ("--model.optimizer.init_args.lr=0", ["model.optimizer: lr is 0.0", "> 0"]),
