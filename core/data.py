@@ -11,6 +11,7 @@ import torch
 from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate, over_budget
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
 from nsa.errors import NSAError
+from nsa.logprobs import VARLEN_ATTENTION
 from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
 from nsa.pipeline import Recipe, judge_names, run
 from nsa.stages.behaviour import PRECISIONS
@@ -70,9 +71,11 @@ class NSADataModule(L.LightningDataModule):
         tokens_per_micro_batch: tokens per forward pass: the rows' real tokens when they run
             without padding (``padding_free``), else rows x longest row.
         padding_free: run each micro-batch's rows as one sequence without padding, each row
-            with its own position ids, where the policy's attention keeps them apart (checked
-            on the loaded policy before the first step); else padded rows sorted by length,
-            with a notice.
+            with its own position ids. null (auto): where the policy's attention keeps them
+            apart (checked on the loaded policy before the first step) with a variable-length
+            kernel (flash-attention, flex attention); else padded rows sorted by length, with a
+            notice. true: with any attention that keeps them apart (sdpa and eager with a dense
+            tokens x tokens mask), refused if none does. false: padded.
         cache_dir: where stage outputs are cached by fingerprint.
         shard_size: problems per committed shard (a kill loses at most one shard).
         logprob_precision: precision of the pi_ref forward, linked from ``trainer.precision``.
@@ -108,7 +111,7 @@ class NSADataModule(L.LightningDataModule):
         max_length: int | None = None,
         rollouts: str | None = None,
         shared_cache_dir: bool = False,
-        padding_free: bool = True,
+        padding_free: bool | None = None,
     ) -> None:
         super().__init__()
         if not problems and not rollouts:
@@ -249,18 +252,22 @@ class NSADataModule(L.LightningDataModule):
         )
 
     def _packs_rows(self) -> bool:
-        """``padding_free``, where the policy keeps packed rows apart: NSAModule probes it in
+        """Whether micro-batches run packed (see ``padding_free``). NSAModule probes its policy in
         on_fit_start, before Lightning asks for this loader. No trainer: padded, as planned alone."""
         module = self.trainer.lightning_module if self.trainer else None
-        if not self.padding_free or module is None:
+        if self.padding_free is False or module is None:
             return False
-        if getattr(module, "packs_rows", False):
+        if self.padding_free and module.cannot_pack:
+            raise NSAError(f"data.padding_free is true, and {module.cannot_pack}; set it to false or null (auto)")
+        dense = module.attention not in VARLEN_ATTENTION
+        if self.padding_free or not (module.cannot_pack or dense):
             return True
+        why = module.cannot_pack or f"{module.attention} would score all pairs of a packed micro-batch's tokens"
         if self.trainer.is_global_zero and not self._noticed:
             self._noticed = True
             print(
-                "nsa: notice: data.padding_free: this policy's attention lets packed rows attend to each other; "
-                "training on padded micro-batches sorted by length instead",
+                f"nsa: notice: data.padding_free: {why}; training on padded micro-batches sorted by length "
+                "(flash_attention_2 or flex_attention in model.attn_implementation run them packed)",
                 file=sys.stderr,
             )
         return False

@@ -24,6 +24,9 @@ from nsa.errors import NSAError
 # config fields of models whose forward changes the logits after the output layer (Gemma 2's
 # soft-capping, Cohere's and Granite's scales): the chunked path would skip that change
 HEAD_MODIFIERS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# attention implementations that run packed rows as variable-length sequences; sdpa and eager
+# keep them apart with a dense (N, N) mask, scoring every pair of the micro-batch's tokens
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
 # rows of the output layer's (rows, V) float32 logits at a time: about the hidden states' own
 # size at a 152k vocabulary and hidden 5120 (Liger Kernel sizes its chunks alike)
 DEFAULT_CHUNK = 1024

@@ -123,7 +123,8 @@ class NSAModule(L.LightningModule):
         self.attn_implementation = attn_implementation
         self.chunk_tokens = DEFAULT_CHUNK if logprob_chunk_tokens == "auto" else logprob_chunk_tokens
         self.policy: torch.nn.Module | None = None  # the PolicyScorer (FSDP-wrapped under FSDP)
-        self.packs_rows = False  # whether the policy keeps packed rows apart (on_fit_start)
+        self.attention = attn_implementation or "sdpa"  # the policy's, once loaded
+        self.cannot_pack: str | None = "the policy is not loaded"  # why packed rows would mix, or None (on_fit_start)
         self._reset_step()
 
     def configure_model(self) -> None:
@@ -142,7 +143,12 @@ class NSAModule(L.LightningModule):
         """Before the data module plans micro-batches: can they run without padding? A probe
         of two packed rows (every process runs it: under FSDP a forward is a collective)."""
         model = getattr(self.policy, "module", self.policy).model  # inside FSDP's wrapper, if any
-        self.packs_rows = not head_modifiers(model) and not packing_leaks(self.policy)
+        self.attention = model.config._attn_implementation
+        self.cannot_pack = None
+        if head_modifiers(model):
+            self.cannot_pack = f"its config sets {', '.join(head_modifiers(model))}"
+        elif packing_leaks(self.policy):
+            self.cannot_pack = f"its attention ({self.attention}) lets packed rows attend to each other"
 
     def on_train_end(self) -> None:
         if not self.export_dir:
@@ -180,11 +186,8 @@ class NSAModule(L.LightningModule):
             self._reset_step()
 
     def training_step(self, batch: PolicyBatch, batch_idx: int) -> torch.Tensor:
-        if batch.packed and not self.packs_rows:
-            raise NSAError(
-                "data.padding_free: this policy's attention lets packed rows attend to each other, and a packed "
-                "micro-batch came; set --data.padding_free=false"
-            )
+        if batch.packed and self.cannot_pack:
+            raise NSAError(f"data.padding_free: a packed micro-batch came, and {self.cannot_pack}; set it to false")
         logprobs = self.policy(batch.input_ids, batch.attention_mask, packed=batch.packed)  # (B, T) float32
         out = self.loss(batch, logprobs)
         value = out.loss.item()

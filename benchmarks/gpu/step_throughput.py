@@ -3,12 +3,19 @@
 A randomly initialised Qwen2.5-1.5B-architecture model in bf16 and 4k-token sequences
 (throughput needs no trained weights). In one run, on the same model, data and tokens:
 
-  plain      a plain PyTorch loop: HF forward with labels, backward, AdamW step
-  nsa-rft    nsa's forward (token_logprobs) + the RFT loss plugin, backward, step
-  nsa-bcpg   nsa's forward + the BCPG-NSA loss plugin (beta 0.5), backward, step
-  lightning  NSAModule in a Lightning Trainer, FSDP on one GPU, bf16-true
+  plain        a plain PyTorch loop: HF forward with labels, backward, AdamW step
+  nsa-full     nsa's forward with the full (B, T, V) logits (logprob_chunk_tokens null) +
+               the BCPG-NSA loss plugin (beta 0.5), backward, step: nsa before chunking
+  nsa-rft      nsa's forward, chunked output layer (1024 rows) + the RFT loss plugin
+  nsa-bcpg     nsa's forward, chunked + BCPG-NSA
+  nsa-packed   chunked + BCPG-NSA, the rows packed into one sequence without padding
+               (``--attn``: flex_attention by default on a GPU, varlen; sdpa: a dense mask)
+  nsa-packed-2x  the same on twice the rows: the larger micro-batch the memory now allows
+  lightning    NSAModule in a Lightning Trainer (its defaults: chunked, packed), FSDP on one
+               GPU, bf16-true
 
-Ratios are against ``plain`` from the same run. Needs no network and no datasets/mlflow.
+Ratios are against ``plain`` from the same run (``nsa-packed-2x`` per token, on its own
+tokens). Needs no network and no datasets/mlflow.
     python benchmarks/gpu/step_throughput.py            # on the GPU machine
     python benchmarks/gpu/step_throughput.py --tiny     # a CPU smoke test of the script
 """
@@ -120,34 +127,45 @@ def timed(step, warmup: int, steps: int, device: str) -> tuple[float, float]:
     return (time.perf_counter() - start) / steps, peak
 
 
-def eager_steps(model, batch, optimizer):
+def eager_steps(model, batch, big_batch, optimizer):
     from nsa.logprobs import token_logprobs
     from nsa.plugins.losses.bcpg import BCPG
     from nsa.plugins.losses.rft import RFT
+
+    bcpg = BCPG(beta=0.5, tau=1e-3)
 
     def plain():
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.input_ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def with_loss(loss):
+    def with_loss(loss, chunk=1024, packed=False, batch=batch):
         def step():
-            logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask)  # (B, T)
+            logprobs = token_logprobs(model, batch.input_ids, batch.attention_mask, chunk, packed)  # (B, T)
             loss(batch, logprobs).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         return step
 
-    return {"plain": plain, "nsa-rft": with_loss(RFT()), "nsa-bcpg": with_loss(BCPG(beta=0.5, tau=1e-3))}
+    return {
+        "plain": plain,
+        "nsa-full": with_loss(bcpg, chunk=None),
+        "nsa-rft": with_loss(RFT()),
+        "nsa-bcpg": with_loss(bcpg),
+        "nsa-packed": with_loss(bcpg, packed=True),
+        "nsa-packed-2x": with_loss(bcpg, packed=True, batch=big_batch),
+    }
 
 
-def lightning_step_time(folder: str, batch, warmup: int, steps: int, device: str) -> tuple[float, float]:
+def lightning_step_time(folder: str, batch, warmup: int, steps: int, device: str, attn: str) -> tuple[float, float]:
     """NSAModule under a Trainer: FSDP on one GPU (single device on the CPU smoke test).
 
     It also exports the trained policy (a full state dict gathered from the FSDP shards) and
     checks that the export reloads with every tensor finite and differs from the start.
     """
+    from dataclasses import replace
+
     import lightning as L
 
     from nsa.module import NSAModule
@@ -166,10 +184,12 @@ def lightning_step_time(folder: str, batch, warmup: int, steps: int, device: str
                 torch.cuda.synchronize()
             self.seconds = (time.perf_counter() - self.start) / steps
 
-    cpu_batch = _to(batch, "cpu")
+    cpu_batch = replace(_to(batch, "cpu"), packed=True)  # NSAModule's probe decides whether it may run packed
     loader = torch.utils.data.DataLoader([cpu_batch] * (warmup + steps), batch_size=None, collate_fn=lambda b: b)
     export = Path(folder) / "trained"
-    module = NSAModule(folder, BCPG(beta=0.5, tau=1e-3), max_grad_norm=1.0, export_dir=str(export))
+    module = NSAModule(
+        folder, BCPG(beta=0.5, tau=1e-3), max_grad_norm=1.0, export_dir=str(export), attn_implementation=attn
+    )
     timer = Timer()
     trainer = L.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
@@ -208,6 +228,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--attn", default=None, help="attention of the packed runs (default: flex_attention on a GPU)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     import_nsa()
@@ -217,9 +238,12 @@ def main() -> None:
     length = 512 if args.tiny else args.length
     config = qwen_config(args.tiny)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device).train()
+    attn = args.attn or ("flex_attention" if device == "cuda" else "sdpa")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
+    model = model.to(device).train()
     params = sum(p.numel() for p in model.parameters())
     batch = make_batch(config, args.rows, length, device)
+    big_batch = make_batch(config, 2 * args.rows, length, device)
     tokens = args.rows * length
     # 6 N flops per token for the dense layers, plus attention's 12 L d T (causal: half of it counted)
     flops_per_token = 6 * params + 6 * config.num_hidden_layers * config.hidden_size * length
@@ -228,8 +252,16 @@ def main() -> None:
 
     results = {"gpu": gpu, "params": params, "tokens_per_step": tokens, "runs": {}}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, foreach=True)
-    for name, step in eager_steps(model, batch, optimizer).items():
-        seconds, memory = timed(step, 2, args.steps, device)
+    for name, step in eager_steps(model, batch, big_batch, optimizer).items():
+        try:
+            seconds, memory = timed(step, 2, args.steps, device)
+        except torch.OutOfMemoryError:
+            print(f"{name}: out of memory", flush=True)
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            continue
+        step_tokens = 2 * tokens if name.endswith("-2x") else tokens
+        seconds = seconds * tokens / step_tokens  # per `tokens` tokens, comparable with the others
         results["runs"][name] = {"s_per_step": seconds, "peak_gib": memory}
         print(f"{name}: {seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s, peak {memory:.1f} GiB", flush=True)
     del optimizer
@@ -238,7 +270,7 @@ def main() -> None:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-        seconds, memory = lightning_step_time(folder, batch, 2, args.steps, device)
+        seconds, memory = lightning_step_time(folder, batch, 2, args.steps, device, attn)
         results["runs"]["lightning"] = {"s_per_step": seconds, "peak_gib": memory}
     report(results, tokens, flops_per_token, peak, args.out)
 
@@ -246,14 +278,14 @@ def main() -> None:
 def report(results: dict, tokens: int, flops_per_token: float, peak: float | None, out: str | None) -> None:
     base = results["runs"]["plain"]["s_per_step"]
     print(f"{results['gpu']}: {results['params'] / 1e9:.2f}B params, {tokens} tokens a step")
-    print(f"{'run':<10} {'s/step':>8} {'tokens/s':>10} {'MFU':>6} {'vs plain':>9} {'peak GiB':>9}")
+    print(f"{'run':<14} {'s/step':>8} {'tokens/s':>10} {'MFU':>6} {'vs plain':>9} {'peak GiB':>9}")
     for name, run in results["runs"].items():
         run["tokens_per_s"] = tokens / run["s_per_step"]
         run["mfu"] = run["tokens_per_s"] * flops_per_token / peak if peak else None
         run["speed_vs_plain"] = base / run["s_per_step"]
         mfu = f"{run['mfu']:.1%}" if run["mfu"] else "-"
         print(
-            f"{name:<10} {run['s_per_step']:>8.3f} {run['tokens_per_s']:>10.0f} {mfu:>6} "
+            f"{name:<14} {run['s_per_step']:>8.3f} {run['tokens_per_s']:>10.0f} {mfu:>6} "
             f"{run['speed_vs_plain']:>8.2f}x {run['peak_gib']:>9.1f}"
         )
     if out:

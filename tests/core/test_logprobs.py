@@ -132,9 +132,10 @@ def test_chunk_size_and_unchunkable_models_are_refused(tmp_path):
 
 
 def test_a_policy_that_mixes_packed_rows_trains_padded_and_refuses_a_packed_batch(tiny_model, capsys):
-    """On a policy whose attention ignores the packing, the probe before the first step says
-    so; the data module then plans padded micro-batches, with a notice, and a packed
-    micro-batch that reaches the module anyway is refused before its forward."""
+    """The probe before the first step decides how micro-batches run: auto (null) packs only
+    with a variable-length attention, else pads with a notice; true packs with sdpa's dense
+    mask too, and is refused on a policy whose attention mixes packed rows; a packed
+    micro-batch that reaches such a policy anyway is refused before its forward."""
     from types import SimpleNamespace
 
     from transformers import AttentionInterface
@@ -144,25 +145,35 @@ def test_a_policy_that_mixes_packed_rows_trains_padded_and_refuses_a_packed_batc
     from nsa.module import NSAModule
     from nsa.plugins.losses.bcpg import BCPG
 
+    def packs(padding_free):
+        trainer = SimpleNamespace(lightning_module=module, is_global_zero=True)
+        return NSADataModule._packs_rows(SimpleNamespace(padding_free=padding_free, _noticed=False, trainer=trainer))
+
     AttentionInterface.register("leaky", leaky_attention)
     module = NSAModule(policy=tiny_model, loss=BCPG())
     module.configure_model()
     module.on_fit_start()
-    assert module.packs_rows  # sdpa keeps packed rows apart
+    assert module.cannot_pack is None and module.attention == "sdpa"  # sdpa keeps packed rows apart
+    assert [packs(None), packs(True), packs(False)] == [False, True, False]
+    module.attention = "flex_attention"  # what the data module is told; a varlen kernel packs in auto
+    assert packs(None) is True
     module.policy.model.set_attn_implementation("leaky")
     module.on_fit_start()
-    assert not module.packs_rows
-    data = SimpleNamespace(
-        padding_free=True, _noticed=False, trainer=SimpleNamespace(lightning_module=module, is_global_zero=True)
-    )
-    assert NSADataModule._packs_rows(data) is False and NSADataModule._packs_rows(data) is False
+    assert module.cannot_pack == "its attention (leaky) lets packed rows attend to each other"
+    assert packs(None) is False
+    with pytest.raises(NSAError, match=r"data.padding_free is true, and its attention \(leaky\) lets packed rows"):
+        packs(True)
     notices = [line for line in capsys.readouterr().err.splitlines() if "data.padding_free" in line]
     assert notices == [
-        "nsa: notice: data.padding_free: this policy's attention lets packed rows attend to each other; "
-        "training on padded micro-batches sorted by length instead"
-    ]  # once
+        "nsa: notice: data.padding_free: sdpa would score all pairs of a packed micro-batch's tokens; training on "
+        "padded micro-batches sorted by length (flash_attention_2 or flex_attention in model.attn_implementation "
+        "run them packed)",
+        "nsa: notice: data.padding_free: its attention (leaky) lets packed rows attend to each other; training on "
+        "padded micro-batches sorted by length (flash_attention_2 or flex_attention in model.attn_implementation "
+        "run them packed)",
+    ]
     row = {"prompt_ids": [5, 6], "response_ids": [7, 8], "nsa_mask": [0, 0], "reward": 1.0, "reward_mean": 0.5,
            "reward_std": 0.5, "ref_logprobs": [-1.0, -1.0], "group": "q"}  # fmt: skip
     batch = collate([(row, Slot(0, 1, 1, True))], pad_id=0, packed=True)
-    with pytest.raises(NSAError, match="data.padding_free: this policy's attention lets packed rows attend"):
+    with pytest.raises(NSAError, match="data.padding_free: a packed micro-batch came, and its attention .leaky."):
         module.training_step(batch, 0)
