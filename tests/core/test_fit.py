@@ -44,7 +44,8 @@ def test_fit_logs_config_stats_and_exports_policy(tmp_path, tiny_model, monkeypa
 
 
 def test_step_is_the_same_however_it_is_split(tmp_path, tiny_model, monkeypatch):
-    """One SGD step over all 8 rows: as one padded micro-batch, as one packed micro-batch
+    """One SGD step over all 8 rows: as one padded micro-batch through the full logits (nsa
+    before chunking), the same through the chunked output layer, as one packed micro-batch
     without padding, or one row per micro-batch.
 
     Lengths are ragged (prompts of 8-10 tokens, answers of 6-16), so a per-micro-batch
@@ -53,23 +54,24 @@ def test_step_is_the_same_however_it_is_split(tmp_path, tiny_model, monkeypatch)
     """
     monkeypatch.chdir(tmp_path)
     results = []
-    for tokens, free in ((100_000, "false"), (100_000, "true"), (1, "true")):
+    runs = [(100_000, "false", "null"), (100_000, "false", "auto"), (100_000, "true", "auto"), (1, "true", "1")]
+    for tokens, free, chunk in runs:
         recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=8, tokens_per_micro_batch=tokens)
-        export = tmp_path / f"policy-{tokens}-{free}"
-        flags = ["--trainer.max_steps=1", f"--model.export_dir={export}", f"--data.padding_free={free}"]
-        main(["fit", "--config", str(recipe), *flags])
+        export = tmp_path / f"policy-{tokens}-{free}-{chunk}"
+        flags = [f"--model.export_dir={export}", f"--data.padding_free={free}", f"--model.logprob_chunk_tokens={chunk}"]
+        main(["fit", "--config", str(recipe), "--trainer.max_steps=1", *flags])
         results.append(weights(export))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], order_by=["start_time ASC"])
     padding = [run.data.metrics["train/padding_fraction"] for run in runs]
     # 8 ragged rows padded to the longest in one micro-batch; packed, or one row per micro-batch, pads nothing
-    assert 0.0 < padding[0] < 0.2 and padding[1] == 0.0 and padding[2] == 0.0
+    assert 0.0 < padding[0] == padding[1] < 0.2 and padding[2] == padding[3] == 0.0
     start = load_file(f"{tiny_model}/model.safetensors")
-    padded = results[0]
-    assert any(not torch.equal(padded[k], start[k]) for k in start)
+    full = results[0]
+    assert any(not torch.equal(full[k], start[k]) for k in start)
     for other in results[1:]:
-        for key in padded:
-            torch.testing.assert_close(other[key], padded[key], atol=1e-6, rtol=1e-5)
+        for key in full:
+            torch.testing.assert_close(other[key], full[key], atol=1e-6, rtol=1e-5)
 
 
 def test_every_epoch_runs_all_its_steps(tmp_path, tiny_model, monkeypatch):
