@@ -19,15 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.core.test_logprobs import ragged_batch
 from tests.tiny import build_model
-
-
-def ragged_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(1, 300, (4, 13), generator=generator)
-    mask = torch.ones_like(input_ids)
-    mask[1, 9:] = mask[3, 4:] = 0
-    return input_ids * mask, mask
 
 
 def weighted_sum(logprobs: torch.Tensor) -> torch.Tensor:

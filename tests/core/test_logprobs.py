@@ -57,11 +57,11 @@ def tied_model(tmp_path_factory) -> str:
 
 
 def ragged_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """3 right-padded rows of 13, 9 and 4 real tokens."""
+    """4 right-padded rows of 13, 9, 13 and 4 real tokens: 35 scored (each row's first is not)."""
     generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(1, 300, (3, 13), generator=generator)
+    input_ids = torch.randint(1, 300, (4, 13), generator=generator)
     mask = torch.ones_like(input_ids)
-    mask[1, 9:] = mask[2, 4:] = 0
+    mask[1, 9:] = mask[3, 4:] = 0
     return input_ids * mask, mask
 
 
@@ -75,9 +75,9 @@ def scores_and_grads(model, chunk, packed):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize(("chunk", "packed"), [(5, False), (5, True), (64, True), (None, True)])
+@pytest.mark.parametrize(("chunk", "packed"), [(6, False), (6, True), (64, True), (None, True)])
 def test_policy_logprobs_and_gradients_equal_the_full_path(tiny_model, tied_model, tied, chunk, packed):
-    """Chunked (5 does not divide the 23 scored tokens) and padding-free forwards equal the
+    """Chunked (6 does not divide the 35 scored tokens) and padding-free forwards equal the
     model's own forward row by row, and so do the gradients of every parameter; with tied
     embeddings the output layer's gradient adds to the embeddings' one, as in the full path."""
     model = load_policy(tied_model if tied else tiny_model)
