@@ -10,6 +10,7 @@ nothing. The table is printed and logged to the MLflow run as metrics
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,8 +59,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def benchmark_metrics(correct: list[int], n: int, ks: list[int]) -> dict[str, float]:
-    """avg@n (mean share of correct samples) and pass@k, in percent, over problems."""
-    metrics = {f"avg@{n}": 100.0 * sum(c / n for c in correct) / len(correct)}
+    """avg@n (mean share of correct samples), its standard error over problems, and pass@k, in
+    percent. The error is the spread of the problems' shares over sqrt(problems): how far
+    another draw of problems and answers would move avg@n (0 for a single problem)."""
+    shares = [c / n for c in correct]
+    metrics = {f"avg@{n}": 100.0 * statistics.fmean(shares)}
+    spread = statistics.stdev(shares) if len(shares) > 1 else 0.0
+    metrics[f"avg@{n}_se"] = 100.0 * spread / math.sqrt(len(shares))
     for k in ks:
         metrics[f"pass@{k}"] = 100.0 * sum(pass_at_k(n, c, k) for c in correct) / len(correct)
     return metrics

@@ -57,9 +57,13 @@ def test_pass_at_k_matches_the_binomial_formula_for_large_n():
 
 def test_benchmark_metrics_golden():
     """c = 1, 1, 0 of n = 4: avg@4 = (1/4 + 1/4 + 0) / 3 = 16.67%; pass@2 = (1/2 + 1/2 + 0) / 3
-    = 33.33%; pass@4 = (1 + 1 + 0) / 3 = 66.67%."""
+    = 33.33%; pass@4 = (1 + 1 + 0) / 3 = 66.67%. Standard error: the shares 1/4, 1/4, 0 lie
+    1/12, 1/12, -1/6 from their mean, sample variance (1/144 + 1/144 + 4/144) / 2 = 1/48, so
+    se = sqrt(1/48) / sqrt(3) = 1/12 = 8.33%. One problem has no spread: se 0."""
     metrics = benchmark_metrics([1, 1, 0], 4, [1, 2, 4])
-    assert metrics == pytest.approx({"avg@4": 100 / 6, "pass@1": 100 / 6, "pass@2": 100 / 3, "pass@4": 200 / 3})
+    golden = {"avg@4": 100 / 6, "avg@4_se": 100 / 12, "pass@1": 100 / 6, "pass@2": 100 / 3, "pass@4": 200 / 3}
+    assert metrics == pytest.approx(golden)
+    assert benchmark_metrics([3], 4, [1])["avg@4_se"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -133,20 +137,22 @@ def evaluate_recipe(tmp_path: Path, model: str, **evaluate) -> Path:
 
 def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, capsys, monkeypatch):
     """math500: avg@4 16.67, pass@2 33.33, pass@4 66.67 (see test_benchmark_metrics_golden).
-    gsm8k: c = 1, 0: avg@4 = 1/4 / 2 = 12.50, pass@2 = 1/2 / 2 = 25.00, pass@4 = 1 / 2 = 50.00.
+    gsm8k: c = 1, 0: avg@4 = 1/4 / 2 = 12.50, pass@2 = 1/2 / 2 = 25.00, pass@4 = 1 / 2 = 50.00;
+    shares 1/4, 0: variance (1/8)^2 * 2 / 1 = 1/32, se = sqrt(1/32) / sqrt(2) = 1/8 = 12.50.
     The scripted answers all end in EOS: nothing truncated."""
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")  # a sample per 50 ms of evaluation
     main(["evaluate", "--config", str(evaluate_recipe(tmp_path, tiny_model))])
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["benchmark", "problems", "avg@4", "pass@1", "pass@2", "pass@4", "truncated%"]
-    assert table[1].split() == ["math500", "3", "16.67", "16.67", "33.33", "66.67", "0.00"]
-    assert table[2].split() == ["gsm8k", "2", "12.50", "12.50", "25.00", "50.00", "0.00"]
-    assert table[3].split() == ["mean", "14.58", "14.58", "29.17", "58.33", "0.00"]
+    assert table[0].split() == ["benchmark", "problems", "avg@4", "avg@4_se", "pass@1", "pass@2", "pass@4", "truncated%"]
+    assert table[1].split() == ["math500", "3", "16.67", "8.33", "16.67", "33.33", "66.67", "0.00"]
+    assert table[2].split() == ["gsm8k", "2", "12.50", "12.50", "12.50", "25.00", "50.00", "0.00"]
+    assert table[3].split() == ["mean", "14.58", "10.42", "14.58", "29.17", "58.33", "0.00"]
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     assert run.data.metrics["eval/math500/pass_at_4"] == pytest.approx(200 / 3)
     assert run.data.metrics["eval/gsm8k/avg_at_4"] == pytest.approx(12.5)
+    assert run.data.metrics["eval/math500/avg_at_4_se"] == pytest.approx(100 / 12)
     assert run.data.metrics["eval/gsm8k/truncated_pct"] == 0.0
     assert run.data.params["eval/policy"] == tiny_model  # no trained export yet: the start model
     assert run.data.tags["nsa.command"] == "evaluate"
