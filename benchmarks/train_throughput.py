@@ -356,7 +356,7 @@ def run_eager(args: argparse.Namespace, rows: list[dict], clock: StepClock) -> l
     from nsa.plugins.losses.bcpg import BCPG
 
     scorer, loss = PolicyScorer(load_model(args), args.logprob_chunk_tokens or None), BCPG(beta=0.5, tau=1e-3)
-    if args.packed and packing_leaks(scorer):  # NSAModule.on_fit_start's probe
+    if args.packed and packing_leaks(scorer, scorer.model.config.vocab_size):  # NSAModule.on_fit_start's probe
         raise RuntimeError("packed rows attend to each other under this attention; use --padding-free false")
     optimizer = adamw(scorer.parameters())
     for batch in nsa_loader(rows, args):

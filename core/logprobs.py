@@ -206,13 +206,13 @@ def check_chunk_size(chunk_tokens: int | str | None, tokens_per_micro_batch: int
         )
 
 
-def packing_leaks(scorer: torch.nn.Module) -> bool:
+def packing_leaks(scorer: torch.nn.Module, vocab_size: int) -> bool:
     """Whether packed rows see each other in this scorer's policy: row B after row A, and after
     row C (A's length, other tokens). If the attention keeps rows apart, B's log-probs are the
     same computation both times, equal to the bit; any attention across rows changes them.
     Every process must call it (under FSDP the forward is a collective)."""
-    device = next(scorer.parameters()).device
-    first, other, second = (torch.arange(1, 9, device=device) * step % 50 for step in (3, 7, 11))  # (8,) ids < 50
+    device, top = next(scorer.parameters()).device, min(50, vocab_size)  # a toy policy may know 30 tokens
+    first, other, second = (torch.arange(1, 9, device=device) * step % top for step in (3, 7, 11))  # (8,) ids < top
     mask = torch.ones(2, 8, dtype=torch.long, device=device)
     with torch.no_grad():
         after_first = scorer(torch.stack([first, second]), mask, packed=True)[1]  # (8,)

@@ -147,7 +147,7 @@ class NSAModule(L.LightningModule):
         self.cannot_pack = None
         if head_modifiers(model):
             self.cannot_pack = f"its config sets {', '.join(head_modifiers(model))}"
-        elif packing_leaks(self.policy):
+        elif packing_leaks(self.policy, model.config.vocab_size):
             self.cannot_pack = f"its attention ({self.attention}) lets packed rows attend to each other"
 
     def on_train_end(self) -> None:

@@ -110,8 +110,20 @@ def test_the_probe_tells_an_attention_that_keeps_packed_rows_apart(tiny_model):
     for implementation in ("sdpa", "eager", "leaky"):
         model = load_policy(tiny_model)
         model.set_attn_implementation(implementation)
-        verdicts[implementation] = packing_leaks(PolicyScorer(model, 4))
+        verdicts[implementation] = packing_leaks(PolicyScorer(model, 4), model.config.vocab_size)
     assert verdicts == {"sdpa": False, "eager": False, "leaky": True}
+
+
+def test_the_probe_fits_a_policy_of_a_few_tokens():
+    """The probe's token ids stay inside the vocabulary: a policy of 12 tokens (the toy
+    experiment's knows 31) is probed, not crashed with an embedding index error."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64,
+    )  # fmt: skip
+    assert packing_leaks(PolicyScorer(LlamaForCausalLM(config), 4), 12) is False
 
 
 def test_chunk_size_and_unchunkable_models_are_refused(tmp_path):
