@@ -26,6 +26,7 @@ def load(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"toy_nsa_{name}", TOY / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # a dataclass looks its module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -109,16 +110,6 @@ def test_corrected_slips_give_a_right_answer_with_wrong_steps_inside():
     assert judged(text) == [0.0, 1.0, 0.0, 1.0, 0.0]
 
 
-def metrics(avg: float, mined: float = 0.0) -> dict[str, float]:
-    """One seed's metrics as MLflow holds them (accuracies in percent)."""
-    return {
-        "eval/toy/avg_at_4": avg,
-        "eval/toy/pass_at_4": 90.0,
-        "data/tokens_correct/consensus": mined,
-        "data/tokens_negative": 200.0,
-    }
-
-
 @pytest.mark.parametrize(
     ("response", "scores"),
     [
@@ -147,57 +138,146 @@ def test_the_oracle_checks_each_step_against_the_problem_in_context(response, sc
     assert judged(response, "3 +6 -7 +5 +2") == [float(s) for s in scores]
 
 
+def metrics(avg: float, mined: float = 0.0, se: float = 2.0) -> dict[str, float]:
+    """One seed's metrics as MLflow holds them (accuracies in percent, avg@4)."""
+    return {
+        "eval/toy/avg_at_4": avg,
+        "eval/toy/avg_at_4_se": se,
+        "eval/toy/pass_at_4": 90.0,
+        "data/tokens_correct/consensus": mined,
+        "data/tokens_negative": 200.0,
+    }
+
+
+def every_row(by_seed: dict) -> dict:
+    """Results with every method and judge cell scoring ``by_seed``."""
+    cells = [cell for _, cell in report.METHODS + report.JUDGES]
+    return {cell: dict(by_seed) for cell in cells} | {"start": dict(by_seed)}
+
+
+report = load("report")
+stats = load("stats")
+
+
+def test_the_long_setting_has_long_chains_and_late_slips():
+    """Step k of 9 slips with 0.08 * (1 + 0.6 * (2k/8 - 1)): 0.032 at the first, 0.128 at the
+    last, 0.08 on average; the long setting's chains have 7 to 10 operations and a stream of
+    their own, while the short setting keeps the streams its results were drawn from."""
+    long = arithmetic.SETTINGS["long"]
+    rates = [arithmetic.slip_rate(long.p_error, long.late, k, 9) for k in range(9)]
+    assert rates[0] == pytest.approx(0.032) and rates[-1] == pytest.approx(0.128)
+    assert sum(rates) / 9 == pytest.approx(0.08)
+    rows = arithmetic.problems(0, 200, "train", setting=long)
+    assert {len(row["ops"]) for row in rows} == set(range(7, 11))
+    assert arithmetic.problems(0, 5, "train", setting=arithmetic.SETTINGS["short"]) == arithmetic.problems(
+        0, 5, "train"
+    )
+
+
+def test_paired_interval_p_value_and_seeds_needed_golden():
+    """Differences 1, 2, 3: mean 2, sd 1, se 1/sqrt 3 = 0.577. With 2 degrees of freedom the t
+    distribution is F(t) = 1/2 + t / (2 sqrt(t^2 + 2)): t(0.975) solves t / sqrt(t^2 + 2) = 0.95,
+    t^2 = 0.9025 * 2 / 0.0975 = 18.51, t = 4.303, half-width 4.303 * 0.577 = 2.484; the statistic
+    2 / 0.577 = 3.464 leaves 1/2 - 3.464 / (2 sqrt 14) = 0.0371 per tail: p = 0.0742.
+    Seeds for ±0.5 at sd 0.97: 16 give t(15) 2.131 * 0.97 / 4 = 0.517, 17 give t(16) 2.120 * 0.97
+    / sqrt 17 = 0.499. Holm on p 0.01, 0.04, 0.03: 3 * 0.01 = 0.03, 2 * 0.03 = 0.06, then
+    max(0.06, 1 * 0.04) = 0.06."""
+    result = stats.paired([1.0, 2.0, 3.0])
+    assert (result.n, result.mean) == (3, 2.0)
+    assert result.half_width == pytest.approx(2.484, abs=1e-3) and result.p == pytest.approx(0.0742, abs=1e-4)
+    assert stats.paired([0.5, 0.5]).p == 0.0 and stats.paired([0.0, 0.0]).p == 1.0
+    assert stats.seeds_needed(0.97, 0.5) == 17
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.power(0.0, 1.0, 20) == pytest.approx(0.05, abs=1e-6)  # no effect: found at alpha
+
+
 def test_the_table_shows_mean_and_sample_std_over_seeds_and_the_paired_gain():
     """Start avg@4 40, 50, 60 over three seeds: mean 50.0, sample std sqrt((10^2 + 0 + 10^2) / 2) = 10.0.
     RFT 45, 58, 61: mean 54.7, std sqrt((9.67^2 + 3.33^2 + 6.33^2) / 2) = 8.5; its gains over the
     same seed's start (and over BCPG, which scored as the start) are 5, 8, 1: mean 4.7, std
-    sqrt((0.33^2 + 3.33^2 + 3.67^2) / 2) = 3.5.
+    sqrt((0.33^2 + 3.33^2 + 3.67^2) / 2) = 3.5. The evaluation's se: 2.0 on every seed.
     Mined tokens 60, 100, 80 of 200 negatives' tokens: 30, 50, 40 %: mean 40.0, std 10.0."""
-    run = load("run")
     start = {seed: metrics(a, m) for seed, (a, m) in zip((3, 1, 2), ((40, 60), (50, 100), (60, 80)))}
-    rows = {cell: start for _, cell in run.METHODS + run.JUDGES} | {"start": start}
+    rows = every_row(start)
     rows["rft"] = {2: metrics(61), 1: metrics(58), 3: metrics(45)}  # paired by seed, not by order
-    lines = {line[:28].strip(): line[28:].split() for line in run.table(rows, [3, 1, 2]).splitlines()}
-    assert lines["start policy (SFT)"] == "50.0 ± 10.0 0.0 ± 0.0 90.0 ± 0.0 40.0 50.0 60.0".split()
+    lines = {line[:28].strip(): line[28:].split() for line in report.table(rows, [3, 1, 2], 4).splitlines()}
+    assert lines["start policy (SFT)"] == "50.0 ± 10.0 2.0 0.0 ± 0.0 90.0 ± 0.0 40.0 50.0 60.0".split()
     # BCPG scored as the start did, so RFT's paired difference from it is its gain
-    assert lines["RFT"] == "54.7 ± 8.5 4.7 ± 3.5 90.0 ± 0.0 45.0 58.0 61.0 4.7 ± 3.5".split()
-    assert lines["consensus of the two (AND)"][-6:] == "40.0 ± 10.0 0.0 ± 0.0".split()  # mined %, vs itself
+    assert lines["RFT"] == "54.7 ± 8.5 2.0 4.7 ± 3.5 90.0 ± 0.0 4.7 ± 3.5 45.0 58.0 61.0".split()
+    assert lines["consensus of the two (AND)"][10:16] == "40.0 ± 10.0 0.0 ± 0.0".split()  # mined %, vs itself
+
+
+def test_the_pre_registered_comparisons_and_the_rounds():
+    """BCPG-NSA beats BCPG by 1, 2, 3 points on seeds 0, 1, 2 (see the golden test above: +2.00,
+    interval [-0.48, +4.48], p 0.074); every other cell scores as the start, so BCPG-NSA - RFT
+    is the same, and consensus - each judge too. Holm over the five secondary p of 0.074:
+    5 * 0.074 = 0.371, then the running maximum keeps it. Rounds 1 and 2 of nsa iterate: BCPG-NSA
+    gains 2, 4, 6 in round 2 where BCPG gains 0: +4.00 [-0.97, +8.97], p 0.074."""
+    start = {seed: metrics(50.0) for seed in (0, 1, 2)}
+    rows = every_row(start)
+    rows["nsa-0.5"] = {seed: metrics(50.0 + seed + 1) for seed in (0, 1, 2)}
+    for k in (1, 2):
+        rows |= {f"iter{k}/{cell}": dict(start) for _, cell in report.ITERATED}
+        rows[f"iter{k}/nsa-0.5"] = {seed: metrics(50.0 + k * (seed + 1)) for seed in (0, 1, 2)}
+    text = report.table(rows, [0, 1, 2], 4)
+    primary = next(line for line in text.splitlines() if line.startswith("BCPG-NSA - BCPG (primary)"))
+    assert primary.split()[-7:] == ["3", "+2.00", "[", "-0.48,", "+4.48]", "0.074", "-"]
+    judge = next(line for line in text.splitlines() if line.startswith("consensus - PRM-like alone"))
+    assert judge.split()[-2:] == ["0.074", "0.371"]
+    lines = text.splitlines()
+    second = lines[next(i for i, line in enumerate(lines) if line.startswith("round")) + 2]  # round 1, round 2
+    assert second.split()[:3] == ["2", "0.0", "±"] and "+4.00 [ -0.97,  +8.97]  0.074" in second
+
+
+def test_the_picture_is_drawn_from_the_results(tmp_path):
+    rows = every_row({seed: metrics(50.0 + seed) for seed in (0, 1)})
+    rows |= {f"iter1/{cell}": rows[cell] for _, cell in report.ITERATED}
+    report.figure(
+        {"short": (rows, [0, 1]), "long": (every_row({0: metrics(1.0), 1: metrics(2.0)}), [0, 1])},
+        4,
+        tmp_path / "r.png",
+    )
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def toy_seed(tmp_path, monkeypatch):
-    """Seed 0's problems and a 3-step pretrained policy, in a temporary working directory, with
-    benchmarks/toy_nsa importable (the recipe names its oracle judge as chain_judge.ChainJudge)."""
+    """Seed 0's short-chain problems and a 3-step pretrained policy, in a temporary working
+    directory, with benchmarks/toy_nsa importable (the recipe names its oracle judge as
+    chain_judge.ChainJudge)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(TOY))
     run = load("run")
-    args = run.argparse.Namespace(train=8, heldout=8, pretrain_steps=3, seeds=[0])
-    run.check_sizes(args)
-    run.prepare(0, args)
+    args = run.parse(["--train", "8", "--heldout", "8", "--pretrain_steps", "3", "--seeds", "0"])
+    run.check_sizes("short", args)
+    run.prepare("short", 0, args)
     return run
 
 
 def test_the_sweep_has_every_method_and_judge_on_the_seed_s_model(toy_seed, capsys):
-    main(
-        ["sweep", "--config", str(TOY / "sweep.yaml"), "--name", "toy-seed0", *toy_seed.seed_overrides(0), "--dry_run"]
-    )
+    overrides = toy_seed.seed_overrides("short", 0, 16)
+    main(["sweep", "--config", str(TOY / "sweep.yaml"), "--name", "toy-short-seed0", *overrides, "--dry_run"])
     lines = capsys.readouterr().out.strip().splitlines()
     cells = [line.split(":")[0] for line in lines]
     judges = ["judge-oracle", "judge-prm", "judge-llm", "judge-arithmetic"]
-    assert cells == [cell for _, cell in toy_seed.METHODS] + judges
-    assert {cell for _, cell in toy_seed.JUDGES} <= set(cells)
+    assert cells == [cell for _, cell in report.METHODS] + judges
+    assert {cell for _, cell in report.JUDGES} <= set(cells)
     for cell, line in zip(cells, lines):
-        assert f"--model.export_dir=runs/toy_nsa/toy-seed0/{cell}/policy" in line
-        assert "--model.policy=runs/toy_nsa/seed0/sft" in line and "--data.sampler.init_args.seed=0" in line
+        assert f"--model.export_dir=runs/toy_nsa/toy-short-seed0/{cell}/policy" in line
+        assert "--model.policy=runs/toy_nsa/short/seed0/sft" in line and "--data.sampler.init_args.seed=0" in line
+        assert "--evaluate.sampler.init_args.num_samples=16" in line and "runs/toy_nsa/short/heldout.jsonl" in line
     assert "--data.consensus.init_args.judges=[NoisyJudge1]" in lines[cells.index("judge-prm")]
-    assert Path("runs/toy_nsa/seed0/sft/model.safetensors").is_file()
+    assert Path("runs/toy_nsa/short/seed0/sft/model.safetensors").is_file()
+    rft = next(cell for cell in toy_seed.cells("short", 0, 16) if cell.name == "rft")
+    assert toy_seed.iterate_args("short", 0, rft)[-1] == "--model.export_dir=runs/toy_nsa/short/iterate-seed0/rft"
 
 
 def test_other_sizes_and_a_missing_experiment_are_one_line_errors(toy_seed):
-    """toy_seed wrote runs/toy_nsa/settings.json with --train 8: a run with --train 16 would find
-    those results and mix them in, so it is refused; no experiment yet means no table, said so."""
-    other = toy_seed.argparse.Namespace(train=16, heldout=8, pretrain_steps=3)
-    with pytest.raises(toy_seed.ToyError, match=r"runs/toy_nsa holds an experiment run with --train 8 .*move"):
-        toy_seed.check_sizes(other)
+    """toy_seed wrote runs/toy_nsa/short/settings.json with --train 8: a run with --train 16
+    would find those results and mix them in, so it is refused; no experiment yet means no
+    table, said so."""
+    other = toy_seed.parse(["--train", "16", "--heldout", "8", "--pretrain_steps", "3"])
+    with pytest.raises(toy_seed.ToyError, match=r"runs/toy_nsa/short holds an experiment run with --train 8 .*move"):
+        toy_seed.check_sizes("short", other)
     with pytest.raises(toy_seed.ToyError, match=r"no toy experiment in sqlite:///runs/toy_nsa/mlflow.db"):
-        toy_seed.results([0])
+        toy_seed.results("short", [0], 16, 1)

@@ -1,6 +1,7 @@
 """The toy task: seeded chains of arithmetic, and noisy worked solutions to pretrain on.
 
-A problem is a start value and 3 to 6 operations applied left to right::
+A problem is a start value and 3 to 6 operations applied left to right (8 to 12 in the
+``long`` setting, see ``SETTINGS``)::
 
     question: 3 +4 -5 *3
     solution: 3 +4 = 7 | -5 *3      <- one step per operation, blank lines between (the
@@ -30,9 +31,44 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 MAX_VALUE = 9
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How long the chains are and where the pretraining solutions slip (see ``slip_rate``)."""
+
+    name: str
+    min_ops: int
+    max_ops: int
+    p_error: float  # slips per step, on average over a chain
+    late: float
+    max_new_tokens: int  # room for the longest solution with a few corrections
+    positions: int  # the policy's context: a question and the longest solution
+
+
+SETTINGS = {
+    # 3 to 6 operations, a slip equally likely at every step: most wrong answers go wrong early
+    "short": Setting("short", 3, 6, p_error=0.1, late=0.0, max_new_tokens=160, positions=256),
+    # the paper's regime: 7 to 10 operations, slips four times likelier at the last step than at
+    # the first, so that wrong answers carry long right prefixes. A solution repeats the
+    # operations still to do, so its length grows as the square of theirs (2.4 times the short
+    # chains' characters on average); 8 to 12 operations, tried first, were 3.4 times, and the
+    # 2-layer policy's loss still 0.49 after 600 of 900 pretraining steps (0.05 to 0.13 when
+    # short chains finish)
+    "long": Setting("long", 7, 10, p_error=0.08, late=0.6, max_new_tokens=320, positions=384),
+}
+
+
+def slip_rate(p_error: float, late: float, k: int, n: int) -> float:
+    """Step k (0-based) of n slips with ``p_error * (1 + late * (2 k / (n - 1) - 1))``: on
+    average over the chain ``p_error``, from ``(1 - late) p_error`` at the first step to
+    ``(1 + late) p_error`` at the last."""
+    tilt = 2 * k / (n - 1) - 1 if n > 1 else 0.0
+    return p_error * (1 + late * tilt)
 
 
 def apply(value: int, op: str, arg: int) -> int:
@@ -45,11 +81,11 @@ def feasible(value: int) -> list[tuple[str, int]]:
     return [(op, a) for op, a in ops if 1 <= apply(value, op, a) <= MAX_VALUE]
 
 
-def make_problem(rng: random.Random, index: int, prefix: str) -> dict:
-    """One chain of 3 to 6 operations: {id, question, answer, start, ops}."""
+def make_problem(rng: random.Random, index: int, prefix: str, setting: Setting = SETTINGS["short"]) -> dict:
+    """One chain of the setting's length: {id, question, answer, start, ops}."""
     value = rng.randint(2, MAX_VALUE)
     start, ops = value, []
-    for _ in range(rng.randint(3, 6)):
+    for _ in range(rng.randint(setting.min_ops, setting.max_ops)):
         kinds = sorted({op for op, _ in feasible(value)})
         kind = rng.choice(kinds)  # each kind equally likely, then its argument
         op, arg = rng.choice([(o, a) for o, a in feasible(value) if o == kind])
@@ -66,12 +102,13 @@ def wrong(rng: random.Random, right: int) -> int:
     return rng.choice([r for r in slips if r >= 1] or slips)
 
 
-def solution(problem: dict, rng: random.Random, p_error: float, p_fix: float) -> str:
-    """A worked solution with slips at rate ``p_error``, each corrected at rate ``p_fix``."""
+def solution(problem: dict, rng: random.Random, p_error: float, p_fix: float, late: float = 0.0) -> str:
+    """A worked solution with slips at rate ``p_error`` (tilted by ``late``, see ``Setting``),
+    each corrected at rate ``p_fix``."""
     value, steps, ops = problem["start"], [], problem["ops"]
     for k, (op, arg) in enumerate(ops):
         right, rest = apply(value, op, arg), " ".join(f"{o}{a}" for o, a in ops[k + 1 :])
-        written = wrong(rng, right) if rng.random() < p_error else right
+        written = wrong(rng, right) if rng.random() < slip_rate(p_error, late, k, len(ops)) else right
         steps.append(step(value, op, arg, written, rest))
         if written != right and rest and rng.random() < p_fix:
             steps.append("wait, " + step(value, op, arg, right, rest))
@@ -87,15 +124,24 @@ def step(value: int, op: str, arg: int, result: int, rest: str) -> str:
     return f"{value} {op}{arg} = {result} | {rest}"
 
 
-def problems(seed: int, n: int, prefix: str, exclude: frozenset[str] = frozenset(), unique: bool = True) -> list[dict]:
-    """``n`` chains from the stream ``(prefix, seed)``, none of whose questions is in ``exclude``
-    (and, when ``unique``, no question twice). The space is small (a few thousand chains of 3
-    operations), so the held-out set must be excluded explicitly, not left to chance."""
-    rng, rows, seen = random.Random(f"{prefix}:{seed}"), [], set(exclude)
+def problems(
+    seed: int,
+    n: int,
+    prefix: str,
+    exclude: frozenset[str] = frozenset(),
+    unique: bool = True,
+    setting: Setting = SETTINGS["short"],
+) -> list[dict]:
+    """``n`` chains from the stream ``(prefix, seed)`` (the short setting's streams keep their
+    old names), none of whose questions is in ``exclude`` (and, when ``unique``, no question
+    twice). The space is small (a few thousand chains of 3 operations), so the held-out set
+    must be excluded explicitly, not left to chance."""
+    stream = f"{prefix}:{seed}" if setting.name == "short" else f"{setting.name}:{prefix}:{seed}"
+    rng, rows, seen = random.Random(stream), [], set(exclude)
     for _ in range(100 * n):
         if len(rows) == n:
             break
-        row = make_problem(rng, len(rows), prefix)
+        row = make_problem(rng, len(rows), prefix, setting)
         if row["question"] not in seen:
             rows.append(row)
             seen.update([row["question"]] if unique else [])
@@ -104,14 +150,14 @@ def problems(seed: int, n: int, prefix: str, exclude: frozenset[str] = frozenset
     return rows
 
 
-def heldout(n: int) -> list[dict]:
+def heldout(n: int, setting: Setting = SETTINGS["short"]) -> list[dict]:
     """The held-out problems: one fixed stream, the same for every seed."""
-    return problems(0, n, "heldout")
+    return problems(0, n, "heldout", setting=setting)
 
 
-def train(seed: int, n: int, held_out: list[dict]) -> list[dict]:
+def train(seed: int, n: int, held_out: list[dict], setting: Setting = SETTINGS["short"]) -> list[dict]:
     """Seed ``seed``'s training problems, none of them held out."""
-    return problems(seed, n, "train", exclude=frozenset(row["question"] for row in held_out))
+    return problems(seed, n, "train", exclude=frozenset(row["question"] for row in held_out), setting=setting)
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
@@ -126,9 +172,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train", type=int, default=256, help="problems the methods train on")
     parser.add_argument("--heldout", type=int, default=256, help="problems the policies are evaluated on")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="short", help="chain lengths (see SETTINGS)")
     args = parser.parse_args()
-    held_out = heldout(args.heldout)
-    write_jsonl(train(args.seed, args.train, held_out), args.out / "train.jsonl")
+    setting = SETTINGS[args.setting]
+    held_out = heldout(args.heldout, setting)
+    write_jsonl(train(args.seed, args.train, held_out, setting), args.out / "train.jsonl")
     write_jsonl(held_out, args.out / "heldout.jsonl")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from arithmetic import heldout, problems, solution  # noqa: E402  (a script beside this one)
+from arithmetic import SETTINGS, Setting, heldout, problems, solution  # noqa: E402  (a script beside this one)
 
 PROMPT = "{question}\n"  # the recipe's data.prompt_template: keep the two the same
 EOS = "<|endoftext|>"
@@ -42,7 +42,7 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-def build_model(tokenizer, hidden: int, layers: int):
+def build_model(tokenizer, hidden: int, layers: int, positions: int = 256):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -52,7 +52,7 @@ def build_model(tokenizer, hidden: int, layers: int):
         num_hidden_layers=layers,
         num_attention_heads=max(2, hidden // 32),
         num_key_value_heads=max(2, hidden // 32),
-        max_position_embeddings=256,
+        max_position_embeddings=positions,  # a prompt and the longest answer
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.eos_token_id,
@@ -61,10 +61,11 @@ def build_model(tokenizer, hidden: int, layers: int):
     return LlamaForCausalLM(config)
 
 
-def batch(tokenizer, rows: list[dict], rng: random.Random, p_error: float, p_fix: float):
+def batch(tokenizer, rows: list[dict], rng: random.Random, p_error: float, p_fix: float, late: float = 0.0):
     """Input ids (B, T), and labels (B, T) with -100 on the prompt and the padding."""
     prompts = [tokenizer(PROMPT.format(question=r["question"]))["input_ids"] for r in rows]
-    answers = [tokenizer(solution(r, rng, p_error, p_fix))["input_ids"] + [tokenizer.eos_token_id] for r in rows]
+    eos = [tokenizer.eos_token_id]
+    answers = [tokenizer(solution(r, rng, p_error, p_fix, late))["input_ids"] + eos for r in rows]
     width = max(len(p) + len(a) for p, a in zip(prompts, answers))
     ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     labels = torch.full((len(rows), width), -100)
@@ -83,27 +84,29 @@ def pretrain(
     lr: float = 3e-3,
     hidden: int = 64,
     layers: int = 2,
-    p_error: float = 0.1,
     p_fix: float = 0.5,
+    setting: Setting = SETTINGS["short"],
 ) -> None:
     """SFT from scratch on ``steps * batch_size`` chains of the seed's own stream, none of whose
     questions is in ``exclude`` (the held-out set). They may repeat each other and the training
-    problems: what is learnt there is the skill, and the methods start from it."""
+    problems: what is learnt there is the skill, and the methods start from it. The chains'
+    lengths and slips are the setting's."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     folder = out.with_name(out.name + ".tmp")  # renamed to ``out`` when whole: a kill leaves no half model
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tokenizer = build_tokenizer(folder)
-    model = build_model(tokenizer, hidden, layers)
+    model = build_model(tokenizer, hidden, layers, positions=setting.positions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    pool = problems(seed, steps * batch_size, "sft", exclude=exclude, unique=False)
+    pool = problems(seed, steps * batch_size, "sft", exclude=exclude, unique=False, setting=setting)
     start = time.perf_counter()
     for step in range(steps):
         warmup, cosine = min(1.0, (step + 1) / 50), 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup * cosine
-        ids, labels = batch(tokenizer, pool[step * batch_size : (step + 1) * batch_size], rng, p_error, p_fix)
+        rows = pool[step * batch_size : (step + 1) * batch_size]
+        ids, labels = batch(tokenizer, rows, rng, setting.p_error, p_fix, setting.late)
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
@@ -125,19 +128,20 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--p_error", type=float, default=0.1, help="slips per step in the pretraining solutions")
-    parser.add_argument("--p_fix", type=float, default=0.5, help="of which the next step corrects")
+    parser.add_argument("--p_fix", type=float, default=0.5, help="share of slips the next step corrects")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="short", help="chain lengths and slips")
     args = parser.parse_args()
+    setting = SETTINGS[args.setting]
     pretrain(
         args.seed,
         args.out,
-        frozenset(row["question"] for row in heldout(args.heldout)),
+        frozenset(row["question"] for row in heldout(args.heldout, setting)),
         args.steps,
         lr=args.lr,
         hidden=args.hidden,
         layers=args.layers,
-        p_error=args.p_error,
         p_fix=args.p_fix,
+        setting=setting,
     )
 
 

@@ -1,231 +1,234 @@
-"""The toy experiment, end to end, in one command; prints the results table.
+"""The toy experiment, end to end, in one command; prints the tables and draws the picture.
 
-    python benchmarks/toy_nsa/run.py                 # seeds 0 1 2, about 15 minutes on 2 cores
+    python benchmarks/toy_nsa/run.py                 # short chains, seeds 0 1 2, about 25 minutes
 
-Run it from the repository root (the recipe's paths are relative to it). For each seed k:
+Run it from the repository root (the recipe's paths are relative to it). For each setting
+(``--settings``: ``short``, ``long``, see arithmetic.SETTINGS) and seed k, under
+runs/toy_nsa/<setting>/:
 
-1. runs/toy_nsa/seed<k>/train.jsonl, the training problems (``arithmetic.py``); the held-out
-   set, runs/toy_nsa/heldout.jsonl, is the same for every seed and in no training data;
-2. runs/toy_nsa/seed<k>/sft, the start policy, pretrained by SFT on noisy worked solutions
-   (``pretrain.py``);
-3. ``nsa evaluate`` of the start policy on the held-out set;
-4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-seed<k>``: every method
-   trains on the same cached rollouts and verdicts into runs/toy_nsa/toy-seed<k>/<cell>/, and
-   each result is evaluated.
+1. seed<k>/train.jsonl, the training problems (``arithmetic.py``); heldout.jsonl, the
+   held-out set, the same for every seed and in no training data;
+2. seed<k>/sft, the start policy, pretrained by SFT on noisy worked solutions (``pretrain.py``);
+3. ``nsa evaluate`` of the start policy on the held-out set (``--samples`` answers a problem);
+4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-<setting>-seed<k>``: every
+   method trains on the same cached rollouts and verdicts, and each result is evaluated;
+5. with ``--iterations K`` (K >= 2), ``nsa iterate --iterations K`` of RFT, BCPG and BCPG-NSA.
 
-Everything is tracked in runs/toy_nsa/mlflow.db, and the table is read back from there.
-Run again, it skips what is done: a pretrained policy is kept, the evaluations and the sweep
-cells resume from MLflow and the stage cache. The sizes (--train, --heldout,
---pretrain_steps) are written to runs/toy_nsa/settings.json, and a run with other sizes is
-refused rather than mixed with the old results.
+Everything is tracked in runs/toy_nsa/mlflow.db, and the tables are read back from there
+(report.py; statistics in stats.py). Run again, it skips what is done: a pretrained policy is
+kept, evaluations, sweep cells and rounds resume from MLflow and the stage cache. The sizes
+are written to runs/toy_nsa/<setting>/settings.json, and a run with other sizes is refused
+rather than mixed with the old results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from arithmetic import heldout, train, write_jsonl  # noqa: E402  (scripts beside this one)
+from arithmetic import SETTINGS, heldout, train, write_jsonl  # noqa: E402  (scripts beside this one)
 from pretrain import pretrain  # noqa: E402
+from report import ITERATED, Results, figure, table  # noqa: E402
 
 ROOT = Path("runs/toy_nsa")  # relative to the working directory, like the paths in toy.yaml
 TRACKING = f"sqlite:///{ROOT}/mlflow.db"
-AVG, PASS = "eval/toy/avg_at_4", "eval/toy/pass_at_4"  # percent, as nsa evaluate logs them
-SIZES = ("train", "heldout", "pretrain_steps")
-METHODS = [  # (row label, sweep cell)
-    ("RFT", "rft"),
-    ("GRPO-offline", "grpo-offline"),
-    ("BCPG (beta=1)", "bcpg"),
-    ("BCPG-NSA beta=0.5", "nsa-0.5"),
-    ("BCPG-NSA beta=0", "nsa-0"),
-    ("BCPG-NSA beta=-0.5", "nsa--0.5"),
-]
-JUDGES = [  # (row label, sweep cell): BCPG-NSA, beta 0.5, steps mined by ...
-    ("oracle (exact, in context)", "judge-oracle"),
-    ("arithmetic only", "judge-arithmetic"),
-    ("PRM-like (FP 0.2, FN 0.1)", "judge-prm"),
-    ("LLM-like (FP 0.1, FN 0.2)", "judge-llm"),
-    ("consensus of the two (AND)", "nsa-0.5"),
-]
+SIZES = ("train", "heldout", "pretrain_steps", "samples")
+PROBLEM_FILE = "nsa.plugins.benchmarks.problem_file.ProblemFile"
 
 
 class ToyError(Exception):
     """A one-line reason to stop, printed without a traceback."""
 
 
-def seed_overrides(seed: int) -> list[str]:
-    folder = ROOT / f"seed{seed}"
+def sweep_name(setting: str, seed: int) -> str:
+    return f"toy-{setting}-seed{seed}"
+
+
+def seed_overrides(setting: str, seed: int, samples: int) -> list[str]:
+    """The recipe's seed-0 short-chain paths and sizes, made seed ``seed``'s of ``setting``."""
+    folder, lengths = ROOT / setting / f"seed{seed}", SETTINGS[setting].max_new_tokens
+    held_out = {"source": str(ROOT / setting / "heldout.jsonl"), "name": "toy", "prompt_template": "{question}\n"}
     return [
         f"--seed_everything={seed}",
         f"--model.policy={folder / 'sft'}",
         f"--data.problems={folder / 'train.jsonl'}",
         f"--data.sampler.init_args.seed={seed}",
+        f"--data.sampler.init_args.max_new_tokens={lengths}",
         f"--data.seed={seed}",
+        f"--evaluate.benchmarks={json.dumps([{'class_path': PROBLEM_FILE, 'init_args': {**held_out, 'workers': 2}}])}",
+        f"--evaluate.sampler.init_args.num_samples={samples}",
+        f"--evaluate.sampler.init_args.max_new_tokens={lengths}",
+        f"--evaluate.pass_k=[1,{samples}]",
     ]
 
 
-def check_sizes(args: argparse.Namespace) -> None:
-    """Keep one experiment's sizes in runs/toy_nsa: other sizes would silently reuse its results."""
-    path, sizes = ROOT / "settings.json", {key: getattr(args, key) for key in SIZES}
+def check_sizes(setting: str, args: argparse.Namespace) -> None:
+    """Keep one experiment's sizes per setting: other sizes would silently reuse its results."""
+    folder = ROOT / setting
+    path, sizes = folder / "settings.json", {key: getattr(args, key) for key in SIZES}
     if path.exists() and json.loads(path.read_text()) != sizes:
         old = " ".join(f"--{k} {v}" for k, v in json.loads(path.read_text()).items())
-        raise ToyError(f"{ROOT} holds an experiment run with {old}; use those, or move {ROOT} away to start over")
-    ROOT.mkdir(parents=True, exist_ok=True)
+        raise ToyError(f"{folder} holds an experiment run with {old}; use those, or move {folder} away to start over")
+    folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(sizes) + "\n")
 
 
-def prepare(seed: int, args: argparse.Namespace) -> None:
+def prepare(setting: str, seed: int, args: argparse.Namespace) -> None:
     """The seed's training problems and pretrained start policy (kept when already there)."""
-    folder, held_out = ROOT / f"seed{seed}", heldout(args.heldout)
-    write_jsonl(train(seed, args.train, held_out), folder / "train.jsonl")
+    folder, chains = ROOT / setting / f"seed{seed}", SETTINGS[setting]
+    held_out = heldout(args.heldout, chains)
+    write_jsonl(held_out, ROOT / setting / "heldout.jsonl")
+    write_jsonl(train(seed, args.train, held_out, chains), folder / "train.jsonl")
     if not (folder / "sft").is_dir():
         exclude = frozenset(row["question"] for row in held_out)
-        pretrain(seed, folder / "sft", exclude, steps=args.pretrain_steps)
+        pretrain(seed, folder / "sft", exclude, steps=args.pretrain_steps, setting=chains)
 
 
-def run_seed(seed: int) -> None:
+def cells(setting: str, seed: int, samples: int):
+    """The sweep's cells for this seed: their names, `nsa fit` arguments and fingerprints."""
+    from nsa.sweep import load
+
+    return load(str(HERE / "sweep.yaml"), seed_overrides(setting, seed, samples), sweep_name(setting, seed)).cells
+
+
+def iterate_args(setting: str, seed: int, cell) -> list[str]:
+    """`nsa iterate` of one sweep cell's method, its rounds saved under iterate-seed<k>/<cell>."""
+    export = ROOT / setting / f"iterate-seed{seed}" / cell.name
+    return [*cell.args, f"--model.export_dir={export}"]
+
+
+def run_seed(setting: str, seed: int, args: argparse.Namespace) -> None:
     from nsa.cli import main
 
-    overrides = seed_overrides(seed)
-    start_policy = f"--evaluate.policy={ROOT / f'seed{seed}' / 'sft'}"
+    overrides = seed_overrides(setting, seed, args.samples)
+    start_policy = f"--evaluate.policy={ROOT / setting / f'seed{seed}' / 'sft'}"
     main(["evaluate", "--config", str(HERE / "toy.yaml"), *overrides, start_policy])
-    main(["sweep", "--config", str(HERE / "sweep.yaml"), "--name", f"toy-seed{seed}", *overrides])
+    main(["sweep", "--config", str(HERE / "sweep.yaml"), "--name", sweep_name(setting, seed), *overrides])
+    if args.iterations > 1:
+        by_name = {cell.name: cell for cell in cells(setting, seed, args.samples)}
+        for _, name in ITERATED:
+            iterated = iterate_args(setting, seed, by_name[name])
+            main(["iterate", "--iterations", str(args.iterations), *iterated])
 
 
-# --- the table, read back from MLflow --------------------------------------------------------
+# --- the results, read back from MLflow --------------------------------------------------------
 
 
-def start_metrics(client, experiment_id: str, seed: int) -> dict[str, float]:
-    """The latest finished evaluation of seed ``seed``'s start policy."""
-    policy = str(ROOT / f"seed{seed}" / "sft")
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`nsa.command` = 'evaluate' and params.`eval/policy` = '{policy}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+def latest(client, experiment_id: str, query: str, what: str) -> dict[str, float]:
+    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not found:
-        raise ToyError(f"no finished evaluation of {policy} in {TRACKING}; run without --table_only")
+        raise ToyError(f"no {what} in {TRACKING}; run without --table_only")
     return found[0].data.metrics
 
 
-def cell_metrics(client, experiment_id: str, seed: int) -> dict[str, dict[str, float]]:
-    """cell -> metrics of its latest finished run in sweep toy-seed<seed> with the cell's current
-    fingerprint (recipe files and overrides), so results of an edited recipe never mix in."""
-    from nsa.sweep import load
+def start_metrics(client, experiment_id: str, setting: str, seed: int) -> dict[str, float]:
+    """The latest finished evaluation of the seed's start policy."""
+    policy = str(ROOT / setting / f"seed{seed}" / "sft")
+    query = f"tags.`nsa.command` = 'evaluate' and params.`eval/policy` = '{policy}' and attributes.status = 'FINISHED'"
+    return latest(client, experiment_id, query, f"finished evaluation of {policy}")
 
-    sweep = load(str(HERE / "sweep.yaml"), seed_overrides(seed), f"toy-seed{seed}")
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`nsa.sweep` = 'toy-seed{seed}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-    )
-    out = {}
-    for cell in sweep.cells:
+
+def cell_metrics(client, experiment_id: str, setting: str, seed: int, samples: int) -> Results:
+    """cell -> {seed: metrics} of its latest finished run in the seed's sweep with the cell's
+    current fingerprint (recipe files and overrides), so results of an edited recipe never mix in."""
+    name = sweep_name(setting, seed)
+    query = f"tags.`nsa.sweep` = '{name}' and attributes.status = 'FINISHED'"
+    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
+    out: Results = {}
+    for cell in cells(setting, seed, samples):
         tags = {"nsa.cell": cell.name, "nsa.cell_fingerprint": cell.fingerprint}
         runs = [run for run in found if all(run.data.tags.get(k) == v for k, v in tags.items())]
         if not runs:
-            raise ToyError(f"sweep toy-seed{seed} has no finished cell {cell.name} of the current recipe; rerun")
-        out[cell.name] = runs[0].data.metrics
+            raise ToyError(f"sweep {name} has no finished cell {cell.name} of the current recipe; rerun")
+        out[cell.name] = {seed: runs[0].data.metrics}
     return out
 
 
-def results(seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
-    """row key ("start" or a cell name) -> seed -> metrics."""
+def round_metrics(client, experiment_id: str, setting: str, seed: int, iterations: int) -> Results:
+    """``iter<k>/<cell>`` -> {seed: metrics} of each finished round of nsa iterate."""
+    out: Results = {}
+    for k in range(1, iterations + 1):
+        for _, cell in ITERATED:
+            policy = ROOT / setting / f"iterate-seed{seed}" / cell / f"iter{k}"
+            query = f"params.`eval/policy` = '{policy}' and tags.`nsa.done` = 'true'"
+            out[f"iter{k}/{cell}"] = {seed: latest(client, experiment_id, query, f"finished round of {policy}")}
+    return out
+
+
+def results(setting: str, seeds: list[int], samples: int, iterations: int) -> Results:
+    """row ("start", a cell, ``iter<k>/<cell>``) -> seed -> metrics."""
     from mlflow import MlflowClient
 
     client = MlflowClient(TRACKING)
     experiment = client.get_experiment_by_name("nsa-toy")
     if experiment is None:
         raise ToyError(f"no toy experiment in {TRACKING}; run without --table_only")
-    rows: dict[str, dict[int, dict[str, float]]] = {}
+    rows: Results = {}
     for seed in seeds:
-        rows.setdefault("start", {})[seed] = start_metrics(client, experiment.experiment_id, seed)
-        for cell, metrics in cell_metrics(client, experiment.experiment_id, seed).items():
-            rows.setdefault(cell, {})[seed] = metrics
+        found = {"start": {seed: start_metrics(client, experiment.experiment_id, setting, seed)}}
+        found |= cell_metrics(client, experiment.experiment_id, setting, seed, samples)
+        if iterations > 1:
+            found |= round_metrics(client, experiment.experiment_id, setting, seed, iterations)
+        for row, by_seed in found.items():
+            rows.setdefault(row, {}).update(by_seed)
     return rows
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:5.1f}" if values else "    -"
-    return f"{statistics.mean(values):5.1f} ± {statistics.stdev(values):4.1f}"
+def report(args: argparse.Namespace) -> None:
+    """Print each setting's tables, save them as JSON beside the picture, draw the picture."""
+    found = {
+        setting: (results(setting, args.seeds, args.samples, args.iterations), args.seeds) for setting in args.settings
+    }
+    for setting, (rows, seeds) in found.items():
+        print(table(rows, seeds, args.samples, f"toy_nsa {setting}"), end="\n\n")
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    figure(found, args.samples, args.figure)
+    data = {
+        setting: {row: {str(s): m for s, m in by_seed.items()} for row, by_seed in rows.items()}
+        for setting, (rows, _) in found.items()
+    }
+    args.figure.with_suffix(".json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"toy_nsa: picture {args.figure}, results {args.figure.with_suffix('.json')}", file=sys.stderr)
 
 
-def line(label: str, runs: list[dict[str, float]], start: list[dict[str, float]], extra: str = "") -> str:
-    """avg@4, its gain over the same seed's start policy, pass@4 (mean ± std), avg@4 per seed."""
-    accuracy = [run[AVG] for run in runs]
-    gain = [run[AVG] - first[AVG] for run, first in zip(runs, start)]
-    pass_k = [run[PASS] for run in runs]
-    seeds = " ".join(f"{a:5.1f}" for a in accuracy)
-    return f"{label:<28} {mean_std(accuracy):>12} {mean_std(gain):>12} {mean_std(pass_k):>12}  {seeds}{extra}"
-
-
-def versus(runs: list[dict[str, float]], baseline: list[dict[str, float]]) -> str:
-    """The paired difference in avg@4 from ``baseline`` on the same seed: what a method adds to it."""
-    return f"  {mean_std([run[AVG] - base[AVG] for run, base in zip(runs, baseline)]):>12}"
-
-
-def mined(runs: list[dict[str, float]]) -> str:
-    """Percent of the negatives' tokens that the cell's consensus mines (the paper: 26M of 118M)."""
-    shares = [100 * run["data/tokens_correct/consensus"] / run["data/tokens_negative"] for run in runs]
-    return f"  {mean_std(shares):>12}"
-
-
-def table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> str:
-    """The methods' table and the judges' table; every column pairs runs of the same seed."""
-    rows = {key: [by_seed[seed] for seed in seeds] for key, by_seed in results.items()}
-    header = f"{'':<28} {'avg@4 %':>12} {'gain':>12} {'pass@4 %':>12}  avg@4 of seeds {', '.join(map(str, seeds))}"
-    start, bcpg, consensus = rows["start"], rows["bcpg"], rows["nsa-0.5"]
-    return "\n".join(
-        [
-            f"toy_nsa: held-out accuracy, mean ± std over {len(seeds)} seeds (gain: over the seed's start policy;",
-            "vs: avg@4 minus that of the row named, on the same seed)",
-            f"{header}  {'vs BCPG':>12}",
-            line("start policy (SFT)", start, start),
-            *(line(label, rows[cell], start, versus(rows[cell], bcpg)) for label, cell in METHODS),
-            "",
-            "BCPG-NSA (beta=0.5), steps mined by:",
-            f"{header}  {'mined %':>12}  {'vs consensus':>12}",
-            *(
-                line(label, rows[cell], start, mined(rows[cell]) + versus(rows[cell], consensus))
-                for label, cell in JUDGES
-            ),
-        ]
-    )
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["short"], help="chain lengths")
+    parser.add_argument("--train", type=int, default=256, help="training problems per seed")
+    parser.add_argument("--heldout", type=int, default=512, help="held-out problems (the same for every seed)")
+    parser.add_argument("--samples", type=int, default=16, help="answers per held-out problem (avg@n, pass@n)")
+    parser.add_argument("--pretrain_steps", type=int, default=900, help="SFT steps of the start policy")
+    parser.add_argument("--iterations", type=int, default=1, help="rounds of nsa iterate of RFT, BCPG, BCPG-NSA")
+    parser.add_argument("--figure", type=Path, default=ROOT / "results.png", help="the picture (and .json beside)")
+    parser.add_argument("--table_only", action="store_true", help="print the tables of what has run; run nothing")
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train", type=int, default=256, help="training problems per seed")
-    parser.add_argument("--heldout", type=int, default=256, help="held-out problems (the same for every seed)")
-    parser.add_argument("--pretrain_steps", type=int, default=900, help="SFT steps of the start policy")
-    parser.add_argument("--table_only", action="store_true", help="print the table of what has run; run nothing")
-    args = parser.parse_args()
+    args = parse()
     try:
         if not args.table_only:
             run_all(args)
-        print(table(results(args.seeds), args.seeds))
+        report(args)
     except ToyError as err:
         print(f"toy_nsa: error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 def run_all(args: argparse.Namespace) -> None:
-    check_sizes(args)
     start = time.perf_counter()
-    write_jsonl(heldout(args.heldout), ROOT / "heldout.jsonl")
-    for seed in args.seeds:
-        prepare(seed, args)
-        run_seed(seed)
-        print(f"toy_nsa: seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    for setting in args.settings:
+        check_sizes(setting, args)
+        for seed in args.seeds:
+            prepare(setting, seed, args)
+            run_seed(setting, seed, args)
+            print(f"toy_nsa: {setting} seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":
