@@ -148,6 +148,7 @@ def test_public_attributes_are_the_config() -> None:
         "batch_size": 2,
         "seed": 5,
         "dtype": "bfloat16",
+        "cache_implementation": "dynamic",
     }
     assert set(config) | {"device"} == set(inspect.signature(HFSampler).parameters)
     public = {k: v for k, v in vars(HFSampler(**config, device="cpu")).items() if not k.startswith("_")}
@@ -177,3 +178,16 @@ def test_loaded_model_stays_private(eager_eos_model, prompts) -> None:
 )
 def test_trim(ids, eos, pad, expected) -> None:
     assert _trim(list(ids), eos, pad) == expected
+
+
+def test_the_static_cache_draws_the_same_answers_as_the_dynamic_one(drawn, eager_eos_model, prompts) -> None:
+    """The static cache (the default) only preallocates where the dynamic one concatenates:
+    the same seed draws the same tokens with the same log-probs (to float rounding)."""
+    dynamic = sampler(cache_implementation="dynamic").sample(eager_eos_model, prompts)
+    pairs = [(a, b) for x, y in zip(drawn, dynamic) for a, b in zip(x, y)]
+    assert [a.token_ids for a, _ in pairs] == [b.token_ids for _, b in pairs]
+    assert torch.allclose(
+        torch.tensor([x for a, _ in pairs for x in a.logprobs]),
+        torch.tensor([x for _, b in pairs for x in b.logprobs]),
+        atol=1e-5,
+    )
