@@ -255,29 +255,32 @@ def toy_seed(tmp_path, monkeypatch):
 
 
 def test_the_sweep_has_every_method_and_judge_on_the_seed_s_model(toy_seed, capsys):
-    overrides = toy_seed.seed_overrides("short", 0, 16)
-    main(["sweep", "--config", str(TOY / "sweep.yaml"), "--name", "toy-short-seed0", *overrides, "--dry_run"])
+    args = toy_seed.parse(["--seeds", "0", "--heldout", "512", "--samples", "16"])  # the powered run's evaluation
+    overrides = toy_seed.seed_overrides("short", 0, args)
+    main(["sweep", "--config", str(TOY / "sweep.yaml"), "--name", "toy-short-512x16-seed0", *overrides, "--dry_run"])
     lines = capsys.readouterr().out.strip().splitlines()
     cells = [line.split(":")[0] for line in lines]
     judges = ["judge-oracle", "judge-prm", "judge-llm", "judge-arithmetic"]
     assert cells == [cell for _, cell in report.METHODS] + judges
     assert {cell for _, cell in report.JUDGES} <= set(cells)
     for cell, line in zip(cells, lines):
-        assert f"--model.export_dir=runs/toy_nsa/toy-short-seed0/{cell}/policy" in line
+        assert f"--model.export_dir=runs/toy_nsa/toy-short-512x16-seed0/{cell}/policy" in line
         assert "--model.policy=runs/toy_nsa/short/seed0/sft" in line and "--data.sampler.init_args.seed=0" in line
-        assert "--evaluate.sampler.init_args.num_samples=16" in line and "runs/toy_nsa/short/heldout.jsonl" in line
+        assert "--evaluate.sampler.init_args.num_samples=16" in line and "runs/toy_nsa/short/heldout-512.jsonl" in line
     assert "--data.consensus.init_args.judges=[NoisyJudge1]" in lines[cells.index("judge-prm")]
     assert Path("runs/toy_nsa/short/seed0/sft/model.safetensors").is_file()
-    rft = next(cell for cell in toy_seed.cells("short", 0, 16) if cell.name == "rft")
-    assert toy_seed.iterate_args("short", 0, rft)[-1] == "--model.export_dir=runs/toy_nsa/short/iterate-seed0/rft"
+    rft = next(cell for cell in toy_seed.cells("short", 0, args) if cell.name == "rft")
+    iterated = "--model.export_dir=runs/toy_nsa/short/iterate-512x16-seed0/rft"
+    assert toy_seed.iterate_args("short", 0, args, rft)[-1] == iterated
 
 
 def test_other_sizes_and_a_missing_experiment_are_one_line_errors(toy_seed):
     """toy_seed wrote runs/toy_nsa/short/settings.json with --train 8: a run with --train 16
-    would find those results and mix them in, so it is refused; no experiment yet means no
-    table, said so."""
+    would find those results and mix them in, so it is refused (another evaluation size is
+    not: it names its own runs); no experiment yet means no table, said so."""
+    toy_seed.check_sizes("short", toy_seed.parse(["--train", "8", "--heldout", "64", "--pretrain_steps", "3"]))
     other = toy_seed.parse(["--train", "16", "--heldout", "8", "--pretrain_steps", "3"])
     with pytest.raises(toy_seed.ToyError, match=r"runs/toy_nsa/short holds an experiment run with --train 8 .*move"):
         toy_seed.check_sizes("short", other)
     with pytest.raises(toy_seed.ToyError, match=r"no toy experiment in sqlite:///runs/toy_nsa/mlflow.db"):
-        toy_seed.results("short", [0], 16, 1)
+        toy_seed.results("short", other)

@@ -1,24 +1,27 @@
 """The toy experiment, end to end, in one command; prints the tables and draws the picture.
 
-    python benchmarks/toy_nsa/run.py                 # short chains, seeds 0 1 2, about 25 minutes
+    python benchmarks/toy_nsa/run.py                 # short chains, seeds 0 1 2, avg@4: about 30 minutes
 
 Run it from the repository root (the recipe's paths are relative to it). For each setting
 (``--settings``: ``short``, ``long``, see arithmetic.SETTINGS) and seed k, under
 runs/toy_nsa/<setting>/:
 
-1. seed<k>/train.jsonl, the training problems (``arithmetic.py``); heldout.jsonl, the
+1. seed<k>/train.jsonl, the training problems (``arithmetic.py``); heldout-<n>.jsonl, the
    held-out set, the same for every seed and in no training data;
 2. seed<k>/sft, the start policy, pretrained by SFT on noisy worked solutions (``pretrain.py``);
 3. ``nsa evaluate`` of the start policy on the held-out set (``--samples`` answers a problem);
-4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-<setting>-seed<k>``: every
-   method trains on the same cached rollouts and verdicts, and each result is evaluated;
+4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-<setting>-<n>x<samples>-seed<k>``:
+   every method trains on the same cached rollouts and verdicts, and each result is evaluated;
 5. with ``--iterations K`` (K >= 2), ``nsa iterate --iterations K`` of RFT, BCPG and BCPG-NSA.
+
+Runs of other evaluation sizes (``--heldout``, ``--samples``) live side by side: they share
+the problems, start policies and stage cache, and train their own cells.
 
 Everything is tracked in runs/toy_nsa/mlflow.db, and the tables are read back from there
 (report.py; statistics in stats.py). Run again, it skips what is done: a pretrained policy is
 kept, evaluations, sweep cells and rounds resume from MLflow and the stage cache. The sizes
 are written to runs/toy_nsa/<setting>/settings.json, and a run with other sizes is refused
-rather than mixed with the old results.
+rather than mixed with the old results (evaluation sizes may differ: they name the runs).
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from arithmetic import SETTINGS, heldout, train, write_jsonl  # noqa: E402  (scripts beside this one)
 from pretrain import pretrain  # noqa: E402
-from report import ITERATED, Results, figure, table  # noqa: E402
+from report import ITERATED, Results, figure, keys, table  # noqa: E402
 
 ROOT = Path("runs/toy_nsa")  # relative to the working directory, like the paths in toy.yaml
 TRACKING = f"sqlite:///{ROOT}/mlflow.db"
-SIZES = ("train", "heldout", "pretrain_steps", "samples")
+SIZES = ("train", "pretrain_steps")  # what the shared problems and start policies are made with
 PROBLEM_FILE = "nsa.plugins.benchmarks.problem_file.ProblemFile"
 
 
@@ -45,14 +48,23 @@ class ToyError(Exception):
     """A one-line reason to stop, printed without a traceback."""
 
 
-def sweep_name(setting: str, seed: int) -> str:
-    return f"toy-{setting}-seed{seed}"
+def label(args: argparse.Namespace) -> str:
+    """The evaluation's size, in the names of everything it measures: ``512x16``."""
+    return f"{args.heldout}x{args.samples}"
 
 
-def seed_overrides(setting: str, seed: int, samples: int) -> list[str]:
+def sweep_name(setting: str, seed: int, args: argparse.Namespace) -> str:
+    return f"toy-{setting}-{label(args)}-seed{seed}"
+
+
+def heldout_file(setting: str, args: argparse.Namespace) -> Path:
+    return ROOT / setting / f"heldout-{args.heldout}.jsonl"
+
+
+def seed_overrides(setting: str, seed: int, args: argparse.Namespace) -> list[str]:
     """The recipe's seed-0 short-chain paths and sizes, made seed ``seed``'s of ``setting``."""
-    folder, lengths = ROOT / setting / f"seed{seed}", SETTINGS[setting].max_new_tokens
-    held_out = {"source": str(ROOT / setting / "heldout.jsonl"), "name": "toy", "prompt_template": "{question}\n"}
+    folder, lengths, samples = ROOT / setting / f"seed{seed}", SETTINGS[setting].max_new_tokens, args.samples
+    held_out = {"source": str(heldout_file(setting, args)), "name": "toy", "prompt_template": "{question}\n"}
     return [
         f"--seed_everything={seed}",
         f"--model.policy={folder / 'sft'}",
@@ -82,37 +94,40 @@ def prepare(setting: str, seed: int, args: argparse.Namespace) -> None:
     """The seed's training problems and pretrained start policy (kept when already there)."""
     folder, chains = ROOT / setting / f"seed{seed}", SETTINGS[setting]
     held_out = heldout(args.heldout, chains)
-    write_jsonl(held_out, ROOT / setting / "heldout.jsonl")
+    write_jsonl(held_out, heldout_file(setting, args))
     write_jsonl(train(seed, args.train, held_out, chains), folder / "train.jsonl")
     if not (folder / "sft").is_dir():
         exclude = frozenset(row["question"] for row in held_out)
         pretrain(seed, folder / "sft", exclude, steps=args.pretrain_steps, setting=chains)
 
 
-def cells(setting: str, seed: int, samples: int):
+def cells(setting: str, seed: int, args: argparse.Namespace):
     """The sweep's cells for this seed: their names, `nsa fit` arguments and fingerprints."""
     from nsa.sweep import load
 
-    return load(str(HERE / "sweep.yaml"), seed_overrides(setting, seed, samples), sweep_name(setting, seed)).cells
+    return load(str(HERE / "sweep.yaml"), seed_overrides(setting, seed, args), sweep_name(setting, seed, args)).cells
 
 
-def iterate_args(setting: str, seed: int, cell) -> list[str]:
-    """`nsa iterate` of one sweep cell's method, its rounds saved under iterate-seed<k>/<cell>."""
-    export = ROOT / setting / f"iterate-seed{seed}" / cell.name
-    return [*cell.args, f"--model.export_dir={export}"]
+def iterate_folder(setting: str, seed: int, args: argparse.Namespace, cell: str) -> Path:
+    """Where `nsa iterate` of one cell's method saves its rounds, iter1, iter2, ..."""
+    return ROOT / setting / f"iterate-{label(args)}-seed{seed}" / cell
+
+
+def iterate_args(setting: str, seed: int, args: argparse.Namespace, cell) -> list[str]:
+    return [*cell.args, f"--model.export_dir={iterate_folder(setting, seed, args, cell.name)}"]
 
 
 def run_seed(setting: str, seed: int, args: argparse.Namespace) -> None:
     from nsa.cli import main
 
-    overrides = seed_overrides(setting, seed, args.samples)
+    overrides = seed_overrides(setting, seed, args)
     start_policy = f"--evaluate.policy={ROOT / setting / f'seed{seed}' / 'sft'}"
     main(["evaluate", "--config", str(HERE / "toy.yaml"), *overrides, start_policy])
-    main(["sweep", "--config", str(HERE / "sweep.yaml"), "--name", sweep_name(setting, seed), *overrides])
+    main(["sweep", "--config", str(HERE / "sweep.yaml"), "--name", sweep_name(setting, seed, args), *overrides])
     if args.iterations > 1:
-        by_name = {cell.name: cell for cell in cells(setting, seed, args.samples)}
+        by_name = {cell.name: cell for cell in cells(setting, seed, args)}
         for _, name in ITERATED:
-            iterated = iterate_args(setting, seed, by_name[name])
+            iterated = iterate_args(setting, seed, args, by_name[name])
             main(["iterate", "--iterations", str(args.iterations), *iterated])
 
 
@@ -126,21 +141,23 @@ def latest(client, experiment_id: str, query: str, what: str) -> dict[str, float
     return found[0].data.metrics
 
 
-def start_metrics(client, experiment_id: str, setting: str, seed: int) -> dict[str, float]:
-    """The latest finished evaluation of the seed's start policy."""
+def start_metrics(client, experiment_id: str, setting: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """The latest finished evaluation of the seed's start policy at this evaluation's size."""
     policy = str(ROOT / setting / f"seed{seed}" / "sft")
-    query = f"tags.`nsa.command` = 'evaluate' and params.`eval/policy` = '{policy}' and attributes.status = 'FINISHED'"
-    return latest(client, experiment_id, query, f"finished evaluation of {policy}")
+    size = f"metrics.`eval/toy/problems` = {args.heldout} and metrics.`{keys(args.samples)[0]}` >= 0"
+    query = f"tags.`nsa.command` = 'evaluate' and params.`eval/policy` = '{policy}' and {size}"
+    query += " and attributes.status = 'FINISHED'"
+    return latest(client, experiment_id, query, f"finished {label(args)} evaluation of {policy}")
 
 
-def cell_metrics(client, experiment_id: str, setting: str, seed: int, samples: int) -> Results:
+def cell_metrics(client, experiment_id: str, setting: str, seed: int, args: argparse.Namespace) -> Results:
     """cell -> {seed: metrics} of its latest finished run in the seed's sweep with the cell's
     current fingerprint (recipe files and overrides), so results of an edited recipe never mix in."""
-    name = sweep_name(setting, seed)
+    name = sweep_name(setting, seed, args)
     query = f"tags.`nsa.sweep` = '{name}' and attributes.status = 'FINISHED'"
     found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
     out: Results = {}
-    for cell in cells(setting, seed, samples):
+    for cell in cells(setting, seed, args):
         tags = {"nsa.cell": cell.name, "nsa.cell_fingerprint": cell.fingerprint}
         runs = [run for run in found if all(run.data.tags.get(k) == v for k, v in tags.items())]
         if not runs:
@@ -149,18 +166,18 @@ def cell_metrics(client, experiment_id: str, setting: str, seed: int, samples: i
     return out
 
 
-def round_metrics(client, experiment_id: str, setting: str, seed: int, iterations: int) -> Results:
+def round_metrics(client, experiment_id: str, setting: str, seed: int, args: argparse.Namespace) -> Results:
     """``iter<k>/<cell>`` -> {seed: metrics} of each finished round of nsa iterate."""
     out: Results = {}
-    for k in range(1, iterations + 1):
+    for k in range(1, args.iterations + 1):
         for _, cell in ITERATED:
-            policy = ROOT / setting / f"iterate-seed{seed}" / cell / f"iter{k}"
+            policy = iterate_folder(setting, seed, args, cell) / f"iter{k}"
             query = f"params.`eval/policy` = '{policy}' and tags.`nsa.done` = 'true'"
             out[f"iter{k}/{cell}"] = {seed: latest(client, experiment_id, query, f"finished round of {policy}")}
     return out
 
 
-def results(setting: str, seeds: list[int], samples: int, iterations: int) -> Results:
+def results(setting: str, args: argparse.Namespace) -> Results:
     """row ("start", a cell, ``iter<k>/<cell>``) -> seed -> metrics."""
     from mlflow import MlflowClient
 
@@ -169,11 +186,11 @@ def results(setting: str, seeds: list[int], samples: int, iterations: int) -> Re
     if experiment is None:
         raise ToyError(f"no toy experiment in {TRACKING}; run without --table_only")
     rows: Results = {}
-    for seed in seeds:
-        found = {"start": {seed: start_metrics(client, experiment.experiment_id, setting, seed)}}
-        found |= cell_metrics(client, experiment.experiment_id, setting, seed, samples)
-        if iterations > 1:
-            found |= round_metrics(client, experiment.experiment_id, setting, seed, iterations)
+    for seed in args.seeds:
+        found = {"start": {seed: start_metrics(client, experiment.experiment_id, setting, seed, args)}}
+        found |= cell_metrics(client, experiment.experiment_id, setting, seed, args)
+        if args.iterations > 1:
+            found |= round_metrics(client, experiment.experiment_id, setting, seed, args)
         for row, by_seed in found.items():
             rows.setdefault(row, {}).update(by_seed)
     return rows
@@ -181,11 +198,10 @@ def results(setting: str, seeds: list[int], samples: int, iterations: int) -> Re
 
 def report(args: argparse.Namespace) -> None:
     """Print each setting's tables, save them as JSON beside the picture, draw the picture."""
-    found = {
-        setting: (results(setting, args.seeds, args.samples, args.iterations), args.seeds) for setting in args.settings
-    }
+    found = {setting: (results(setting, args), args.seeds) for setting in args.settings}
     for setting, (rows, seeds) in found.items():
-        print(table(rows, seeds, args.samples, f"toy_nsa {setting}"), end="\n\n")
+        title = f"toy_nsa {setting} chains, {args.heldout} held-out problems x {args.samples}"
+        print(table(rows, seeds, args.samples, title), end="\n\n")
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     figure(found, args.samples, args.figure)
     data = {
@@ -201,8 +217,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["short"], help="chain lengths")
     parser.add_argument("--train", type=int, default=256, help="training problems per seed")
-    parser.add_argument("--heldout", type=int, default=512, help="held-out problems (the same for every seed)")
-    parser.add_argument("--samples", type=int, default=16, help="answers per held-out problem (avg@n, pass@n)")
+    parser.add_argument("--heldout", type=int, default=256, help="held-out problems (the same for every seed)")
+    parser.add_argument("--samples", type=int, default=4, help="answers per held-out problem (avg@n, pass@n)")
     parser.add_argument("--pretrain_steps", type=int, default=900, help="SFT steps of the start policy")
     parser.add_argument("--iterations", type=int, default=1, help="rounds of nsa iterate of RFT, BCPG, BCPG-NSA")
     parser.add_argument("--figure", type=Path, default=ROOT / "results.png", help="the picture (and .json beside)")
