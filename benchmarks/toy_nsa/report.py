@@ -206,6 +206,9 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
         )
         axes[0].set_title(f"{name}: avg@{samples} gain over the start policy ({len(seeds)} seeds, 95% CI)")
         axes[0].axvline(0, color="black", linewidth=0.5)
+        primary = paired(differences(results, "nsa-0.5", "bcpg", seeds, keys(samples)[0]))
+        low, high = primary.interval
+        axes[0].set_xlabel(f"points; BCPG-NSA - BCPG {primary.mean:+.2f} [{low:+.2f}, {high:+.2f}], p {primary.p:.3f}")
         if columns > 1:
             plot_rounds(axes[1], results, seeds, samples, name)
     figure.savefig(path, dpi=110)
