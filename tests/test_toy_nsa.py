@@ -6,6 +6,7 @@ real one, only so the recipe and the sweep have a model folder to check."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 from pathlib import Path
@@ -284,3 +285,19 @@ def test_other_sizes_and_a_missing_experiment_are_one_line_errors(toy_seed):
         toy_seed.check_sizes("short", other)
     with pytest.raises(toy_seed.ToyError, match=r"no toy experiment in sqlite:///runs/toy_nsa/mlflow.db"):
         toy_seed.results("short", other)
+
+
+def test_results_saved_by_runs_elsewhere_are_joined_by_seed(tmp_path):
+    """Seeds 0 and 1 ran in two places, each saving results.json: the tables read both; a seed
+    that neither holds, or another evaluation size, is a one-line error."""
+    run = load("run")
+    for seed in (0, 1):
+        rows = {row: {str(seed): m[seed]} for row, m in every_row({seed: metrics(40.0 + seed)}).items()}
+        (tmp_path / f"r{seed}.json").write_text(json.dumps({"short": {"256x4": rows}}))
+    args = run.parse(["--seeds", "0", "1", "--merge", str(tmp_path / "r0.json"), str(tmp_path / "r1.json")])
+    joined = run.saved(args.merge, "short", args)
+    assert joined["bcpg"] == {0: metrics(40.0), 1: metrics(41.0)}
+    with pytest.raises(run.ToyError, match=r"short 256x4: no seed \[2\] in .*r0.json"):
+        run.saved(args.merge, "short", run.parse(["--seeds", "0", "2"]))
+    with pytest.raises(run.ToyError, match=r"short 512x16: no seed \[0, 1\]"):
+        run.saved(args.merge, "short", run.parse(["--seeds", "0", "1", "--heldout", "512", "--samples", "16"]))

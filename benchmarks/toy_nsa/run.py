@@ -196,16 +196,33 @@ def results(setting: str, args: argparse.Namespace) -> Results:
     return rows
 
 
+def saved(paths: list[Path], setting: str, args: argparse.Namespace) -> Results:
+    """The results that earlier runs saved (their results.json), seeds joined: seeds run on
+    other machines or in other sessions, at this evaluation's size."""
+    rows: Results = {}
+    for path in paths:
+        by_row = json.loads(path.read_text()).get(setting, {}).get(label(args), {})
+        for row, by_seed in by_row.items():
+            rows.setdefault(row, {}).update({int(seed): metrics for seed, metrics in by_seed.items()})
+    missing = sorted(set(args.seeds) - set(rows.get("start", {})))
+    if missing:
+        raise ToyError(f"{setting} {label(args)}: no seed {missing} in {', '.join(map(str, paths))}")
+    return rows
+
+
 def report(args: argparse.Namespace) -> None:
     """Print each setting's tables, save them as JSON beside the picture, draw the picture."""
-    found = {setting: (results(setting, args), args.seeds) for setting in args.settings}
+    found = {
+        setting: (saved(args.merge, setting, args) if args.merge else results(setting, args), args.seeds)
+        for setting in args.settings
+    }
     for setting, (rows, seeds) in found.items():
         title = f"toy_nsa {setting} chains, {args.heldout} held-out problems x {args.samples}"
         print(table(rows, seeds, args.samples, title), end="\n\n")
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     figure(found, args.samples, args.figure)
     data = {
-        setting: {row: {str(s): m for s, m in by_seed.items()} for row, by_seed in rows.items()}
+        setting: {label(args): {row: {str(s): m for s, m in by_seed.items()} for row, by_seed in rows.items()}}
         for setting, (rows, _) in found.items()
     }
     args.figure.with_suffix(".json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -223,13 +240,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=1, help="rounds of nsa iterate of RFT, BCPG, BCPG-NSA")
     parser.add_argument("--figure", type=Path, default=ROOT / "results.png", help="the picture (and .json beside)")
     parser.add_argument("--table_only", action="store_true", help="print the tables of what has run; run nothing")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="run nothing; the tables from these results.json files (seeds joined)"
+    )
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse()
     try:
-        if not args.table_only:
+        if not (args.table_only or args.merge):
             run_all(args)
         report(args)
     except ToyError as err:
