@@ -221,11 +221,12 @@ def report(args: argparse.Namespace) -> None:
         print(table(rows, seeds, args.samples, title), end="\n\n")
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     figure(found, args.samples, args.figure)
-    data = {
-        setting: {label(args): {row: {str(s): m for s, m in by_seed.items()} for row, by_seed in rows.items()}}
-        for setting, (rows, _) in found.items()
-    }
-    args.figure.with_suffix(".json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    path = args.figure.with_suffix(".json")  # other settings and sizes already there are kept
+    data = json.loads(path.read_text()) if path.exists() else {}
+    for setting, (rows, _) in found.items():
+        saving = {row: {str(s): m for s, m in by_seed.items()} for row, by_seed in rows.items()}
+        data.setdefault(setting, {})[label(args)] = saving
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"toy_nsa: picture {args.figure}, results {args.figure.with_suffix('.json')}", file=sys.stderr)
 
 
