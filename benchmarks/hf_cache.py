@@ -56,9 +56,8 @@ def main() -> None:
     count = args.prompts * args.num_samples
     for name, seconds in best.items():
         print(f"{name:<8} {count / seconds:8.1f} answers/s  ({seconds:.1f} s for {count})")
-    print(
-        f"static / dynamic: {best['dynamic'] / best['static']:.2f}x; same answers: {answers['static'] == answers['dynamic']}"
-    )
+    same = answers["static"] == answers["dynamic"]
+    print(f"static / dynamic: {best['dynamic'] / best['static']:.2f}x; same answers: {same}")
 
 
 if __name__ == "__main__":
