@@ -49,6 +49,8 @@ class HFSampler:
         self.seed = seed
         self.dtype = dtype
         self.cache_implementation = cache_implementation
+        if cache_implementation not in ("static", "dynamic"):
+            raise NSAError(f"HFSampler: cache_implementation '{cache_implementation}' is not static or dynamic")
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise NSAError(f"HFSampler: device '{device}' is not one of auto, cpu, cuda or cuda:<index>")
         self._device = device

@@ -191,3 +191,10 @@ def test_the_static_cache_draws_the_same_answers_as_the_dynamic_one(drawn, eager
         torch.tensor([x for _, b in pairs for x in b.logprobs]),
         atol=1e-5,
     )
+
+
+def test_an_unknown_cache_is_refused_by_name() -> None:
+    from nsa.errors import NSAError
+
+    with pytest.raises(NSAError, match="cache_implementation 'sliding' is not static or dynamic"):
+        HFSampler(cache_implementation="sliding")
