@@ -209,9 +209,10 @@ def with_group_stats(group: list[dict]) -> list[dict]:
 def nsa_plan(rows: list[dict], args: argparse.Namespace):
     """nsa's micro-batches of epoch 0 (the plan StepBatchSampler yields)."""
     from nsa.batching import plan_epoch
+    from nsa.contracts import is_correct
 
     lengths = [len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows]
-    positive = [r["reward"] > 0.5 for r in rows]
+    positive = [is_correct(r["reward"]) for r in rows]
     return plan_epoch(
         lengths, positive, args.responses_per_step, args.tokens_per_micro_batch, args.seed, packed=args.packed
     )
@@ -220,9 +221,10 @@ def nsa_plan(rows: list[dict], args: argparse.Namespace):
 def nsa_loader(rows: list[dict], args: argparse.Namespace) -> torch.utils.data.DataLoader:
     """The loader NSADataModule builds: nsa's sampler, rows addressed by Slot, nsa's collate."""
     from nsa.batching import RolloutRows, StepBatchSampler, collate
+    from nsa.contracts import is_correct
 
     lengths = [len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows]
-    positive = [r["reward"] > 0.5 for r in rows]
+    positive = [is_correct(r["reward"]) for r in rows]
     sampler = StepBatchSampler(
         lengths, positive, args.responses_per_step, args.tokens_per_micro_batch, args.seed, packed=args.packed
     )

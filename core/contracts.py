@@ -27,6 +27,24 @@ from datasets import Dataset
 
 Span = tuple[int, int]
 
+CORRECT_ABOVE = 0.5  # the one threshold between a right answer and a negative; see is_correct
+
+
+def is_correct(reward):
+    """The rule for a right answer, on a float or elementwise on a tensor: reward above 0.5.
+
+    Every other answer is a negative, a reward of exactly 0.5 (say, half a test suite passed)
+    included, so the two always add up to all answers: a negative's steps are segmented and
+    judged, DPO may pair it as the rejected answer, RFT does not train on it. BCPG's beta has a
+    rule of its own on top (see ``nsa.plugins.losses.bcpg``): the answer's advantage must be negative.
+    """
+    return reward > CORRECT_ABOVE
+
+
+def is_negative(reward):
+    """Not ``is_correct``: reward at or below 0.5, on a float or elementwise on a tensor."""
+    return reward <= CORRECT_ABOVE
+
 
 def release(plugin: object) -> None:
     """Calls the plugin's ``close()``, if it has one."""
@@ -195,13 +213,13 @@ class PolicyBatch:
     input_ids: torch.Tensor  # (B, T) long: prompt + response + padding
     attention_mask: torch.Tensor  # (B, T) long
     response_mask: torch.Tensor  # (B, T) bool: response tokens (the trained targets)
-    nsa_mask: torch.Tensor  # (B, T) bool: tokens in a consensus-correct step of a negative
+    nsa_mask: torch.Tensor  # (B, T) bool: tokens in a consensus-correct step of a negative (is_negative)
     reward: torch.Tensor  # (B,) float: outcome reward r_i
     reward_mean: torch.Tensor  # (B,) float: group mean reward rbar
     reward_std: torch.Tensor  # (B,) float: group reward standard deviation (sample), for GRPO
     ref_token_logprobs: torch.Tensor  # (B, T) float32: log pi_ref per token, 0 off-response
     step_responses: float  # responses in the whole optimizer step (all micro-batches, ranks)
-    step_positives: float  # of which have reward > 0.5
+    step_positives: float  # of which are is_correct
     last_in_step: bool  # the optimizer steps after this micro-batch
     question_ids: list[str]
     partner: torch.Tensor  # (B,) long: row of this response's pair in the micro-batch, -1 if none

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate, over_budget
-from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier
+from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier, is_correct
 from nsa.errors import NSAError
 from nsa.logprobs import VARLEN_ATTENTION
 from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
@@ -236,7 +236,7 @@ class NSADataModule(L.LightningDataModule):
         return {out.name: out.fingerprint for out in self.stages}
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        positive = [r > 0.5 for r in self.train_rows["reward"]]
+        positive = [is_correct(r) for r in self.train_rows["reward"]]
         groups = self.train_rows["group"] if self.pairs else None
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         packed = self._packs_rows()

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from nsa import pipeline
-from nsa.contracts import Benchmark, Sampler, closed_after
+from nsa.contracts import Benchmark, Sampler, closed_after, is_correct
 from nsa.errors import NSAError
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import problems_output
@@ -72,10 +72,10 @@ def benchmark_metrics(correct: list[int], n: int, ks: list[int]) -> dict[str, fl
 
 
 def correct_per_problem(verified: StageOutput) -> list[int]:
-    """Correct answers (reward > 0.5) per problem, in problem order."""
+    """Correct answers (``is_correct``) per problem, in problem order."""
     counts: dict[str, int] = defaultdict(int)
     for group, reward in zip(verified.dataset["group"], verified.dataset["reward"]):
-        counts[group] += reward > 0.5
+        counts[group] += is_correct(reward)
     return list(counts.values())
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from datasets import Dataset, Features, List, Value
 
-from nsa.contracts import PromptRoom, Sampler, Verifier
+from nsa.contracts import PromptRoom, Sampler, Verifier, is_correct, is_negative
 from nsa.errors import NSAError
 from nsa.stages.cache import StageOutput, fingerprint
 
@@ -156,7 +156,7 @@ def summarise_verify(rollouts: Dataset) -> dict[str, float]:
     rewards = rollouts["reward"]
     return {
         "answers": float(len(rollouts)),
-        "answers_correct": float(sum(r > 0.5 for r in rewards)),
+        "answers_correct": float(sum(map(is_correct, rewards))),
         **{f"answers_{status}": float(n) for status, n in statuses.items()},
     }
 
@@ -214,7 +214,7 @@ def filter_groups(rollouts: Dataset) -> Dataset:
 
 def summarise_groups(before: Dataset, kept: Dataset) -> dict[str, float]:
     groups = Counter(before["group"])
-    correct = Counter(g for g, r in zip(before["group"], before["reward"]) if r > 0.5)
+    correct = Counter(g for g, r in zip(before["group"], before["reward"]) if is_correct(r))
     all_right = sum(correct[g] == n for g, n in groups.items())
     all_wrong = sum(correct[g] == 0 for g in groups)
     stats = {
@@ -223,7 +223,7 @@ def summarise_groups(before: Dataset, kept: Dataset) -> dict[str, float]:
         "questions_all_correct": float(all_right),
         "questions_all_wrong": float(all_wrong),
         "answers_kept": float(len(kept)),
-        "negatives": float(sum(r < 0.5 for r in kept["reward"])),
+        "negatives": float(sum(map(is_negative, kept["reward"]))),
     }
     if not len(kept):
         raise NSAError(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset
 
-from nsa.contracts import Consensus, Segmenter, Span, StepItem, StepJudge
+from nsa.contracts import Consensus, Segmenter, Span, StepItem, StepJudge, is_negative
 from nsa.errors import NSAError
 
 
@@ -34,8 +34,8 @@ def segment_shard(rollouts: Dataset, segmenter: Segmenter) -> Dataset:
     who = type(segmenter).__name__
     spans = []
     for text, reward in zip(rollouts["response"], rollouts["reward"]):
-        found = [(int(s), int(e)) for s, e in segmenter.split(text)] if reward < 0.5 else []
-        if reward < 0.5:
+        found = [(int(s), int(e)) for s, e in segmenter.split(text)] if is_negative(reward) else []
+        if is_negative(reward):
             check_tiling(found, text, who)
         spans.append(found)
     return rollouts.add_column("spans", spans)
@@ -131,7 +131,7 @@ def label_shard(
 
 
 def summarise_labels(rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge]) -> dict[str, float]:
-    negative_tokens = sum(len(ids) for ids, r in zip(rollouts["response_ids"], rollouts["reward"]) if r < 0.5)
+    negative_tokens = sum(len(ids) for ids, r in zip(rollouts["response_ids"], rollouts["reward"]) if is_negative(r))
     stats = {
         "steps": float(sum(len(s) for s in rollouts["spans"])),
         "steps_correct/consensus": float(sum(sum(map(bool, s)) for s in rollouts["step_labels"])),

@@ -7,7 +7,9 @@ The objective, maximised, for the G responses y_i to one question x:
 
 rbar is the group's mean reward (no std division, no clipping); log pi(y_i | x) is the
 summed sequence log-prob. beta_ij = ``beta`` on tokens of a consensus-correct step of a
-negative response and 1 elsewhere. ``beta = 1`` is plain BCPG ("vanilla RL"); the paper's
+negative response and 1 elsewhere. Only negatives have mined steps (``nsa.contracts.is_negative``,
+the steps stage's rule); beta also needs the answer's advantage to be negative (r_i < rbar), so
+that a mined step never has its reinforcement cut: with rewards of 0 and 1 the two rules agree. ``beta = 1`` is plain BCPG ("vanilla RL"); the paper's
 BCPG-NSA uses beta = 0.5, tau = 1e-3.
 
 The mean over responses runs over the whole optimizer step (``batch.step_responses``),
@@ -39,7 +41,7 @@ class BCPG:
 
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput:
         mask = batch.response_mask.float()  # (B, T)
-        negative = (batch.reward < batch.reward_mean).unsqueeze(1)  # (B, 1)
+        negative = (batch.reward < batch.reward_mean).unsqueeze(1)  # (B, 1) advantage below 0
         mined = batch.nsa_mask & negative  # (B, T)
         weights = torch.where(mined, torch.full_like(mask, self.beta), mask) * mask  # (B, T) beta_ij
         advantage = (batch.reward - batch.reward_mean).unsqueeze(1)  # (B, 1)

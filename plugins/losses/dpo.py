@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nsa.contracts import LossOutput, PolicyBatch
+from nsa.contracts import LossOutput, PolicyBatch, is_correct
 
 
 class DPO:
@@ -32,7 +32,7 @@ class DPO:
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput:
         mask = batch.response_mask.float()  # (B, T)
         logratio = ((logprobs - batch.ref_token_logprobs) * mask).sum(1)  # (B,) log pi(y)/pi_ref(y)
-        chosen = torch.nonzero((batch.reward > 0.5) & (batch.partner >= 0)).squeeze(1)  # (P,) rows of y_w
+        chosen = torch.nonzero(is_correct(batch.reward) & (batch.partner >= 0)).squeeze(1)  # (P,) rows of y_w
         rejected = batch.partner[chosen]  # (P,) rows of y_l
         margin = self.beta * (logratio[chosen] - logratio[rejected])  # (P,)
         loss = -F.logsigmoid(margin).sum() / (batch.step_responses / 2)

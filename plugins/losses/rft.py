@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from nsa.contracts import LossOutput, PolicyBatch
+from nsa.contracts import LossOutput, PolicyBatch, is_correct
 
 
 class RFT:
@@ -19,7 +19,7 @@ class RFT:
 
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput:
         mask = batch.response_mask.float()  # (B, T)
-        positive = (batch.reward > 0.5).float()  # (B,) the same rule as step_positives
+        positive = is_correct(batch.reward).float()  # (B,) the same rule as step_positives
         length = mask.sum(1).clamp(min=1)  # (B,)
         nll = -(logprobs * mask).sum(1) / length  # (B,)
         loss = (nll * positive).sum() / max(batch.step_positives, 1.0)

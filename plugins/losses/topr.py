@@ -4,7 +4,7 @@ Positive trajectories get a plain REINFORCE (SFT-like) term; negative ones get t
 importance ratio to the behaviour policy mu = pi_ref, truncated to [0, 1] and held constant
 (no gradient through it). As a loss to minimise, for the N responses of the step:
 
-    R_i   = positive_reward if r_i > 0.5 else negative_reward
+    R_i   = positive_reward if r_i is correct (nsa.contracts.is_correct) else negative_reward
     w_i   = 1                                          if R_i >= 0
           = sg( min(1, pi(y_i | x) / pi_ref(y_i | x)) ) if R_i < 0    (sequence-level ratio)
     L     = - 1/N sum_i w_i R_i 1/|y_i| sum_j log pi(y_ij | x, y_i<j)
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from nsa.contracts import LossOutput, PolicyBatch
+from nsa.contracts import LossOutput, PolicyBatch, is_correct
 
 
 class TOPR:
@@ -35,7 +35,7 @@ class TOPR:
 
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput:
         mask = batch.response_mask.float()  # (B, T)
-        positive = batch.reward > 0.5  # (B,) the same rule as step_positives
+        positive = is_correct(batch.reward)  # (B,) the same rule as step_positives
         reward = torch.where(positive, self.positive_reward, self.negative_reward)  # (B,) R_i
         length = mask.sum(1).clamp(min=1)  # (B,) |y_i|
         seq_logratio = ((logprobs - batch.ref_token_logprobs) * mask).sum(1).detach()  # (B,)
