@@ -208,6 +208,19 @@ def rejected(message: str) -> NSAError:
     return NSAError(f"a recipe value was rejected: {reason or message}")
 
 
+# inspect and iterate run on one process: their recipe's trainer (8 GPUs x 8 nodes, FSDP) is
+# built for its logger only, so it must not ask for devices
+ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
+
+
+def parse_recipe(args: list[str], prog: str = "nsa", one_process: bool = False) -> NSACLI:
+    """The one way a command reads a recipe without training: parsed, checked and every class
+    built. ``args`` come with their plugin names resolved once, by ``with_plugin_names`` (as
+    ``nsa.cli.main`` does for a command; a recipe's YAML, once rewritten, is no path to rewrite
+    again). ``one_process``: the trainer is built for its logger only, on this process's CPU."""
+    return NSACLI(args=[*args, *(ONE_PROCESS if one_process else [])], run=False, prog=prog)
+
+
 def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
     """Runs ``work`` on every process of the recipe's placement (``trainer:`` devices and
     nodes), started by the trainer's launcher as ``nsa fit`` would be, or by torchrun or
@@ -239,7 +252,7 @@ def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:
 
 def prepare(args: list[str]) -> None:
     """Run only the data stages of a recipe and print their statistics."""
-    cli = NSACLI(args=args, run=False, prog="nsa prepare")
+    cli = parse_recipe(args, "nsa prepare")
 
     def work(team: Team) -> None:
         with system_metrics(cli.trainer.loggers, team.job_rank == 0):
@@ -267,11 +280,6 @@ def log_prepared(cli: NSACLI) -> None:
             logger.finalize("success")  # no Trainer.fit ends this run: mark it FINISHED, not left RUNNING
 
 
-# inspect and iterate run on one process: their recipe's trainer (8 GPUs x 8 nodes, FSDP) is
-# built for its logger only, so it must not ask for devices
-ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
-
-
 def generate(args: list[str]) -> None:
     """Sample and verify answers (cached stages); with ``--output``, write them to a file."""
     from nsa import pipeline
@@ -282,7 +290,7 @@ def generate(args: list[str]) -> None:
     known, rest = own.parse_known_args(args)
     if known.output:
         check_output(known.output)  # before any sampling
-    cli = NSACLI(args=rest, run=False, prog="nsa generate")
+    cli = parse_recipe(rest, "nsa generate")
 
     def work(team: Team) -> None:
         outputs = pipeline.generate(cli.datamodule.recipe, team)
@@ -303,7 +311,7 @@ def evaluate(args: list[str]) -> None:
     """Benchmark a policy: the recipe's ``evaluate:`` section, printed and logged to MLflow."""
     from nsa import evaluate as ev
 
-    cli = NSACLI(args=args, run=False, prog="nsa evaluate")
+    cli = parse_recipe(args, "nsa evaluate")
     evaluation: Evaluation = cli.config_init["evaluate"]
     sampler = evaluation.sampler or cli.datamodule.recipe.sampler
     if sampler is None:
@@ -332,8 +340,9 @@ def log_evaluation(cli: NSACLI, rows: list[dict], policy: str) -> None:
             print(f"nsa: results logged to MLflow run {logger.run_id}", file=sys.stderr)
 
 
-def fit(args: list[str]) -> None:
-    NSACLI(args=["fit", *args])
+def fit(args: list[str]) -> NSACLI:
+    """``nsa fit``: the recipe parsed, built and trained; the one way any command trains."""
+    return NSACLI(args=["fit", *args])
 
 
 def lightning_cli(args: list[str]) -> None:

@@ -120,14 +120,14 @@ def run(args: list[str]) -> None:
     """``nsa inspect --config R [--output F.html] [--limit N]``."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from nsa.commands import NSACLI, ONE_PROCESS
+    from nsa.commands import parse_recipe
     from nsa.pipeline import judge_names
 
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--output", default="runs/inspect.html")
     own.add_argument("--limit", type=int, default=200)
     known, rest = own.parse_known_args(args)
-    cli = NSACLI(args=rest + ONE_PROCESS, run=False, prog="nsa inspect")
+    cli = parse_recipe(rest, "nsa inspect", one_process=True)
     cli.datamodule.run_stages()
     labelled = next((out for out in cli.datamodule.stages if out.name == "label"), None)
     if labelled is None:

@@ -50,9 +50,9 @@ def _recipe(args: list[str]):
     import mlflow
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from nsa.commands import NSACLI, ONE_PROCESS
+    from nsa.commands import parse_recipe
 
-    cli = NSACLI(args=args + ONE_PROCESS, run=False, prog="nsa iterate")
+    cli = parse_recipe(args, "nsa iterate", one_process=True)
     if not cli.model.export_dir:
         raise NSAError("nsa iterate needs model.export_dir: each iteration's policy is saved under it")
     loggers = [lg for lg in cli.trainer.loggers if isinstance(lg, MLFlowLogger)]
@@ -87,10 +87,10 @@ def _child(client, experiment: str, parent: str, k: int):
 
 def _iteration(args: list[str], run_id: str, policy: str, target: str) -> None:
     """Fit from ``policy`` into ``target``, then evaluate ``target``; both log to ``run_id``."""
-    from nsa.commands import NSACLI, evaluate
+    from nsa.commands import evaluate, fit
 
     print(f"nsa: iterate: training {policy} -> {target}", file=sys.stderr)
     place = [f"--model.policy={policy}", f"--model.export_dir={target}", f"--trainer.logger.init_args.run_id={run_id}"]
-    cli = NSACLI(args=["fit", *args, *place])
+    cli = fit([*args, *place])
     if cli.config_init["fit"]["evaluate"].benchmarks:
         evaluate([*args, *place, f"--evaluate.policy={target}"])

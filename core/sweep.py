@@ -180,12 +180,11 @@ def path_safe(name: str) -> str:
 
 
 def fit_args(cell: Cell, run_id: str | None) -> list[str]:
-    """The cell's ``nsa fit`` arguments, short plugin names resolved as ``nsa.cli.main`` does."""
-    from nsa.commands import slot_groups
-    from nsa.registry import advertised, rewrite_args
+    """The cell's ``nsa fit`` arguments, short plugin names resolved as ``nsa.cli.main`` resolves a command's."""
+    from nsa.commands import with_plugin_names
 
     tracked = [f"--trainer.logger.init_args.run_id={run_id}"] if run_id else []
-    return rewrite_args(["fit", *cell.args, *tracked], advertised(), slot_groups())
+    return with_plugin_names([*cell.args, *tracked])
 
 
 def resolve(cell: Cell) -> dict:
@@ -196,7 +195,7 @@ def resolve(cell: Cell) -> dict:
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            NSACLI(args=[*fit_args(cell, None), "--print_config"])
+            NSACLI(args=["fit", *fit_args(cell, None), "--print_config"])
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise NSAError(f"sweep cell {cell.name}: its config does not parse") from None
@@ -296,10 +295,10 @@ def run_cell(client, experiment_id: str, parent: str, sweep: Sweep, cell: Cell) 
     print(f"nsa: sweep {sweep.name}: cell {cell.name} (MLflow run {child})", file=sys.stderr)
     try:
         args = fit_args(cell, child)
-        commands.NSACLI(args=args)
+        commands.fit(args)
         if sweep.evaluate:
             client.update_run(child, status="RUNNING")  # fit finished the run; the cell is not done yet
-            commands.evaluate(args[1:])
+            commands.evaluate(args)
     except BaseException as err:  # an interrupt too: the child must not stay RUNNING
         client.set_terminated(child, "FAILED")
         if isinstance(err, Exception):
