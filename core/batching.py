@@ -242,9 +242,26 @@ def _partners(slots: list[Slot]) -> torch.Tensor:
     return torch.tensor([local.get(slot.partner, -1) for slot in slots], dtype=torch.long)
 
 
-def collate(items: list[tuple[dict, Slot]], pad_id: int, packed: bool = False) -> PolicyBatch:
+def _column(rows: list[dict], name: str) -> torch.Tensor:
+    """A loss's extra column: one value per response token -> (B, T) in input coordinates, 0 off
+    the response; a number per answer -> (B,)."""
+    if not isinstance(rows[0][name], list):
+        return torch.tensor([r[name] for r in rows], dtype=torch.float32)  # (B,)
+    for r in rows:
+        if len(r[name]) != len(r["response_ids"]):
+            raise NSAError(
+                f"column {name} has {len(r[name])} values for an answer of {len(r['response_ids'])} tokens; "
+                "the loss reads it per token (rollouts loaded from a file may lack it: sample them with nsa generate)"
+            )
+    return _pad([[0.0] * len(r["prompt_ids"]) + list(r[name]) for r in rows], 0.0).float()  # (B, T)
+
+
+def collate(
+    items: list[tuple[dict, Slot]], pad_id: int, packed: bool = False, columns: Sequence[str] = ()
+) -> PolicyBatch:
     """Right-padded prompt+response tensors; masks and ref log-probs in input coordinates.
-    ``packed``: the micro-batch was planned by real tokens, for a forward without padding."""
+    ``packed``: the micro-batch was planned by real tokens, for a forward without padding.
+    ``columns``: the loss's extra columns (``PolicyLoss``), in ``PolicyBatch.columns``."""
     rows, slots = [r for r, _ in items], [s for _, s in items]
     prompts = [[0] * len(r["prompt_ids"]) for r in rows]
     seqs = [r["prompt_ids"] + r["response_ids"] for r in rows]
@@ -266,4 +283,5 @@ def collate(items: list[tuple[dict, Slot]], pad_id: int, packed: bool = False) -
         partner=_partners(slots),
         question_ids=[r["group"] for r in rows],
         packed=packed,
+        columns={name: _column(rows, name) for name in columns},
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -224,6 +224,9 @@ class PolicyBatch:
     question_ids: list[str]
     partner: torch.Tensor  # (B,) long: row of this response's pair in the micro-batch, -1 if none
     packed: bool = False  # the forward may run the rows without their padding (the (B, T) layout stays)
+    # the columns the loss asked for by name (its ``columns``, see PolicyLoss): a per-token
+    # column as (B, T) float in input coordinates, 0 off the response; a per-answer number as (B,)
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -245,6 +248,14 @@ class PolicyLoss(Protocol):
     A pairwise loss sets the class attribute ``pairs = True``: the data module then plans
     (correct, incorrect) pairs of the same question, never split across micro-batches, and
     ``batch.partner`` links each row to its pair (``step_responses`` = 2 x the step's pairs).
+
+    A loss that needs a column of the training rows that ``PolicyBatch`` does not carry names it
+    in the class attribute ``columns`` (a tuple of names), and reads ``batch.columns[name]``. Any
+    column of the final stage can be asked for, core unchanged: ``response_logprobs``, the
+    sampler's own per-token log-probs (for an importance weight to the behaviour policy mu
+    rather than pi_ref), or a column a custom stage or a rollout file added. One value per
+    response token arrives as (B, T) in input coordinates (like ``ref_token_logprobs``), a number
+    per answer as (B,). A column the rows lack stops ``nsa fit`` before training, naming it.
     """
 
     def __call__(self, batch: PolicyBatch, logprobs: torch.Tensor) -> LossOutput: ...

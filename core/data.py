@@ -17,7 +17,7 @@ from nsa.pipeline import Recipe, judge_names, run
 from nsa.stages.behaviour import PRECISIONS
 from nsa.stages.cache import StageOutput
 from nsa.stages.problems import MATH_TEMPLATE
-from nsa.stages.rollouts import check_template, drop_unusable, row_lengths, with_group_std
+from nsa.stages.rollouts import check_template, drop_unusable, not_per_token, row_lengths, with_group_std
 from nsa.team import Team, of_trainer
 
 DEFAULT_TEMPLATE = MATH_TEMPLATE
@@ -163,6 +163,7 @@ class NSADataModule(L.LightningDataModule):
         self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
         self.seed, self.pairs, self.max_length, self.padding_free = seed, pairs, max_length, padding_free
         self._setup_stats: dict[str, float] = {}
+        self.columns: tuple[str, ...] = ()  # the loss's extra columns, known at setup
         self._noticed = False  # the padding-free notice, said once
         self.stages: list[StageOutput] = []
 
@@ -193,9 +194,30 @@ class NSADataModule(L.LightningDataModule):
         if not len(rows):
             raise NSAError("no training rows left after filtering; see the stage statistics above")
         self.train_rows = with_group_std(rows)
+        self.columns = self._loss_columns()
         self.lengths = row_lengths(self.train_rows)
         self._warn_budget()
         self.pad_id = load_tokenizer(folder).pad_token_id
+
+    def _loss_columns(self) -> tuple[str, ...]:
+        """The extra columns the loss asks for (its ``columns``, see PolicyLoss), each checked
+        against the training rows now, before training starts."""
+        module = self.trainer.lightning_module if self.trainer else None
+        loss = getattr(module, "loss", None)
+        columns = tuple(getattr(loss, "columns", ()))
+        missing = [c for c in columns if c not in self.train_rows.column_names]
+        if missing:
+            raise NSAError(
+                f"loss {type(loss).__name__} asks for column(s) {', '.join(missing)} (its columns), which the "
+                f"training rows lack; they have: {', '.join(self.train_rows.column_names)}"
+            )
+        for column in columns:
+            if short := not_per_token(self.train_rows, column):
+                raise NSAError(
+                    f"loss {type(loss).__name__} reads column {column} per token, and {short} training rows have "
+                    "fewer or more values than answer tokens (rollouts from a file may lack them: sample with nsa fit)"
+                )
+        return columns
 
     def _warn_dropped(self) -> None:
         nonfinite, too_long = self._setup_stats["dropped_nonfinite_ref"], self._setup_stats["dropped_too_long"]
@@ -248,7 +270,7 @@ class NSADataModule(L.LightningDataModule):
         return ResumableLoader(
             RolloutRows(self.train_rows),
             batch_sampler=sampler,
-            collate_fn=functools.partial(collate, pad_id=self.pad_id, packed=packed),
+            collate_fn=functools.partial(collate, pad_id=self.pad_id, packed=packed, columns=self.columns),
         )
 
     def _packs_rows(self) -> bool:

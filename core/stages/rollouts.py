@@ -201,6 +201,20 @@ def row_lengths(rows: Dataset) -> list[int]:
     return pc.add(pc.list_value_length(prompt), pc.list_value_length(answer)).to_pylist()
 
 
+def not_per_token(rows: Dataset, column: str) -> int:
+    """How many rows hold a list ``column`` of another length than their answer (0 for a column
+    of numbers): a loss reading it per token cannot place it on the answer's tokens."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = rows.with_format("arrow")[:]  # the selected rows, in order
+    values = table.column(column)
+    if not pa.types.is_list(values.type) and not pa.types.is_large_list(values.type):
+        return 0
+    answer = pc.list_value_length(table.column("response_ids"))
+    return pc.sum(pc.not_equal(pc.list_value_length(values), answer)).as_py() or 0
+
+
 def filter_groups(rollouts: Dataset) -> Dataset:
     """Add the group mean reward and drop groups whose answers are all right or all wrong."""
     by_group: dict[str, list[float]] = {}

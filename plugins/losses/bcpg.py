@@ -7,10 +7,10 @@ The objective, maximised, for the G responses y_i to one question x:
 
 rbar is the group's mean reward (no std division, no clipping); log pi(y_i | x) is the
 summed sequence log-prob. beta_ij = ``beta`` on tokens of a consensus-correct step of a
-negative response and 1 elsewhere. Only negatives have mined steps (``nsa.contracts.is_negative``,
+negative response and 1 elsewhere. ``beta = 1`` is plain BCPG ("vanilla RL"); the paper's
+BCPG-NSA uses beta = 0.5, tau = 1e-3. Only negatives have mined steps (``nsa.contracts.is_negative``,
 the steps stage's rule); beta also needs the answer's advantage to be negative (r_i < rbar), so
-that a mined step never has its reinforcement cut: with rewards of 0 and 1 the two rules agree. ``beta = 1`` is plain BCPG ("vanilla RL"); the paper's
-BCPG-NSA uses beta = 0.5, tau = 1e-3.
+that a mined step never has its reinforcement cut: with rewards of 0 and 1 the two rules agree.
 
 The mean over responses runs over the whole optimizer step (``batch.step_responses``),
 so the gradient is the same however the step is cut into micro-batches.
