@@ -3,7 +3,7 @@
 The steps of an answer (``item.response[start:end]`` for each span, stripped of surrounding
 whitespace, as the PRMs were trained on bare steps) are laid out after the question, each
 followed by the step marker, and every step is scored in the same forward pass at its
-marker's position. Three conventions:
+marker's position. Three conventions, each one's facts held once in ``CONVENTIONS``:
 
 ``qwen-prm`` (Qwen2.5-Math-PRM)
     The model's chat template with the system prompt of its model card, the question as
@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from nsa.contracts import StepItem
@@ -73,12 +74,49 @@ from nsa.errors import NSAError
 from nsa.models import local_device, policy_identity
 from nsa.vllm_worker import DEFAULT_ENGINE, VLLMEngine, VLLMWorker, available
 
-Convention = Literal["qwen-prm", "math-shepherd", "token-classification"]
-
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-# token-classification: TRL PRMConfig's default step_separator
-_DEFAULT_MARKERS = {"qwen-prm": "<extra_0>", "math-shepherd": "ки", "token-classification": "\n"}
 _SENTINEL = "\ue000NSA-STEPS\ue000"  # a private-use string no chat template rewrites
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How one family of PRMs was trained: the judge reads these facts and never a convention's name."""
+
+    marker: str  # the default step_marker
+    # True: the model card's one string, tokenised whole, each score read at its marker's token.
+    # False: TRL's layout, question and steps tokenised apart, each score read at a step's last token.
+    whole_text: bool
+    # True: a causal LM, score = P(positive_token) renormalised over {positive_token, negative_token}
+    # from the logits at the marker. False: a 2-way token-classification head, score = P(class 1).
+    causal_lm: bool = False
+    after_question: str = ""  # whole text: between the question and the first step
+    between_steps: str = ""  # whole text: before each later step
+    marker_space: str = ""  # whole text: between a step and its marker
+    system_prompt: str | None = None  # set: the model's chat template with this system turn, if the tokenizer has one
+    remote_class: str | None = None  # the transformers Auto class of the model's remote code (trust_remote_code)
+
+    def model_class(self, trust_remote_code: bool) -> str:
+        """The transformers Auto class the model is loaded with."""
+        if trust_remote_code and self.remote_class is not None:
+            return self.remote_class
+        # a plain AutoModel would give the base model without the 2-way head
+        return "AutoModelForCausalLM" if self.causal_lm else "AutoModelForTokenClassification"
+
+
+CONVENTIONS: dict[str, Convention] = {
+    # Qwen2.5-Math-PRM: its chat template and the card's system prompt; without a template, question + "\n\n"
+    "qwen-prm": Convention(
+        marker="<extra_0>", whole_text=True, after_question="\n\n", system_prompt=QWEN_SYSTEM, remote_class="AutoModel"
+    ),
+    # Math-Shepherd's card: "question step_1 ки\nstep_2 ки", the tag after a space
+    "math-shepherd": Convention(
+        marker="ки", whole_text=True, causal_lm=True, after_question=" ", between_steps="\n", marker_space=" "
+    ),
+    # TRL PRMTrainer: PRMConfig's default step_separator
+    "token-classification": Convention(marker="\n", whole_text=False),
+}
+# The config schema's choices are the table's names (a Literal of a tuple is a Literal of its items).
+ConventionName = Literal[tuple(CONVENTIONS)]
 
 
 class _Encoded(NamedTuple):
@@ -94,7 +132,7 @@ class PRMJudge:
     def __init__(
         self,
         model: str,
-        convention: Convention = "qwen-prm",
+        convention: ConventionName = "qwen-prm",
         threshold: float = 0.5,
         step_marker: str | None = None,
         positive_token: str = "+",
@@ -107,8 +145,8 @@ class PRMJudge:
         backend: Literal["hf", "vllm"] = "hf",
         engine: VLLMEngine = DEFAULT_ENGINE,
     ) -> None:
-        if convention not in _DEFAULT_MARKERS:
-            raise NSAError(f"PRM judge: unknown convention '{convention}'; use one of {sorted(_DEFAULT_MARKERS)}")
+        if convention not in CONVENTIONS:
+            raise NSAError(f"PRM judge: unknown convention '{convention}'; use one of: {', '.join(CONVENTIONS)}")
         if backend not in ("hf", "vllm"):
             raise NSAError(f"PRM judge: backend must be 'hf' or 'vllm', got '{backend}'")
         if backend == "vllm" and not available():
@@ -118,9 +156,10 @@ class PRMJudge:
         self.model = model
         # size and mtime of a local folder's files: new weights in the same folder re-score
         self.model_files = policy_identity(model)["files"]
-        self.convention = convention
+        self.convention = convention  # the public name is in the cache identity; the facts are looked up once here
+        self._convention = CONVENTIONS[convention]
         self.threshold = threshold
-        self.step_marker = step_marker if step_marker is not None else _DEFAULT_MARKERS[convention]
+        self.step_marker = step_marker if step_marker is not None else self._convention.marker
         self.positive_token = positive_token
         self.negative_token = negative_token
         self.max_length = max_length
@@ -139,8 +178,6 @@ class PRMJudge:
         self._front: list[int] = []  # the BOS id the tokenizer puts before a text, if any
         self._truncated_steps = 0
         self._unmarked_steps = 0
-        # Math-Shepherd's card writes "step ки\nstep ки": the tag follows a space
-        self._marker_space = " " if convention == "math-shepherd" else ""
 
     # ------------------------------------------------------------------------- scoring
 
@@ -229,13 +266,13 @@ class PRMJudge:
         return logits[row_index, pos_index].float()  # (N, C)
 
     def _keeps_logits(self) -> bool:
-        if self.convention != "math-shepherd":
+        if not self._convention.causal_lm:
             return False
         return "logits_to_keep" in inspect.signature(self._model.forward).parameters
 
     def _probabilities(self, picked):
         """(N, C) logits -> (N,) probability that the step is correct."""
-        if self.convention == "math-shepherd":
+        if self._convention.causal_lm:
             return picked[:, self._label_ids].softmax(dim=-1)[:, 0]  # P(+) renormalised over {+, -}
         if picked.shape[-1] < 2:
             raise NSAError(f"PRM judge: model '{self.model}' has {picked.shape[-1]} label(s); expected 2")
@@ -247,9 +284,9 @@ class PRMJudge:
         steps = [item.response[start:end].strip() for start, end in item.spans]
         if not steps:
             return _Encoded([], [])
-        if self.convention == "token-classification":
-            return self._encode_pieces(item.question, steps)
-        return self._encode_text(item.question, steps)
+        if self._convention.whole_text:
+            return self._encode_text(item.question, steps)
+        return self._encode_pieces(item.question, steps)
 
     def _encode_pieces(self, question: str, steps: list[str]) -> _Encoded:
         """TRL's layout: BOS if the tokenizer has one, the prompt's ids, then each step's ids and
@@ -269,7 +306,7 @@ class PRMJudge:
         head, joiner, tail = self._frame(question)
         text, marks = head, []
         for k, step in enumerate(steps):
-            text += (joiner if k else "") + step + self._marker_space
+            text += (joiner if k else "") + step + self._convention.marker_space
             marks.append(len(text))  # the marker's first character
             text += self.step_marker
         encoding = self._tokenizer(text + tail, add_special_tokens=False, return_offsets_mapping=True)
@@ -285,21 +322,26 @@ class PRMJudge:
 
     def _frame(self, question: str) -> tuple[str, str, str]:
         """(text before the first step, text before each later step, text after the last marker)."""
-        if self.convention == "math-shepherd":
-            return question + " ", "\n", ""
-        if self.convention == "token-classification":
-            return question, "", ""
-        if getattr(self._tokenizer, "chat_template", None):
-            messages = [
-                {"role": "system", "content": QWEN_SYSTEM},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": _SENTINEL},
-            ]
-            text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-            if isinstance(text, str) and text.count(_SENTINEL) == 1:
-                head, tail = text.split(_SENTINEL)
-                return head, "", tail
-        return question + "\n\n", "", ""
+        convention = self._convention
+        if convention.system_prompt is not None and getattr(self._tokenizer, "chat_template", None):
+            chat = self._chat_frame(question, convention.system_prompt)
+            if chat is not None:
+                return chat
+        return question + convention.after_question, convention.between_steps, ""
+
+    def _chat_frame(self, question: str, system: str) -> tuple[str, str, str] | None:
+        """The chat template around the steps, the question as the user turn; None if the
+        template does not keep the assistant turn as written (the plain text is used then)."""
+        messages = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": _SENTINEL},
+        ]
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        if isinstance(text, str) and text.count(_SENTINEL) == 1:
+            head, tail = text.split(_SENTINEL)
+            return head, "", tail
+        return None
 
     def _tokens(self, text: str) -> list[int]:
         return self._tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -326,12 +368,12 @@ class PRMJudge:
         bos = tokenizer.bos_token_id
         self._front = [bos] if bos is not None and bos in tokenizer("", add_special_tokens=True)["input_ids"] else []
         # Check the tokens before the (slow) model load so a wrong marker fails at once.
-        if self.convention == "token-classification":
-            self._marker_ids = self._marker_separator() if self.step_marker else []
-        else:
+        if self._convention.whole_text:
             self._single_token(self.step_marker, "step marker", "step_marker")  # one token, or a clear error
             self._marker_ids = [self._marker_in_context()]
-        if self.convention == "math-shepherd":
+        else:
+            self._marker_ids = self._marker_separator() if self.step_marker else []
+        if self._convention.causal_lm:
             self._label_ids = [
                 self._single_token(self.positive_token, "positive token", "positive_token"),
                 self._single_token(self.negative_token, "negative token", "negative_token"),
@@ -350,7 +392,7 @@ class PRMJudge:
             "dtype": self.dtype,
             "trust_remote_code": self.trust_remote_code,
         }
-        if self.convention == "math-shepherd":
+        if self._convention.causal_lm:
             labels = self._tokenizer.convert_ids_to_tokens(self._label_ids[::-1])  # [negative, positive]
             options["convert"] = "classify"
             options["hf_overrides"] = {"classifier_from_token": labels, "method": "no_post_processing"}
@@ -362,7 +404,7 @@ class PRMJudge:
         ``tokenizer.encode("ки")[-1]``). An error when it merges with its neighbours there."""
         if not getattr(self._tokenizer, "is_fast", False):
             raise NSAError(f"PRM judge: model '{self.model}' needs a fast tokenizer (tokenizer.json) to locate markers")
-        head = "1." + self._marker_space
+        head = "1." + self._convention.marker_space
         text = head + self.step_marker + "\n2."
         encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         end = len(head) + len(self.step_marker)
@@ -402,12 +444,8 @@ class PRMJudge:
         import torch
         import transformers
 
-        names = {
-            "qwen-prm": "AutoModel" if self.trust_remote_code else "AutoModelForTokenClassification",
-            "math-shepherd": "AutoModelForCausalLM",
-            "token-classification": "AutoModelForTokenClassification",
-        }
-        auto = getattr(transformers, names[self.convention])
+        auto_class = self._convention.model_class(self.trust_remote_code)
+        auto = getattr(transformers, auto_class)
         try:
             model, info = auto.from_pretrained(
                 folder,
@@ -421,7 +459,7 @@ class PRMJudge:
             # a head transformers initialised at random would score noise, silently
             raise NSAError(
                 f"PRM judge: model '{self.model}' has no weights for {sorted(info['missing_keys'])[:3]} under "
-                f"{names[self.convention]}; Qwen2.5-Math-PRM needs trust_remote_code: true"
+                f"{auto_class}; Qwen2.5-Math-PRM needs trust_remote_code: true"
             )
         device = local_device() if self._device == "auto" else self._device
         return model.to(device).eval()

@@ -163,6 +163,13 @@ def test_long_answer_scores_the_prefix_and_counts_the_rest(models, convention):
     assert judge._truncated_steps == 2
 
 
+def test_an_unknown_convention_is_a_one_line_error_naming_the_known_ones():
+    with pytest.raises(NSAError, match=r"unknown convention 'qwen'; use one of: ") as err:
+        PRMJudge("unused", convention="qwen")
+    line = str(err.value)
+    assert all(name in line for name in CONVENTIONS) and "\n" not in line
+
+
 @pytest.mark.parametrize(
     ("convention", "model", "options"),
     [
