@@ -11,6 +11,7 @@ import torch
 from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate, over_budget
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier, is_correct
 from nsa.errors import NSAError
+from nsa.log import notice, warn
 from nsa.logprobs import VARLEN_ATTENTION
 from nsa.models import check_policy, load_tokenizer, policy_context, resolve_policy
 from nsa.pipeline import Recipe, judge_names, run
@@ -222,13 +223,10 @@ class NSADataModule(L.LightningDataModule):
     def _warn_dropped(self) -> None:
         nonfinite, too_long = self._setup_stats["dropped_nonfinite_ref"], self._setup_stats["dropped_too_long"]
         if nonfinite:
-            print(f"nsa: warning: dropped {nonfinite:g} answers whose pi_ref log-probs are NaN or inf", file=sys.stderr)
+            warn(f"dropped {nonfinite:g} answers whose pi_ref log-probs are NaN or inf")
         if too_long:
             limit = self.max_length or "the policy's context"
-            print(
-                f"nsa: warning: dropped {too_long:g} answers longer than {limit} tokens (data.max_length)",
-                file=sys.stderr,
-            )
+            warn(f"dropped {too_long:g} answers longer than {limit} tokens (data.max_length)")
 
     def _warn_budget(self) -> None:
         """data.tokens_per_micro_batch against the longest row training will see: batching gives a row
@@ -239,11 +237,10 @@ class NSADataModule(L.LightningDataModule):
             return
         longest = max(self.lengths)
         pair, need = (", x 2 for a pair", 2 * longest) if self.pairs else ("", longest)
-        print(
-            f"nsa: warning: data.tokens_per_micro_batch is {budget}, below the longest row of {longest} tokens "
+        warn(
+            f"data.tokens_per_micro_batch is {budget}, below the longest row of {longest} tokens "
             f"(prompt + answer{pair}): {len(over)} of {len(self.lengths)} rows get a micro-batch of their own, "
-            f"over the budget; raise it to at least {need}",
-            file=sys.stderr,
+            f"over the budget; raise it to at least {need}"
         )
 
     @property
@@ -287,10 +284,9 @@ class NSADataModule(L.LightningDataModule):
         why = module.cannot_pack or f"{module.attention} would score all pairs of a packed micro-batch's tokens"
         if self.trainer.is_global_zero and not self._noticed:
             self._noticed = True
-            print(
-                f"nsa: notice: data.padding_free: {why}; training on padded micro-batches sorted by length "
-                "(flash_attention_2 or flex_attention in model.attn_implementation run them packed)",
-                file=sys.stderr,
+            notice(
+                f"data.padding_free: {why}; training on padded micro-batches sorted by length "
+                "(flash_attention_2 or flex_attention in model.attn_implementation run them packed)"
             )
         return False
 

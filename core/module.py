@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from nsa.contracts import PolicyBatch, PolicyLoss
 from nsa.errors import NSAError
+from nsa.log import warn
 from nsa.logprobs import DEFAULT_CHUNK, PolicyScorer, check_chunk_size, check_chunkable, head_modifiers, packing_leaks
 from nsa.models import check_attention, check_policy, load_policy, load_tokenizer, resolve_policy
 
@@ -174,14 +175,14 @@ class NSAModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._step_rows:  # the step's gradients so far are not saved: a resume would step without them
-            print(
-                f"nsa: warning: checkpoint saved inside optimizer step {self.global_step + 1}; resuming from it "
+            warn(
+                f"checkpoint saved inside optimizer step {self.global_step + 1}; resuming from it "
                 "is not exact. Save between steps: ModelCheckpoint(every_n_train_steps=N)"
             )
 
     def on_train_epoch_start(self) -> None:
         if self._step_rows:  # an epoch ended inside a step: drop it rather than mix it into the next
-            print(f"nsa: warning: dropping an unfinished optimizer step ({self._step_rows} responses)")
+            warn(f"dropping an unfinished optimizer step ({self._step_rows} responses)")
             self.optimizers().zero_grad()
             self._reset_step()
 
@@ -258,8 +259,8 @@ class NSAModule(L.LightningModule):
         for logger in self.loggers:  # x axis: optimizer steps, not Lightning's micro-batch counter
             logger.log_metrics(metrics, step=self.global_step)
         if self.global_step == 1 and metrics["train/ref_drift"] > 1e-2:
-            print(
-                f"nsa: warning: at the first step the policy differs from the stored behaviour log-probs by "
+            warn(
+                f"at the first step the policy differs from the stored behaviour log-probs by "
                 f"{metrics['train/ref_drift']:.3g} nats per token; were they computed with another model or dtype?"
             )
         self._reset_step()

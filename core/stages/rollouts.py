@@ -13,6 +13,7 @@ from datasets import Dataset, Features, List, Value
 
 from nsa.contracts import PromptRoom, Sampler, Verifier, is_correct, is_negative
 from nsa.errors import NSAError
+from nsa.log import warn
 from nsa.stages.cache import StageOutput, fingerprint
 
 ROLLOUT_COLUMNS = ("group", "question", "answer", "prompt_ids", "response_ids", "response", "response_logprobs")
@@ -72,11 +73,8 @@ def drop_long_prompts(
     if not keep:
         raise NSAError(f"all {len(prompts)} questions of {problems.name} have a prompt {what}; {fix}")
     dropped = len(prompts) - len(keep)
-    print(
-        f"nsa: warning: {problems.name}: dropped {dropped} of {len(prompts)} questions (prompts_too_long) whose "
-        f"prompt is {what}; {fix}",
-        file=sys.stderr,
-    )
+    count = f"dropped {dropped} of {len(prompts)} questions (prompts_too_long)"
+    warn(f"{problems.name}: {count} whose prompt is {what}; {fix}")
     kept = problems.dataset.select(keep)
     fp = fingerprint(problems.fingerprint, "prompts", keep)
     return StageOutput(problems.name, kept, fp, problems.path, {"problems": float(len(kept))}), dropped
