@@ -69,6 +69,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from nsa.batching import _pack
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
 from nsa.models import local_device, policy_identity
@@ -124,6 +125,11 @@ class _Encoded(NamedTuple):
 
     ids: list[int]
     positions: list[int | None]
+
+
+def _judged(encoded: list[_Encoded]) -> list[int]:
+    """The answers with a step to score: the others need no forward."""
+    return [i for i, e in enumerate(encoded) if any(p is not None for p in e.positions)]
 
 
 class PRMJudge:
@@ -188,7 +194,7 @@ class PRMJudge:
         self._load()
         encoded = [self._truncate(self._encode(item)) for item in items]
         if self._worker is not None:
-            todo = [i for i, e in enumerate(encoded) if any(p is not None for p in e.positions)]
+            todo = _judged(encoded)
             for i, row_scores in zip(todo, self._vllm_scores([encoded[i] for i in todo]), strict=True):
                 results[i] = row_scores
             return results
@@ -225,15 +231,11 @@ class PRMJudge:
         return out
 
     def _batches(self, encoded: list[_Encoded]) -> list[list[int]]:
-        """Row indices grouped longest first so that rows x longest row <= tokens_per_batch."""
-        todo = [i for i, e in enumerate(encoded) if any(p is not None for p in e.positions)]
-        groups: list[list[int]] = []
-        for i in sorted(todo, key=lambda i: -len(encoded[i].ids)):
-            if groups and (len(groups[-1]) + 1) * len(encoded[groups[-1][0]].ids) <= self._tokens_per_batch:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        return groups
+        """Row indices grouped longest first so that rows x longest row <= tokens_per_batch:
+        the training batches' greedy packing (padded size), one row per unit."""
+        longest_first = sorted(_judged(encoded), key=lambda i: -len(encoded[i].ids))
+        lengths = [len(e.ids) for e in encoded]
+        return _pack([(i,) for i in longest_first], lengths, self._tokens_per_batch, packed=False)
 
     def _forward(self, rows: list[_Encoded]) -> list[list[float | None]]:
         import torch
