@@ -229,7 +229,9 @@ class RolloutRows(torch.utils.data.Dataset):
         return self.dataset[slot.row], slot
 
 
-def _pad(rows: list[list], value) -> torch.Tensor:
+def pad_right(rows: Sequence[Sequence], value) -> torch.Tensor:
+    """Rows of ragged length as one (B, T) tensor, ``value`` after each row's end: nsa's one
+    padding (training micro-batches, the behaviour forward, the PRM's forward)."""
     width = max(len(r) for r in rows)
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows])  # (B, T)
 
@@ -253,7 +255,7 @@ def _column(rows: list[dict], name: str) -> torch.Tensor:
                 f"column {name} has {len(r[name])} values for an answer of {len(r['response_ids'])} tokens; "
                 "the loss reads it per token (rollouts loaded from a file may lack it: sample them with nsa generate)"
             )
-    return _pad([[0.0] * len(r["prompt_ids"]) + list(r[name]) for r in rows], 0.0).float()  # (B, T)
+    return pad_right([[0.0] * len(r["prompt_ids"]) + list(r[name]) for r in rows], 0.0).float()  # (B, T)
 
 
 def collate(
@@ -269,14 +271,16 @@ def collate(
     response = [p + [k] * len(r["response_ids"]) for p, r, k in zip(prompts, rows, keep)]
     mined = [p + [bool(m) and k for m in r["nsa_mask"]] for p, r, k in zip(prompts, rows, keep)]
     return PolicyBatch(
-        input_ids=_pad(seqs, pad_id),
-        attention_mask=_pad([[1] * len(s) for s in seqs], 0),
-        response_mask=_pad(response, 0).bool(),
-        nsa_mask=_pad(mined, False).bool(),
+        input_ids=pad_right(seqs, pad_id),
+        attention_mask=pad_right([[1] * len(s) for s in seqs], 0),
+        response_mask=pad_right(response, 0).bool(),
+        nsa_mask=pad_right(mined, False).bool(),
         reward=torch.tensor([r["reward"] for r in rows], dtype=torch.float32),
         reward_mean=torch.tensor([r["reward_mean"] for r in rows], dtype=torch.float32),
         reward_std=torch.tensor([r["reward_std"] for r in rows], dtype=torch.float32),
-        ref_token_logprobs=_pad([[0.0] * len(p) + list(r["ref_logprobs"]) for p, r in zip(prompts, rows)], 0.0).float(),
+        ref_token_logprobs=pad_right(
+            [[0.0] * len(p) + list(r["ref_logprobs"]) for p, r in zip(prompts, rows)], 0.0
+        ).float(),
         step_responses=float(slots[0].step_responses),
         step_positives=float(slots[0].step_positives),
         last_in_step=slots[-1].last_in_step,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 
+from nsa.batching import pad_right
 from nsa.logprobs import DEFAULT_CHUNK, head_modifiers, token_logprobs
 
 # trainer precision -> (dtype the weights are loaded in, autocast dtype or None).
@@ -20,11 +21,6 @@ PRECISIONS = {
     "bf16-mixed": ("float32", torch.bfloat16),
     "bf16-true": ("bfloat16", None),
 }
-
-
-def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows])  # (B, T)
 
 
 def behaviour_shard(rollouts: Dataset, model: torch.nn.Module, pad_id: int, batch_size: int) -> Dataset:
