@@ -69,7 +69,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from nsa.batching import _pack
+from nsa.batching import _pack, pad_right
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
 from nsa.models import local_device, policy_identity
@@ -241,11 +241,9 @@ class PRMJudge:
         import torch
 
         device = self._model.device
-        width = max(len(r.ids) for r in rows)
         pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([r.ids + [pad] * (width - len(r.ids)) for r in rows], device=device)  # (B, T)
-        lengths = torch.tensor([len(r.ids) for r in rows], device=device)  # (B,)
-        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()  # (B, T) right-padded
+        ids = pad_right([r.ids for r in rows], pad).to(device)  # (B, T), right-padded: each row's positions hold
+        mask = pad_right([[1] * len(r.ids) for r in rows], 0).to(device)  # (B, T)
         flat = [(b, p) for b, r in enumerate(rows) for p in r.positions if p is not None]
         row_index = torch.tensor([b for b, _ in flat], device=device)  # (N,)
         pos_index = torch.tensor([p for _, p in flat], device=device)  # (N,)
