@@ -88,7 +88,7 @@ def sorted_plan(lengths: list[int], per_step: int, budget: int, seed: int, packe
 
 
 def greedy_unsorted(step: list[int], lengths: list[int], budget: int) -> list[list[int]]:
-    """nsa's _pack without the sort: the width is the longest row so far, not the first row's."""
+    """nsa's pack_greedy without the sort: the width is the longest row so far, not the first row's."""
     groups: list[list[int]] = []
     width = 0
     for i in step:

@@ -63,7 +63,7 @@ def plan_epoch(
     micro_batches: list[list[Slot]] = []
     for start in range(0, len(units), per_step):
         step = sorted(units[start : start + per_step], key=lambda u: -max(lengths[i] for i in u))
-        packs = _pack(step, lengths, tokens_per_micro_batch, packed)
+        packs = pack_greedy(step, lengths, tokens_per_micro_batch, packed)
         micro_batches += _step_share(step, packs, positive, world_size, rank)
     return micro_batches
 
@@ -108,7 +108,9 @@ def draw_pairs(groups: Sequence[str], positive: Sequence[bool], rng: random.Rand
     return pairs
 
 
-def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int, packed: bool) -> list[list[int]]:
+def pack_greedy(
+    units: Sequence[tuple[int, ...]], lengths: Sequence[int], budget: int, packed: bool = False
+) -> list[list[int]]:
     """Greedy packing of units sorted longest first. Size: padded, rows x the first unit's longest
     row; ``packed``, the sum of the rows' lengths."""
     groups: list[list[int]] = []
@@ -127,7 +129,7 @@ def _pack(units: list[tuple[int, ...]], lengths: Sequence[int], budget: int, pac
 
 def over_budget(lengths: Sequence[int], budget: int, pairs: bool = False) -> list[int]:
     """The rows no micro-batch can hold within ``budget`` padded tokens: a unit (a row, or a
-    pair padded to its longer row) wider than the budget; ``_pack`` gives each one a micro-batch
+    pair padded to its longer row) wider than the budget; ``pack_greedy`` gives each one a micro-batch
     of its own, over the budget, so training goes on, at that micro-batch's memory."""
     rows_per_unit = 2 if pairs else 1
     return [i for i, n in enumerate(lengths) if n * rows_per_unit > budget]

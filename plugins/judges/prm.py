@@ -69,7 +69,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from nsa.batching import _pack, pad_right
+from nsa.batching import pack_greedy, pad_right
 from nsa.contracts import StepItem
 from nsa.errors import NSAError
 from nsa.models import local_device, policy_identity
@@ -235,7 +235,7 @@ class PRMJudge:
         the training batches' greedy packing (padded size), one row per unit."""
         longest_first = sorted(_judged(encoded), key=lambda i: -len(encoded[i].ids))
         lengths = [len(e.ids) for e in encoded]
-        return _pack([(i,) for i in longest_first], lengths, self._tokens_per_batch, packed=False)
+        return pack_greedy([(i,) for i in longest_first], lengths, self._tokens_per_batch, packed=False)
 
     def _forward(self, rows: list[_Encoded]) -> list[list[float | None]]:
         import torch
