@@ -175,6 +175,27 @@ def test_the_long_setting_has_long_chains_and_late_slips():
     )
 
 
+def test_the_long_setting_names_its_operations_and_the_oracle_reads_them(tmp_path):
+    """Labelled: the question names each operation (``3 A+4 B-5 C*3``) and each step starts with
+    its name and operation (``B-5: 7 -5 = 2``), so no step copies the list. The oracle checks the
+    name too: a step that applies B's operation under the name C is wrong. The pretraining
+    tokenizer adds the names and the colon for the long setting only: the short one keeps its 31
+    tokens, so its policies and results stay as they were."""
+    long = arithmetic.SETTINGS["long"]
+    problem = {**PROBLEM, "question": "3 A+4 B-5 C*3"}
+    text = arithmetic.solution(problem, random.Random(0), p_error=0.0, p_fix=0.0, setting=long)
+    assert text == "A+4: 3 +4 = 7\n\nB-5: 7 -5 = 2\n\nC*3: 2 *3 = \\boxed{6}"
+    assert judged(text, "3 A+4 B-5 C*3") == [1.0, 1.0, 1.0]
+    misnamed = "A+4: 3 +4 = 7\n\nC-5: 7 -5 = 2\n\nC*3: 2 *3 = \\boxed{6}"
+    slip = "A+4: 3 +4 = 8\n\nwait, A+4: 3 +4 = 7\n\nB-5: 7 -5 = 2\n\nC*3: 2 *3 = \\boxed{6}"
+    assert judged(misnamed, "3 A+4 B-5 C*3") == [1.0, 0.0, 1.0]  # C follows from the true value 2 again
+    assert judged(slip, "3 A+4 B-5 C*3") == [0.0, 1.0, 1.0, 1.0]
+    assert arithmetic.problems(0, 1, "train", setting=long)[0]["question"].split()[1].startswith("A")
+    pretrain = load("pretrain")
+    assert len(pretrain.build_tokenizer(tmp_path / "short")) == 31
+    assert len(pretrain.build_tokenizer(tmp_path / "long", labelled=True)) == 31 + len(arithmetic.LABELS) + 1
+
+
 def test_paired_interval_p_value_and_seeds_needed_golden():
     """Differences 1, 2, 3: mean 2, sd 1, se 1/sqrt 3 = 0.577. With 2 degrees of freedom the t
     distribution is F(t) = 1/2 + t / (2 sqrt(t^2 + 2)): t(0.975) solves t / sqrt(t^2 + 2) = 0.95,

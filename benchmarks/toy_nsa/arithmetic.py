@@ -1,7 +1,7 @@
 """The toy task: seeded chains of arithmetic, and noisy worked solutions to pretrain on.
 
-A problem is a start value and 3 to 6 operations applied left to right (8 to 12 in the
-``long`` setting, see ``SETTINGS``)::
+A problem is a start value and 3 to 6 operations applied left to right (7 to 10 in the
+``long`` setting, written in a labelled format, see ``SETTINGS`` and ``step``)::
 
     question: 3 +4 -5 *3
     solution: 3 +4 = 7 | -5 *3      <- one step per operation, blank lines between (the
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_VALUE = 9
+LABELS = "ABCDEFGHIJKL"  # the labelled format's operation names, in order
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,17 @@ class Setting:
     late: float
     max_new_tokens: int  # room for the longest solution with a few corrections
     positions: int  # the policy's context: a question and the longest solution
+    labelled: bool = False  # the labelled format (see ``step``) instead of the list still to do
 
 
 SETTINGS = {
     # 3 to 6 operations, a slip equally likely at every step: most wrong answers go wrong early
     "short": Setting("short", 3, 6, p_error=0.1, late=0.0, max_new_tokens=160, positions=256),
     # the paper's regime: 7 to 10 operations, slips four times likelier at the last step than at
-    # the first, so that wrong answers carry long right prefixes. A solution repeats the
-    # operations still to do, so its length grows as the square of theirs (2.4 times the short
-    # chains' characters on average); 8 to 12 operations, tried first, were 3.4 times, and the
-    # 2-layer policy's loss still 0.49 after 600 of 900 pretraining steps (0.05 to 0.13 when
-    # short chains finish)
-    "long": Setting("long", 7, 10, p_error=0.08, late=0.6, max_new_tokens=320, positions=384),
+    # the first, so that wrong answers carry long right prefixes. Labelled steps: with the
+    # list still to do, the 2-layer policy did not learn to copy 7-10 operations (loss 0.32
+    # after 900 steps, no right step in any negative)
+    "long": Setting("long", 7, 10, p_error=0.08, late=0.6, max_new_tokens=224, positions=320, labelled=True),
 }
 
 
@@ -91,7 +91,8 @@ def make_problem(rng: random.Random, index: int, prefix: str, setting: Setting =
         op, arg = rng.choice([(o, a) for o, a in feasible(value) if o == kind])
         ops.append((op, arg))
         value = apply(value, op, arg)
-    question = " ".join([str(start), *(f"{op}{arg}" for op, arg in ops)])
+    names = LABELS if setting.labelled else [""] * len(ops)
+    question = " ".join([str(start), *(f"{name}{op}{arg}" for name, (op, arg) in zip(names, ops))])
     return {"id": f"{prefix}-{index:05d}", "question": question, "answer": str(value), "start": start, "ops": ops}
 
 
@@ -102,23 +103,31 @@ def wrong(rng: random.Random, right: int) -> int:
     return rng.choice([r for r in slips if r >= 1] or slips)
 
 
-def solution(problem: dict, rng: random.Random, p_error: float, p_fix: float, late: float = 0.0) -> str:
-    """A worked solution with slips at rate ``p_error`` (tilted by ``late``, see ``Setting``),
-    each corrected at rate ``p_fix``."""
+def solution(
+    problem: dict, rng: random.Random, p_error: float, p_fix: float, setting: Setting = SETTINGS["short"]
+) -> str:
+    """A worked solution with slips at rate ``p_error`` (tilted by the setting's ``late``),
+    each corrected at rate ``p_fix``, in the setting's format."""
     value, steps, ops = problem["start"], [], problem["ops"]
     for k, (op, arg) in enumerate(ops):
         right, rest = apply(value, op, arg), " ".join(f"{o}{a}" for o, a in ops[k + 1 :])
-        written = wrong(rng, right) if rng.random() < slip_rate(p_error, late, k, len(ops)) else right
-        steps.append(step(value, op, arg, written, rest))
+        name = LABELS[k] if setting.labelled else ""
+        written = wrong(rng, right) if rng.random() < slip_rate(p_error, setting.late, k, len(ops)) else right
+        steps.append(step(value, op, arg, written, rest, name))
         if written != right and rest and rng.random() < p_fix:
-            steps.append("wait, " + step(value, op, arg, right, rest))
+            steps.append("wait, " + step(value, op, arg, right, rest, name))
             written = right
         value = written
     return "\n\n".join(steps)
 
 
-def step(value: int, op: str, arg: int, result: int, rest: str) -> str:
-    """``12 *3 = 36 | -4``: the operation, its result, and the operations still to do."""
+def step(value: int, op: str, arg: int, result: int, rest: str, name: str = "") -> str:
+    """``12 *3 = 36 | -4``: the operation, its result, and the operations still to do. Labelled
+    (``name`` given): ``C*3: 12 *3 = 36``, the operation as the question names it (``3 A+4 B-5
+    C*3``), then the step: the next operation is what follows its name in the question, which a
+    2-layer model finds in one look back (an induction head), without copying the list."""
+    if name:
+        return f"{name}{op}{arg}: {value} {op}{arg} = " + (f"{result}" if rest else f"\\boxed{{{result}}}")
     if not rest:
         return f"{value} {op}{arg} = \\boxed{{{result}}}"
     return f"{value} {op}{arg} = {result} | {rest}"

@@ -23,21 +23,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from arithmetic import apply, step
+from arithmetic import LABELS, apply, step
 
 from nsa.contracts import StepItem
 
 
-def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
-    """``3 +4 -5 *3`` -> (3, [("+", 4), ("-", 5), ("*", 3)])."""
+def parse_question(question: str) -> tuple[int, list[tuple[str, int]], bool]:
+    """``3 +4 -5 *3`` -> (3, [("+", 4), ("-", 5), ("*", 3)], False); the labelled format's
+    ``3 A+4 B-5 C*3`` -> the same operations and True."""
     start, *ops = question.split()
-    return int(start), [(op[0], int(op[1:])) for op in ops]
+    labelled = bool(ops) and ops[0][0] == LABELS[0]
+    ops = [op[1:] if labelled else op for op in ops]
+    return int(start), [(op[0], int(op[1:])) for op in ops], labelled
 
 
-def expected(value: int, ops: list[tuple[str, int]], k: int) -> str:
-    """The right text of step k (0-based) from ``value``: ``7 -5 = 2 | *3`` or ``2 *3 = \\boxed{6}``."""
+def expected(value: int, ops: list[tuple[str, int]], k: int, labelled: bool = False) -> str:
+    """The right text of step k (0-based) from ``value``: ``7 -5 = 2 | *3`` or ``2 *3 = \\boxed{6}``
+    (labelled: ``B-5: 7 -5 = 2`` or ``C*3: 2 *3 = \\boxed{6}``)."""
     op, arg = ops[k]
-    return step(value, op, arg, apply(value, op, arg), " ".join(f"{o}{a}" for o, a in ops[k + 1 :]))
+    rest, name = " ".join(f"{o}{a}" for o, a in ops[k + 1 :]), LABELS[k] if labelled else ""
+    return step(value, op, arg, apply(value, op, arg), rest, name)
 
 
 class ChainJudge:
@@ -52,14 +57,14 @@ class ChainJudge:
     def _score(self, item: StepItem) -> list[float | None]:
         """Each step against the text it should be, from the true value: a step built on a wrong
         value or a miscopied list never matches (propagation); a right restatement does (termination)."""
-        value, ops = parse_question(item.question)
+        value, ops, labelled = parse_question(item.question)
         before, done, scores = value, 0, []  # the value before the last operation, operations done
         for start, end in item.spans:
             text = item.response[start:end].strip()
             if text.startswith("wait, ") and done:  # a correction restates the last operation
-                right = text == "wait, " + expected(before, ops, done - 1)
+                right = text == "wait, " + expected(before, ops, done - 1, labelled)
             else:
-                right = done < len(ops) and text == expected(value, ops, done)
+                right = done < len(ops) and text == expected(value, ops, done, labelled)
                 if done < len(ops):
                     before, value, done = value, apply(value, *ops[done]), done + 1
             scores.append(1.0 if right else 0.0)

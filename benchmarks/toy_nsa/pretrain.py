@@ -21,21 +21,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from arithmetic import SETTINGS, Setting, heldout, problems, solution  # noqa: E402  (a script beside this one)
+from arithmetic import LABELS, SETTINGS, Setting, heldout, problems, solution  # noqa: E402  (a script beside this one)
 
 PROMPT = "{question}\n"  # the recipe's data.prompt_template: keep the two the same
 EOS = "<|endoftext|>"
 
 
-def build_tokenizer(folder: Path):
-    """Byte-level BPE with no merges: one token per character, so digits are tokens."""
+def build_tokenizer(folder: Path, labelled: bool = False):
+    """Byte-level BPE with no merges: one token per character, so digits are tokens. The
+    labelled format's names are extra characters (the short setting's vocabulary stays as it was)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    alphabet = "0123456789 +-*=|\n{}\\boxedwait,"
+    alphabet = "0123456789 +-*=|\n{}\\boxedwait," + (LABELS + ":" if labelled else "")
     tok.train_from_iterator([alphabet], trainers.BpeTrainer(vocab_size=1, special_tokens=[EOS]))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
     fast.save_pretrained(folder)
@@ -61,11 +62,11 @@ def build_model(tokenizer, hidden: int, layers: int, positions: int = 256):
     return LlamaForCausalLM(config)
 
 
-def batch(tokenizer, rows: list[dict], rng: random.Random, p_error: float, p_fix: float, late: float = 0.0):
+def batch(tokenizer, rows: list[dict], rng: random.Random, p_fix: float, setting: Setting):
     """Input ids (B, T), and labels (B, T) with -100 on the prompt and the padding."""
     prompts = [tokenizer(PROMPT.format(question=r["question"]))["input_ids"] for r in rows]
     eos = [tokenizer.eos_token_id]
-    answers = [tokenizer(solution(r, rng, p_error, p_fix, late))["input_ids"] + eos for r in rows]
+    answers = [tokenizer(solution(r, rng, setting.p_error, p_fix, setting))["input_ids"] + eos for r in rows]
     width = max(len(p) + len(a) for p, a in zip(prompts, answers))
     ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     labels = torch.full((len(rows), width), -100)
@@ -96,7 +97,7 @@ def pretrain(
     folder = out.with_name(out.name + ".tmp")  # renamed to ``out`` when whole: a kill leaves no half model
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    tokenizer = build_tokenizer(folder)
+    tokenizer = build_tokenizer(folder, setting.labelled)
     model = build_model(tokenizer, hidden, layers, positions=setting.positions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     pool = problems(seed, steps * batch_size, "sft", exclude=exclude, unique=False, setting=setting)
@@ -106,7 +107,7 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup * cosine
         rows = pool[step * batch_size : (step + 1) * batch_size]
-        ids, labels = batch(tokenizer, rows, rng, setting.p_error, p_fix, setting.late)
+        ids, labels = batch(tokenizer, rows, rng, p_fix, setting)
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
