@@ -12,7 +12,7 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator
 
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, set_dumper
 from lightning.pytorch.cli import LightningCLI
 
 from nsa.cli import description, one_line, plugins_epilog
@@ -130,9 +130,10 @@ class NSACLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {"fit": LightningCLI.subcommands()["fit"]}
 
-    def __init__(self, args: list[str], run: bool = True, prog: str = "nsa") -> None:
+    def __init__(self, args: list[str], run: bool = True, prog: str = "nsa", build: bool = True) -> None:
         # the (rewritten) args go to LightningCLI explicitly; it warns when sys.argv has some too
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        self.build_classes = build  # False: parse and check the recipe only, no seed set and no class built
         quiet_libraries()
         self.plugins = advertised()
         with typing_rules():
@@ -165,9 +166,16 @@ class NSACLI(LightningCLI):
         parser.add_class_arguments(Evaluation, "evaluate", sub_configs=True)
         parser.epilog = plugins_epilog(self.plugins)
 
+    def _set_seed(self) -> None:
+        # a seed set while only parsing would fix the seed (PL_GLOBAL_SEED) of every later fit
+        if self.build_classes:
+            super()._set_seed()
+
     def instantiate_classes(self) -> None:
         """Plugins reject bad settings with ValueError; show it as a one-line error. The cache
-        folder is checked here too, before any stage runs."""
+        folder is checked here too, before any stage runs. Nothing is built when only parsing."""
+        if not self.build_classes:
+            return
         from nsa.stages.cache import check_writable
 
         try:
@@ -213,12 +221,25 @@ def rejected(message: str) -> NSAError:
 ONE_PROCESS = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
 
 
-def parse_recipe(args: list[str], prog: str = "nsa", one_process: bool = False) -> NSACLI:
+def parse_recipe(args: list[str], prog: str = "nsa", one_process: bool = False, build: bool = True) -> NSACLI:
     """The one way a command reads a recipe without training: parsed, checked and every class
-    built. ``args`` come with their plugin names resolved once, by ``with_plugin_names`` (as
-    ``nsa.cli.main`` does for a command; a recipe's YAML, once rewritten, is no path to rewrite
-    again). ``one_process``: the trainer is built for its logger only, on this process's CPU."""
-    return NSACLI(args=[*args, *(ONE_PROCESS if one_process else [])], run=False, prog=prog)
+    built (``build=False``: none). ``args`` come with their plugin names resolved once, by
+    ``with_plugin_names`` (as ``nsa.cli.main`` does for a command; a recipe's YAML, once rewritten,
+    is no path to rewrite again). ``one_process``: the trainer is built for its logger only, on
+    this process's CPU."""
+    return NSACLI(args=[*args, *(ONE_PROCESS if one_process else [])], run=False, prog=prog, build=build)
+
+
+# jsonargparse serializes a config (paths and types as text, link targets left out) and hands the
+# plain dict to a named dumper; this one returns that dict, so nothing is printed and read back
+PLAIN = "nsa-plain-dict"
+set_dumper(PLAIN, lambda data: data)
+
+
+def recipe_config(args: list[str]) -> dict:
+    """The recipe's resolved config, the mapping ``nsa fit --print_config`` prints, with no class built."""
+    cli = parse_recipe(args, build=False)
+    return cli.parser.dump(cli.config, format=PLAIN, skip_none=False)
 
 
 def on_every_process(cli: NSACLI, work: Callable[[Team], None]) -> None:

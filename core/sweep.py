@@ -25,9 +25,7 @@ killed or failed sweep resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -188,20 +186,19 @@ def fit_args(cell: Cell, run_id: str | None) -> list[str]:
 
 
 def resolve(cell: Cell) -> dict:
-    """The cell's fully resolved config (``--print_config``): checks every override before any training."""
+    """The cell's fully resolved config, parsed and checked with nothing built: every override
+    is checked before any cell trains."""
     from nsa.cli import one_line
-    from nsa.commands import NSACLI
+    from nsa.commands import recipe_config
 
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
-            NSACLI(args=["fit", *fit_args(cell, None), "--print_config"])
+        return recipe_config(fit_args(cell, None))
     except SystemExit as stop:
-        if stop.code not in (0, None):
-            raise NSAError(f"sweep cell {cell.name}: its config does not parse") from None
+        if stop.code in (0, None):  # a --help or --print_config among the overrides: printed, as asked
+            raise
+        raise NSAError(f"sweep cell {cell.name}: its config does not parse") from None
     except (NSAError, argparse.ArgumentError) as err:
         raise NSAError(f"sweep cell {cell.name}: {one_line(str(err))}") from None
-    return yaml.safe_load(printed.getvalue())
 
 
 def tracking(configs: dict[str, dict]) -> tuple[str, str]:

@@ -161,6 +161,19 @@ def test_name_flag_names_the_sweep_and_fills_the_sweep_placeholder(tmp_path, tin
     assert stop.value.code == 2 and "may not contain a quote; set `name:` or --name" in capsys.readouterr().err
 
 
+def test_a_cell_resolves_to_the_config_fit_prints(tmp_path, tiny_model, capsys):
+    """The config a sweep checks a cell by is read from the parser, not printed and read back: the
+    mapping `nsa fit --print_config` prints, less fit's own arguments (ckpt_path, weights_only)."""
+    from nsa import sweep
+
+    cell = sweep.load(str(write_sweep(tmp_path, tiny_model, cells=THREE_CELLS)), []).cells[0]
+    with pytest.raises(SystemExit):
+        main(["fit", *cell.args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert sweep.resolve(cell) == {k: v for k, v in printed.items() if k not in ("ckpt_path", "weights_only")}
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()  # nothing built
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
