@@ -178,15 +178,13 @@ def evaluate(
 
 def format_table(rows: list[dict]) -> str:
     """A plain text table, one benchmark per line, and the mean of each metric."""
+    from nsa import tables
+
     columns = list(rows[0])
     cells = [[_cell(row[c]) for c in columns] for row in rows]
     if len(rows) > 1:
         cells.append(["mean", ""] + [_cell(sum(r[c] for r in rows) / len(rows)) for c in columns[2:]])
-    widths = [max(len(x) for x in [c, *(line[i] for line in cells)]) for i, c in enumerate(columns)]
-    lines = [columns, *cells]
-    return "\n".join(
-        "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(line, widths))) for line in lines
-    )
+    return tables.format_table(columns, cells)
 
 
 def metric_name(column: str) -> str:

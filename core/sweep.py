@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from nsa.errors import NSAError, yaml_error
+from nsa.tables import format_table
 from nsa.tracking import check_server
 
 KEYS = {"base", "grid", "cells", "per_cell", "metrics", "evaluate", "name"}
@@ -329,13 +330,8 @@ def summary(client, children: dict[str, str], metrics: list[str] | None) -> tupl
 
 
 def format_summary(metrics: list[str], rows: list[dict]) -> str:
-    columns = ["cell", *metrics]
     cells = [[row["cell"], *("-" if row[m] is None else f"{row[m]:.4g}" for m in metrics)] for row in rows]
-    widths = [max(len(x) for x in [c, *(line[i] for line in cells)]) for i, c in enumerate(columns)]
-    return "\n".join(
-        "  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
-        for line in [columns, *cells]
-    )
+    return format_table(["cell", *metrics], cells)
 
 
 def plot_summary(metrics: list[str], rows: list[dict], path: Path) -> None:
