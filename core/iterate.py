@@ -51,6 +51,7 @@ def _recipe(args: list[str]):
     from lightning.pytorch.loggers import MLFlowLogger
 
     from nsa.commands import parse_recipe
+    from nsa.tracking import experiment_id
 
     cli = parse_recipe(args, "nsa iterate", one_process=True)
     if not cli.model.export_dir:
@@ -60,29 +61,24 @@ def _recipe(args: list[str]):
         raise NSAError("nsa iterate tracks its iterations in MLflow: set trainer.logger to an MLFlowLogger")
     logger = loggers[0]  # its tracking store and experiment; its own run is never created
     client = mlflow.MlflowClient(logger._tracking_uri)
-    found = client.get_experiment_by_name(logger._experiment_name)
-    experiment = found.experiment_id if found else client.create_experiment(logger._experiment_name)
-    return cli.model.policy_spec, cli.model.export_dir, client, experiment
+    return cli.model.policy_spec, cli.model.export_dir, client, experiment_id(client, logger._experiment_name)
 
 
 def _parent(client, experiment: str, args: list[str]) -> str:
     """The parent run of these arguments (the latest), or a new one: more iterations extend it."""
-    key = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
-    query = f"tags.`nsa.command` = 'iterate' and tags.`nsa.iterate_key` = '{key}'"
-    found = client.search_runs([experiment], query, max_results=1, order_by=["attributes.start_time DESC"])
-    if found:
-        return found[0].info.run_id
-    tags = {"nsa.command": "iterate", "nsa.iterate_key": key, "mlflow.runName": "iterate"}
-    return client.create_run(experiment, tags=tags).info.run_id
+    from nsa.tracking import latest_run, new_run
+
+    tags = {"nsa.command": "iterate", "nsa.iterate_key": hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]}
+    found = latest_run(client, experiment, tags)
+    return (found or new_run(client, experiment, "iterate", tags)).info.run_id
 
 
 def _child(client, experiment: str, parent: str, k: int):
-    query = f"tags.`mlflow.parentRunId` = '{parent}' and tags.`nsa.iteration` = '{k}'"
-    found = client.search_runs([experiment], query, max_results=1)
-    if found:
-        return found[0]
-    tags = {"mlflow.parentRunId": parent, "nsa.iteration": str(k), "mlflow.runName": f"iteration {k}"}
-    return client.create_run(experiment, tags=tags)
+    """Iteration ``k``'s run under ``parent``: the one a stopped ``nsa iterate`` left, or a new one."""
+    from nsa.tracking import latest_run, new_run
+
+    tags = {"nsa.iteration": str(k)}
+    return latest_run(client, experiment, tags, parent) or new_run(client, experiment, f"iteration {k}", tags, parent)
 
 
 def _iteration(args: list[str], run_id: str, policy: str, target: str) -> None:

@@ -41,7 +41,7 @@ import yaml
 
 from nsa.errors import NSAError, yaml_error
 from nsa.tables import format_table
-from nsa.tracking import check_server
+from nsa.tracking import check_server, child_runs, experiment_id, latest_run, new_run
 
 KEYS = {"base", "grid", "cells", "per_cell", "metrics", "evaluate", "name"}
 
@@ -246,31 +246,25 @@ def ckpt_dirs(configs: dict[str, dict]) -> list[tuple[str, str]]:
 # --- MLflow: one parent run per sweep, one child run per cell ---------------------------------
 
 
-def parent_run(client, experiment_id: str, sweep: Sweep, fresh: bool) -> str:
+def parent_run(client, experiment: str, sweep: Sweep, fresh: bool) -> str:
     """The sweep's latest parent run (resumed), or a new one when there is none or ``fresh``."""
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`nsa.command` = 'sweep' and tags.`nsa.sweep` = '{sweep.name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    tags = {"nsa.command": "sweep", "nsa.sweep": sweep.name}
+    found = latest_run(client, experiment, tags)
     if found and not fresh:
-        run_id = found[0].info.run_id
+        run_id = found.info.run_id
         client.update_run(run_id, status="RUNNING")
         print(f"nsa: sweep {sweep.name}: resuming MLflow run {run_id}", file=sys.stderr)
     else:
-        tags = {"nsa.command": "sweep", "nsa.sweep": sweep.name}
-        run_id = client.create_run(experiment_id, run_name=sweep.name, tags=tags).info.run_id
+        run_id = new_run(client, experiment, sweep.name, tags).info.run_id
     client.log_artifact(run_id, str(sweep.path))  # again on resuming: the file may have been fixed
     return run_id
 
 
-def finished_children(client, experiment_id: str, parent: str) -> dict[tuple[str, str], str]:
+def finished_children(client, experiment: str, parent: str) -> dict[tuple[str, str], str]:
     """(cell name, fingerprint) -> the run id of its FINISHED child; a child left RUNNING by a
     killed sweep is marked KILLED (its cell runs again)."""
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000)
     done = {}
-    for child in sorted(children, key=lambda r: r.info.start_time):
+    for child in child_runs(client, experiment, parent):
         tags = child.data.tags
         if child.info.status == "FINISHED":
             done[(tags.get("nsa.cell"), tags.get("nsa.cell_fingerprint"))] = child.info.run_id
@@ -279,17 +273,12 @@ def finished_children(client, experiment_id: str, parent: str) -> dict[tuple[str
     return done
 
 
-def run_cell(client, experiment_id: str, parent: str, sweep: Sweep, cell: Cell) -> str:
+def run_cell(client, experiment: str, parent: str, sweep: Sweep, cell: Cell) -> str:
     """``nsa fit`` (and ``nsa evaluate``) of one cell in a new child run; FAILED if it raises."""
     from nsa import commands
 
-    tags = {
-        "mlflow.parentRunId": parent,
-        "nsa.cell": cell.name,
-        "nsa.cell_fingerprint": cell.fingerprint,
-        "nsa.sweep": sweep.name,
-    }
-    child = client.create_run(experiment_id, run_name=cell.name, tags=tags).info.run_id
+    tags = {"nsa.cell": cell.name, "nsa.cell_fingerprint": cell.fingerprint, "nsa.sweep": sweep.name}
+    child = new_run(client, experiment, cell.name, tags, parent).info.run_id
     print(f"nsa: sweep {sweep.name}: cell {cell.name} (MLflow run {child})", file=sys.stderr)
     try:
         args = fit_args(cell, child)
@@ -381,7 +370,7 @@ def run(args: list[str]) -> None:
     known, extra = parse(args)
     sweep = load(known.config, extra, known.name)
     configs = {cell.name: resolve(cell) for cell in sweep.cells}  # every cell parses before any trains
-    uri, experiment = tracking(configs)
+    uri, experiment_name = tracking(configs)
     check_server(uri)  # before any cell trains: MLflow's client would retry for minutes
     check_folders(configs)
     if known.dry_run:
@@ -389,10 +378,9 @@ def run(args: list[str]) -> None:
             print(f"{cell.name}: nsa fit {shlex.join(cell.args)}")
         return
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    parent = parent_run(client, experiment_id, sweep, known.fresh)
-    children = run_cells(client, experiment_id, parent, sweep)
+    experiment = experiment_id(client, experiment_name)
+    parent = parent_run(client, experiment, sweep, known.fresh)
+    children = run_cells(client, experiment, parent, sweep)
     metrics, rows = summary(client, children, sweep.metrics)
     print(format_summary(metrics, rows))
     log_summary(client, parent, metrics, rows)
@@ -400,9 +388,9 @@ def run(args: list[str]) -> None:
     print(f"nsa: sweep {sweep.name}: {len(rows)} cells, summary logged to MLflow run {parent}", file=sys.stderr)
 
 
-def run_cells(client, experiment_id: str, parent: str, sweep: Sweep) -> dict[str, str]:
+def run_cells(client, experiment: str, parent: str, sweep: Sweep) -> dict[str, str]:
     """Each cell's finished child run id, running the cells that have none; the parent FAILS with a cell."""
-    done = finished_children(client, experiment_id, parent)
+    done = finished_children(client, experiment, parent)
     children = {}
     for cell in sweep.cells:
         if (cell.name, cell.fingerprint) in done:
@@ -410,7 +398,7 @@ def run_cells(client, experiment_id: str, parent: str, sweep: Sweep) -> dict[str
             children[cell.name] = done[(cell.name, cell.fingerprint)]
             continue
         try:
-            children[cell.name] = run_cell(client, experiment_id, parent, sweep, cell)
+            children[cell.name] = run_cell(client, experiment, parent, sweep, cell)
         except BaseException:
             client.set_terminated(parent, "FAILED")
             raise

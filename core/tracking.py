@@ -146,3 +146,35 @@ def check_server(uri: str | None) -> None:
             f"MLflow server {uri} is unreachable ({reason}); start it, or set "
             "trainer.logger.init_args.tracking_uri to a local store such as sqlite:///mlflow.db"
         ) from None
+
+
+# --- MLflow runs: a command's parent run and its child runs -------------------------------------
+# (MLflow's own tag mlflow.parentRunId makes a run a child: its UI nests the run under the parent)
+
+PARENT = "mlflow.parentRunId"
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of the MLflow experiment ``name``, created when there is none."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def latest_run(client, experiment: str, tags: dict[str, str], parent: str | None = None):
+    """The latest run with these tags (and this parent), or None. Tag values may hold no quote."""
+    tags = {PARENT: parent, **tags} if parent else tags
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    found = client.search_runs([experiment], query, max_results=1, order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
+def child_runs(client, experiment: str, parent: str) -> list:
+    """Every child run of ``parent``, oldest first."""
+    children = client.search_runs([experiment], f"tags.`{PARENT}` = '{parent}'", max_results=10000)
+    return sorted(children, key=lambda run: run.info.start_time)
+
+
+def new_run(client, experiment: str, name: str, tags: dict[str, str], parent: str | None = None):
+    """A new run named ``name`` with these tags, a child of ``parent`` when one is given."""
+    tags = {PARENT: parent, **tags} if parent else tags
+    return client.create_run(experiment, run_name=name, tags=tags)
