@@ -179,8 +179,8 @@ def test_the_long_setting_names_its_operations_and_the_oracle_reads_them(tmp_pat
     """Labelled: the question names each operation (``3 A+4 B-5 C*3``) and each step starts with
     its name and operation (``B-5: 7 -5 = 2``), so no step copies the list. The oracle checks the
     name too: a step that applies B's operation under the name C is wrong. The pretraining
-    tokenizer adds the names and the colon for the long setting only: the short one keeps its 31
-    tokens, so its policies and results stay as they were."""
+    tokenizer adds the names, the colon and each operation as one token for the long setting
+    only: the short one keeps its 31 tokens, so its policies and results stay as they were."""
     long = arithmetic.SETTINGS["long"]
     problem = {**PROBLEM, "question": "3 A+4 B-5 C*3"}
     text = arithmetic.solution(problem, random.Random(0), p_error=0.0, p_fix=0.0, setting=long)
@@ -193,7 +193,9 @@ def test_the_long_setting_names_its_operations_and_the_oracle_reads_them(tmp_pat
     assert arithmetic.problems(0, 1, "train", setting=long)[0]["question"].split()[1].startswith("A")
     pretrain = load("pretrain")
     assert len(pretrain.build_tokenizer(tmp_path / "short")) == 31
-    assert len(pretrain.build_tokenizer(tmp_path / "long", labelled=True)) == 31 + len(arithmetic.LABELS) + 1
+    long_tokenizer = pretrain.build_tokenizer(tmp_path / "long", labelled=True)
+    assert len(long_tokenizer) == 31 + len(arithmetic.LABELS) + 1 + 18  # names, ":", the 18 operations
+    assert long_tokenizer.tokenize("B-5: 7 -5") == ["B", "-5", ":", "Ġ", "7", "Ġ", "-5"]  # Ġ: byte-level space
 
 
 def test_paired_interval_p_value_and_seeds_needed_golden():

@@ -75,10 +75,12 @@ def apply(value: int, op: str, arg: int) -> int:
     return {"+": value + arg, "-": value - arg, "*": value * arg}[op]
 
 
+OPERATIONS = [("+", a) for a in range(2, 10)] + [("-", a) for a in range(2, 10)] + [("*", a) for a in (2, 3)]
+
+
 def feasible(value: int) -> list[tuple[str, int]]:
     """Every operation that keeps the chain inside 1..MAX_VALUE."""
-    ops = [("+", a) for a in range(2, 10)] + [("-", a) for a in range(2, 10)] + [("*", a) for a in (2, 3)]
-    return [(op, a) for op, a in ops if 1 <= apply(value, op, a) <= MAX_VALUE]
+    return [(op, a) for op, a in OPERATIONS if 1 <= apply(value, op, a) <= MAX_VALUE]
 
 
 def make_problem(rng: random.Random, index: int, prefix: str, setting: Setting = SETTINGS["short"]) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from arithmetic import LABELS, SETTINGS, Setting, heldout, problems, solution  # noqa: E402  (a script beside this one)
+from arithmetic import LABELS, OPERATIONS, SETTINGS, Setting, heldout, problems, solution  # noqa: E402  (a script beside this one)
 
 PROMPT = "{question}\n"  # the recipe's data.prompt_template: keep the two the same
 EOS = "<|endoftext|>"
@@ -29,7 +29,9 @@ EOS = "<|endoftext|>"
 
 def build_tokenizer(folder: Path, labelled: bool = False):
     """Byte-level BPE with no merges: one token per character, so digits are tokens. The
-    labelled format's names are extra characters (the short setting's vocabulary stays as it was)."""
+    labelled format adds its names and ``:``, and each operation as one token (``-6``): a 2-layer
+    policy copies the one token after a name (an induction head), where it misread the digit of
+    a two-token operation (``C*3`` for ``C*2``). The short setting's vocabulary stays as it was."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,6 +41,8 @@ def build_tokenizer(folder: Path, labelled: bool = False):
     alphabet = "0123456789 +-*=|\n{}\\boxedwait," + (LABELS + ":" if labelled else "")
     tok.train_from_iterator([alphabet], trainers.BpeTrainer(vocab_size=1, special_tokens=[EOS]))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    if labelled:
+        fast.add_tokens([f"{op}{arg}" for op, arg in OPERATIONS])
     fast.save_pretrained(folder)
     return fast
 
