@@ -50,6 +50,7 @@ class Setting:
     max_new_tokens: int  # room for the longest solution with a few corrections
     positions: int  # the policy's context: a question and the longest solution
     labelled: bool = False  # the labelled format (see ``step``) instead of the list still to do
+    hidden: int = 64  # the start policy's width (pretrain.py)
 
 
 SETTINGS = {
@@ -59,7 +60,9 @@ SETTINGS = {
     # the first, so that wrong answers carry long right prefixes. Labelled steps: with the
     # list still to do, the 2-layer policy did not learn to copy 7-10 operations (loss 0.32
     # after 900 steps, no right step in any negative)
-    "long": Setting("long", 7, 10, p_error=0.08, late=0.6, max_new_tokens=224, positions=320, labelled=True),
+    "long": Setting(
+        "long", 7, 10, p_error=0.08, late=0.6, max_new_tokens=224, positions=320, labelled=True, hidden=128
+    ),
 }
 
 

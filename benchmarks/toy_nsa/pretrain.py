@@ -87,7 +87,7 @@ def pretrain(
     steps: int = 900,
     batch_size: int = 64,
     lr: float = 3e-3,
-    hidden: int = 64,
+    hidden: int | None = None,
     layers: int = 2,
     p_fix: float = 0.5,
     setting: Setting = SETTINGS["short"],
@@ -95,14 +95,14 @@ def pretrain(
     """SFT from scratch on ``steps * batch_size`` chains of the seed's own stream, none of whose
     questions is in ``exclude`` (the held-out set). They may repeat each other and the training
     problems: what is learnt there is the skill, and the methods start from it. The chains'
-    lengths and slips are the setting's."""
+    lengths and slips, and the policy's width unless ``hidden`` is given, are the setting's."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     folder = out.with_name(out.name + ".tmp")  # renamed to ``out`` when whole: a kill leaves no half model
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tokenizer = build_tokenizer(folder, setting.labelled)
-    model = build_model(tokenizer, hidden, layers, positions=setting.positions)
+    model = build_model(tokenizer, hidden or setting.hidden, layers, positions=setting.positions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     pool = problems(seed, steps * batch_size, "sft", exclude=exclude, unique=False, setting=setting)
     start = time.perf_counter()
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--heldout", type=int, default=256, help="held-out problems kept out of pretraining")
     parser.add_argument("--steps", type=int, default=900)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=None, help="the policy's width (default: the setting's)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--p_fix", type=float, default=0.5, help="share of slips the next step corrects")
