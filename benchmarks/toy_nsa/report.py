@@ -100,7 +100,7 @@ def methods_table(results: Results, seeds: list[int], samples: int, title: str) 
         "standard error, mean over seeds; gain: over the seed's start policy; vs: avg minus that of",
         "the row named, on the same seed)",
         header(seeds, samples, f"  {'vs BCPG':>12}"),
-        line("start policy (SFT)", results, "start", seeds, samples),
+        line("start policy (SFT)", results, "start", seeds, samples, f"  {'':>12}"),  # no vs: keeps the columns
         *(
             line(label, results, cell, seeds, samples, versus(results, cell, "bcpg", seeds, samples))
             for label, cell in METHODS
