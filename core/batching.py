@@ -246,6 +246,10 @@ def _partners(slots: list[Slot]) -> torch.Tensor:
     return torch.tensor([local.get(slot.partner, -1) for slot in slots], dtype=torch.long)
 
 
+# why a per-token column may not match the answer, and what to do: one text for both checks
+LACKING = "a rollout file may lack them: add them to it, or let nsa sample (no data.rollouts)"
+
+
 def _column(rows: list[dict], name: str) -> torch.Tensor:
     """A loss's extra column: one value per response token -> (B, T) in input coordinates, 0 off
     the response; a number per answer -> (B,)."""
@@ -255,7 +259,7 @@ def _column(rows: list[dict], name: str) -> torch.Tensor:
         if len(r[name]) != len(r["response_ids"]):
             raise NSAError(
                 f"column {name} has {len(r[name])} values for an answer of {len(r['response_ids'])} tokens; "
-                "the loss reads it per token (rollouts loaded from a file may lack it: sample them with nsa generate)"
+                f"the loss reads it per token ({LACKING})"
             )
     return pad_right([[0.0] * len(r["prompt_ids"]) + list(r[name]) for r in rows], 0.0).float()  # (B, T)
 

@@ -8,7 +8,7 @@ import sys
 import lightning as L
 import torch
 
-from nsa.batching import ResumableLoader, RolloutRows, StepBatchSampler, collate, over_budget
+from nsa.batching import LACKING, ResumableLoader, RolloutRows, StepBatchSampler, collate, over_budget
 from nsa.contracts import Consensus, Sampler, Segmenter, StepJudge, Verifier, is_correct
 from nsa.errors import NSAError
 from nsa.log import notice, warn
@@ -216,7 +216,7 @@ class NSADataModule(L.LightningDataModule):
             if short := not_per_token(self.train_rows, column):
                 raise NSAError(
                     f"loss {type(loss).__name__} reads column {column} per token, and {short} training rows have "
-                    "fewer or more values than answer tokens (rollouts from a file may lack them: sample with nsa fit)"
+                    f"fewer or more values than answer tokens ({LACKING})"
                 )
         return columns
 

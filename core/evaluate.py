@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from nsa import pipeline
+from nsa import pipeline, tables
 from nsa.contracts import Benchmark, Sampler, closed_after, is_correct
 from nsa.errors import NSAError
 from nsa.stages.cache import StageOutput
@@ -178,8 +178,6 @@ def evaluate(
 
 def format_table(rows: list[dict]) -> str:
     """A plain text table, one benchmark per line, and the mean of each metric."""
-    from nsa import tables
-
     columns = list(rows[0])
     cells = [[_cell(row[c]) for c in columns] for row in rows]
     if len(rows) > 1:
