@@ -304,10 +304,42 @@ def test_other_sizes_and_a_missing_experiment_are_one_line_errors(toy_seed):
     not: it names its own runs); no experiment yet means no table, said so."""
     toy_seed.check_sizes("short", toy_seed.parse(["--train", "8", "--heldout", "64", "--pretrain_steps", "3"]))
     other = toy_seed.parse(["--train", "16", "--heldout", "8", "--pretrain_steps", "3"])
-    with pytest.raises(toy_seed.ToyError, match=r"runs/toy_nsa/short holds an experiment run with --train 8 .*move"):
+    with pytest.raises(
+        toy_seed.ToyError, match=r"runs/toy_nsa/short holds an experiment of train 8 \(now 16\): .*move"
+    ):
         toy_seed.check_sizes("short", other)
     with pytest.raises(toy_seed.ToyError, match=r"no toy experiment in sqlite:///runs/toy_nsa/mlflow.db"):
         toy_seed.results("short", other)
+
+
+def test_a_start_policy_of_another_kind_of_chain_is_refused(toy_seed):
+    """settings.json records the chains' format and the policy's width beside the sizes: a
+    folder pretrained before the long setting was labelled (or with another width) would
+    otherwise be reused against the new questions without a word. An old record, without
+    them, is refused the same way."""
+    args = toy_seed.parse(["--train", "8", "--heldout", "8", "--pretrain_steps", "3"])
+    path = Path("runs/toy_nsa/short/settings.json")
+    made = json.loads(path.read_text())
+    assert made["setting.hidden"] == 64 and made["setting.labelled"] is False and made["train"] == 8
+    path.write_text(json.dumps(made | {"setting.hidden": 32}))
+    with pytest.raises(toy_seed.ToyError, match=r"of setting.hidden 32 \(now 64\): use those, or move"):
+        toy_seed.check_sizes("short", args)
+    path.write_text(json.dumps({"train": 8, "pretrain_steps": 3}))  # the record before the kinds were kept
+    with pytest.raises(toy_seed.ToyError, match=r"of setting.name None \(now short\), setting.min_ops None"):
+        toy_seed.check_sizes("short", args)
+
+
+def test_a_start_policy_that_has_not_learnt_its_chains_stops_the_run(toy_seed):
+    """toy_seed's policy had 3 SFT steps: its loss on fresh chains is near that of a uniform
+    guess over its 31 tokens (ln 31 = 3.4), far above LEARNT, so the run stops before any
+    method trains from it, and says how to pretrain longer."""
+    args = toy_seed.parse(["--train", "8", "--heldout", "8", "--pretrain_steps", "3"])
+    loss = toy_seed.sft_loss(Path("runs/toy_nsa/short/seed0/sft"), 0, toy_seed.SETTINGS["short"], chains=16)
+    assert 2.0 < loss < 4.0
+    with pytest.raises(
+        toy_seed.ToyError, match=r"seed0/sft has not learnt its chains \(loss .* above 0.3\).*--pretrain_steps 6"
+    ):
+        toy_seed.check_learnt("short", 0, args)
 
 
 def test_results_saved_by_runs_elsewhere_are_joined_by_seed(tmp_path):

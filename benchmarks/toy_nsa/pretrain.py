@@ -124,6 +124,21 @@ def pretrain(
     folder.rename(out)
 
 
+def sft_loss(folder: Path, seed: int, setting: Setting, chains: int = 256, p_fix: float = 0.5) -> float:
+    """The policy in ``folder``'s mean loss per answer token on ``chains`` fresh noisy worked
+    solutions of ``setting`` (a stream of their own, not the pretraining one): near the noise's
+    own entropy once the chains are learnt, far above it when they are not, or when the policy
+    was pretrained on another format."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    rows = problems(seed, chains, "check", unique=False, setting=setting)
+    ids, labels = batch(tokenizer, rows, random.Random(seed), p_fix, setting)  # (B, T) each
+    with torch.no_grad():
+        return model(input_ids=ids, labels=labels).loss.item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
