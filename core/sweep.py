@@ -25,6 +25,7 @@ killed or failed sweep resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import itertools
 import json
@@ -360,15 +361,36 @@ def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--name", help="the sweep's name (its MLflow parent run and {sweep}); default: the file's")
     parser.add_argument("--fresh", action="store_true", help="start a new parent run instead of resuming")
     parser.add_argument("--dry_run", action="store_true", help="check every cell and list them; train nothing")
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="CELL",
+        help="run only these cells, by name (default: all); the rest stay as they were",
+    )
     return parser.parse_known_args(args)
 
 
+def only(sweep: Sweep, names: list[str] | None) -> Sweep:
+    """The sweep with only the cells named, in the file's order; an unknown name is a one-line error."""
+    if names is None:
+        return sweep
+    known = [cell.name for cell in sweep.cells]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise NSAError(f"sweep {sweep.path}: --cells names no cell {name!r}; {hint}its cells: {', '.join(known)}")
+    return Sweep(
+        sweep.path, sweep.name, [cell for cell in sweep.cells if cell.name in names], sweep.metrics, sweep.evaluate
+    )
+
+
 def run(args: list[str]) -> None:
-    """``nsa sweep --config SWEEP [--fresh] [--dry_run] [--key=value ...]``."""
+    """``nsa sweep --config SWEEP [--fresh] [--dry_run] [--cells CELL ...] [--key=value ...]``."""
     from mlflow import MlflowClient
 
     known, extra = parse(args)
-    sweep = load(known.config, extra, known.name)
+    sweep = only(load(known.config, extra, known.name), known.cells)
     configs = {cell.name: resolve(cell) for cell in sweep.cells}  # every cell parses before any trains
     uri, experiment_name = tracking(configs)
     check_server(uri)  # before any cell trains: MLflow's client would retry for minutes

@@ -342,6 +342,22 @@ def test_a_start_policy_that_has_not_learnt_its_chains_stops_the_run(toy_seed):
         toy_seed.check_learnt("short", 0, args)
 
 
+def test_the_registered_run_has_only_the_cells_the_comparisons_read(toy_seed, tmp_path):
+    """``--registered`` runs 7 of the 10 cells, the same cells (same fingerprints) as the whole
+    sweep, so either run reuses the other's; its tables and picture leave the other rows out."""
+    every = toy_seed.cells("short", 0, toy_seed.parse(["--seeds", "0"]))
+    registered = toy_seed.cells("short", 0, toy_seed.parse(["--seeds", "0", "--registered"]))
+    compared = {cell for _, a, b in report.COMPARISONS for cell in (a, b)}
+    assert len(every) == 10 and {cell.name for cell in registered} == compared and len(registered) == 7
+    assert all(cell in every for cell in registered)  # name, arguments and fingerprint alike
+    rows = {cell: by_seed for cell, by_seed in every_row({0: metrics(50.0), 1: metrics(52.0)}).items()}
+    rows = {cell: by_seed for cell, by_seed in rows.items() if cell in compared | {"start"}}
+    text = report.table(rows, [0, 1], 4)
+    assert "BCPG (beta=1)" in text and "GRPO-offline" not in text and "beta=-0.5" not in text
+    report.figure({"short": (rows, [0, 1])}, 4, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
 def test_results_saved_by_runs_elsewhere_are_joined_by_seed(tmp_path):
     """Seeds 0 and 1 ran in two places, each saving results.json: the tables read both; a seed
     that neither holds, or another evaluation size, is a one-line error."""

@@ -38,6 +38,9 @@ COMPARISONS = [  # pre-registered, (label, cell, baseline cell): the first is th
     ("consensus - LLM-like alone", "nsa-0.5", "judge-llm"),
     ("consensus - arithmetic alone", "nsa-0.5", "judge-arithmetic"),
 ]
+# the cells the comparisons read: `run.py --registered` runs only these (GRPO-offline and beta 0
+# and -0.5 are then left out of the tables)
+REGISTERED = ["rft", "bcpg", "nsa-0.5", "judge-oracle", "judge-prm", "judge-llm", "judge-arithmetic"]
 ITERATED = [("RFT", "rft"), ("BCPG", "bcpg"), ("BCPG-NSA", "nsa-0.5")]  # (label, cell) run by nsa iterate
 PER_SEED_COLUMNS = 5  # more seeds than this: no column of each seed's value
 
@@ -104,6 +107,7 @@ def methods_table(results: Results, seeds: list[int], samples: int, title: str) 
         *(
             line(label, results, cell, seeds, samples, versus(results, cell, "bcpg", seeds, samples))
             for label, cell in METHODS
+            if cell in results
         ),
     ]
 
@@ -192,6 +196,7 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
     from matplotlib.figure import Figure
 
     rows = [*METHODS, *((f"judge: {label.split(' (')[0]}", cell) for label, cell in JUDGES[:-1])]
+    rows = [(label, cell) for label, cell in rows if all(cell in results for results, _ in settings.values())]
     columns = 1 + any(rounds(results) for results, _ in settings.values())
     figure = Figure(figsize=(6.5 * columns, 3.6 * len(settings)), layout="constrained")
     grid = figure.subplots(len(settings), columns, squeeze=False)

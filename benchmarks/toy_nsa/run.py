@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from arithmetic import SETTINGS, heldout, train, write_jsonl  # noqa: E402  (scripts beside this one)
 from pretrain import pretrain, sft_loss  # noqa: E402
-from report import ITERATED, Results, figure, keys, table  # noqa: E402
+from report import ITERATED, REGISTERED, Results, figure, keys, table  # noqa: E402
 
 ROOT = Path("runs/toy_nsa")  # relative to the working directory, like the paths in toy.yaml
 TRACKING = f"sqlite:///{ROOT}/mlflow.db"
@@ -132,10 +132,12 @@ def check_learnt(setting: str, seed: int, args: argparse.Namespace) -> None:
 
 
 def cells(setting: str, seed: int, args: argparse.Namespace):
-    """The sweep's cells for this seed: their names, `nsa fit` arguments and fingerprints."""
-    from nsa.sweep import load
+    """The sweep's cells for this seed (with ``--registered``, those the comparisons read):
+    their names, `nsa fit` arguments and fingerprints."""
+    from nsa.sweep import load, only
 
-    return load(str(HERE / "sweep.yaml"), seed_overrides(setting, seed, args), sweep_name(setting, seed, args)).cells
+    sweep = load(str(HERE / "sweep.yaml"), seed_overrides(setting, seed, args), sweep_name(setting, seed, args))
+    return only(sweep, REGISTERED if args.registered else None).cells
 
 
 def iterate_folder(setting: str, seed: int, args: argparse.Namespace, cell: str) -> Path:
@@ -153,7 +155,10 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace) -> None:
     overrides = seed_overrides(setting, seed, args)
     start_policy = f"--evaluate.policy={ROOT / setting / f'seed{seed}' / 'sft'}"
     main(["evaluate", "--config", str(HERE / "toy.yaml"), *overrides, start_policy])
-    main(["sweep", "--config", str(HERE / "sweep.yaml"), "--name", sweep_name(setting, seed, args), *overrides])
+    picked = ["--cells", *REGISTERED] if args.registered else []
+    main(
+        ["sweep", "--config", str(HERE / "sweep.yaml"), "--name", sweep_name(setting, seed, args), *picked, *overrides]
+    )
     if args.iterations > 1:
         by_name = {cell.name: cell for cell in cells(setting, seed, args)}
         for _, name in ITERATED:
@@ -268,6 +273,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heldout", type=int, default=256, help="held-out problems (the same for every seed)")
     parser.add_argument("--samples", type=int, default=4, help="answers per held-out problem (avg@n, pass@n)")
     parser.add_argument("--pretrain_steps", type=int, default=900, help="SFT steps of the start policy")
+    parser.add_argument(
+        "--registered", action="store_true", help="only the cells the pre-registered comparisons read (7 of 10)"
+    )
     parser.add_argument("--iterations", type=int, default=1, help="rounds of nsa iterate of RFT, BCPG, BCPG-NSA")
     parser.add_argument("--figure", type=Path, default=ROOT / "results.png", help="the picture (and .json beside)")
     parser.add_argument("--table_only", action="store_true", help="print the tables of what has run; run nothing")

@@ -161,6 +161,22 @@ def test_name_flag_names_the_sweep_and_fills_the_sweep_placeholder(tmp_path, tin
     assert stop.value.code == 2 and "may not contain a quote; set `name:` or --name" in capsys.readouterr().err
 
 
+def test_cells_flag_runs_only_the_cells_named(tmp_path, tiny_model, capsys):
+    """``--cells`` picks cells by name, in the file's order, with the same arguments (so the same
+    fingerprints: a later run of the whole sweep skips them); a misspelt name is a one-line
+    error naming the close one and the file's cells."""
+    path = write_sweep(tmp_path, tiny_model, cells=THREE_CELLS)
+    main(["sweep", "--config", str(path), "--dry_run"])
+    every = capsys.readouterr().out.strip().splitlines()
+    main(["sweep", "--config", str(path), "--dry_run", "--cells", "rft", "bcpg"])
+    picked = capsys.readouterr().out.strip().splitlines()
+    assert len(every) == 3 and picked == [line for line in every if line.split(":")[0] in ("bcpg", "rft")]
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "--config", str(path), "--dry_run", "--cells", "rtf"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--cells names no cell 'rtf'; did you mean rft? its cells: bcpg, rft, any" in err
+
+
 def test_a_cell_resolves_to_the_config_fit_prints(tmp_path, tiny_model, capsys):
     """The config a sweep checks a cell by is read from the parser, not printed and read back: the
     mapping `nsa fit --print_config` prints, less fit's own arguments (ckpt_path, weights_only)."""
