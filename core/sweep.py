@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from nsa.errors import NSAError, yaml_error
+from nsa.log import notice
 from nsa.tables import format_table
 from nsa.tracking import check_server, child_runs, experiment_id, latest_run, new_run
 
@@ -274,6 +275,12 @@ def finished_children(client, experiment: str, parent: str) -> dict[tuple[str, s
     return done
 
 
+def finished_cells(client, experiment: str, parent: str, sweep: Sweep) -> dict[str, str]:
+    """The sweep's cells, in its order, that have a FINISHED child of their current fingerprint."""
+    done = finished_children(client, experiment, parent)
+    return {cell.name: done[key] for cell in sweep.cells if (key := (cell.name, cell.fingerprint)) in done}
+
+
 def run_cell(client, experiment: str, parent: str, sweep: Sweep, cell: Cell) -> str:
     """``nsa fit`` (and ``nsa evaluate``) of one cell in a new child run; FAILED if it raises."""
     from nsa import commands
@@ -354,8 +361,9 @@ def log_summary(client, parent: str, metrics: list[str], rows: list[dict]) -> No
 def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="nsa sweep",
-        description="Run every cell of a sweep file (a base recipe and its overrides) as `nsa fit`, "
-        "tracked as MLflow child runs of one parent run; further --key=value overrides apply to every cell.",
+        description="Run the cells of a sweep file (a base recipe and its overrides; all, or those --cells names) "
+        "as `nsa fit`, tracked as MLflow child runs of one parent run; further --key=value overrides apply to "
+        "every cell.",
     )
     parser.add_argument("--config", required=True, help="the sweep file")
     parser.add_argument("--name", help="the sweep's name (its MLflow parent run and {sweep}); default: the file's")
@@ -364,8 +372,9 @@ def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--cells",
         nargs="+",
+        action="extend",
         metavar="CELL",
-        help="run only these cells, by name (default: all); the rest stay as they were",
+        help="run only the cells so named (default: all); the summary still shows every finished cell",
     )
     return parser.parse_known_args(args)
 
@@ -374,6 +383,8 @@ def only(sweep: Sweep, names: list[str] | None) -> Sweep:
     """The sweep with only the cells named, in the file's order; an unknown name is a one-line error."""
     if names is None:
         return sweep
+    if not names:
+        raise NSAError(f"sweep {sweep.path}: --cells names no cell; name one or more, or leave --cells out for all")
     known = [cell.name for cell in sweep.cells]
     for name in names:
         if name not in known:
@@ -390,7 +401,8 @@ def run(args: list[str]) -> None:
     from mlflow import MlflowClient
 
     known, extra = parse(args)
-    sweep = only(load(known.config, extra, known.name), known.cells)
+    whole = load(known.config, extra, known.name)
+    sweep = only(whole, known.cells)
     configs = {cell.name: resolve(cell) for cell in sweep.cells}  # every cell parses before any trains
     uri, experiment_name = tracking(configs)
     check_server(uri)  # before any cell trains: MLflow's client would retry for minutes
@@ -402,26 +414,27 @@ def run(args: list[str]) -> None:
     client = MlflowClient(uri)
     experiment = experiment_id(client, experiment_name)
     parent = parent_run(client, experiment, sweep, known.fresh)
-    children = run_cells(client, experiment, parent, sweep)
+    run_cells(client, experiment, parent, sweep)
+    children = finished_cells(client, experiment, parent, whole)  # those of earlier --cells runs too
     metrics, rows = summary(client, children, sweep.metrics)
     print(format_summary(metrics, rows))
     log_summary(client, parent, metrics, rows)
     client.set_terminated(parent, "FINISHED")
     print(f"nsa: sweep {sweep.name}: {len(rows)} cells, summary logged to MLflow run {parent}", file=sys.stderr)
+    if len(children) < len(whole.cells):
+        left = [cell.name for cell in whole.cells if cell.name not in children]
+        notice(f"sweep {sweep.name}: cells {', '.join(left)} have not run; run without --cells for them")
 
 
-def run_cells(client, experiment: str, parent: str, sweep: Sweep) -> dict[str, str]:
-    """Each cell's finished child run id, running the cells that have none; the parent FAILS with a cell."""
+def run_cells(client, experiment: str, parent: str, sweep: Sweep) -> None:
+    """Run the cells that have no finished child run; the parent FAILS with a cell."""
     done = finished_children(client, experiment, parent)
-    children = {}
     for cell in sweep.cells:
         if (cell.name, cell.fingerprint) in done:
             print(f"nsa: sweep {sweep.name}: cell {cell.name} already finished, skipped", file=sys.stderr)
-            children[cell.name] = done[(cell.name, cell.fingerprint)]
             continue
         try:
-            children[cell.name] = run_cell(client, experiment, parent, sweep, cell)
+            run_cell(client, experiment, parent, sweep, cell)
         except BaseException:
             client.set_terminated(parent, "FAILED")
             raise
-    return children

@@ -304,9 +304,10 @@ def test_other_sizes_and_a_missing_experiment_are_one_line_errors(toy_seed):
     not: it names its own runs); no experiment yet means no table, said so."""
     toy_seed.check_sizes("short", toy_seed.parse(["--train", "8", "--heldout", "64", "--pretrain_steps", "3"]))
     other = toy_seed.parse(["--train", "16", "--heldout", "8", "--pretrain_steps", "3"])
-    with pytest.raises(
-        toy_seed.ToyError, match=r"runs/toy_nsa/short holds an experiment of train 8 \(now 16\): .*move"
-    ):
+    refused = (
+        r"runs/toy_nsa/short holds an experiment of train 8 \(now 16\); save the tables .*move all of runs/toy_nsa"
+    )
+    with pytest.raises(toy_seed.ToyError, match=refused):
         toy_seed.check_sizes("short", other)
     with pytest.raises(toy_seed.ToyError, match=r"no toy experiment in sqlite:///runs/toy_nsa/mlflow.db"):
         toy_seed.results("short", other)
@@ -322,7 +323,7 @@ def test_a_start_policy_of_another_kind_of_chain_is_refused(toy_seed):
     made = json.loads(path.read_text())
     assert made["setting.hidden"] == 64 and made["setting.labelled"] is False and made["train"] == 8
     path.write_text(json.dumps(made | {"setting.hidden": 32}))
-    with pytest.raises(toy_seed.ToyError, match=r"of setting.hidden 32 \(now 64\): use those, or move"):
+    with pytest.raises(toy_seed.ToyError, match=r"of setting.hidden 32 \(now 64\); save the tables"):
         toy_seed.check_sizes("short", args)
     path.write_text(json.dumps({"train": 8, "pretrain_steps": 3}))  # the record before the kinds were kept
     with pytest.raises(toy_seed.ToyError, match=r"of setting.name None \(now short\), setting.min_ops None"):
@@ -350,10 +351,12 @@ def test_the_registered_run_has_only_the_cells_the_comparisons_read(toy_seed, tm
     compared = {cell for _, a, b in report.COMPARISONS for cell in (a, b)}
     assert len(every) == 10 and {cell.name for cell in registered} == compared and len(registered) == 7
     assert all(cell in every for cell in registered)  # name, arguments and fingerprint alike
-    rows = {cell: by_seed for cell, by_seed in every_row({0: metrics(50.0), 1: metrics(52.0)}).items()}
+    assert {cell for _, cell in report.ITERATED} <= compared  # --registered --iterations finds them
+    rows = every_row({0: metrics(50.0), 1: metrics(52.0)})
     rows = {cell: by_seed for cell, by_seed in rows.items() if cell in compared | {"start"}}
+    rows["nsa-0"] = {0: metrics(51.0)}  # seed 0 ran every cell; merged with seed 1's registered run
     text = report.table(rows, [0, 1], 4)
-    assert "BCPG (beta=1)" in text and "GRPO-offline" not in text and "beta=-0.5" not in text
+    assert "BCPG (beta=1)" in text and "GRPO-offline" not in text and "beta=0 " not in text
     report.figure({"short": (rows, [0, 1])}, 4, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0
 

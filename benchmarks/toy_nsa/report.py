@@ -40,7 +40,7 @@ COMPARISONS = [  # pre-registered, (label, cell, baseline cell): the first is th
 ]
 # the cells the comparisons read: `run.py --registered` runs only these (GRPO-offline and beta 0
 # and -0.5 are then left out of the tables)
-REGISTERED = ["rft", "bcpg", "nsa-0.5", "judge-oracle", "judge-prm", "judge-llm", "judge-arithmetic"]
+REGISTERED = sorted({cell for _, compared, baseline in COMPARISONS for cell in (compared, baseline)})
 ITERATED = [("RFT", "rft"), ("BCPG", "bcpg"), ("BCPG-NSA", "nsa-0.5")]  # (label, cell) run by nsa iterate
 PER_SEED_COLUMNS = 5  # more seeds than this: no column of each seed's value
 
@@ -48,6 +48,12 @@ PER_SEED_COLUMNS = 5  # more seeds than this: no column of each seed's value
 def keys(samples: int) -> tuple[str, str, str]:
     """The MLflow names of avg@n, its standard error and pass@n (percent, as nsa evaluate logs them)."""
     return f"eval/toy/avg_at_{samples}", f"eval/toy/avg_at_{samples}_se", f"eval/toy/pass_at_{samples}"
+
+
+def has(results: Results, row: str, seeds: list[int]) -> bool:
+    """Whether every seed has the row: the cells ``--registered`` leaves out have none, or one seed
+    merged from a run of every cell."""
+    return all(seed in results.get(row, {}) for seed in seeds)
 
 
 def mean_std(values: list[float]) -> str:
@@ -107,7 +113,7 @@ def methods_table(results: Results, seeds: list[int], samples: int, title: str) 
         *(
             line(label, results, cell, seeds, samples, versus(results, cell, "bcpg", seeds, samples))
             for label, cell in METHODS
-            if cell in results
+            if has(results, cell, seeds)
         ),
     ]
 
@@ -196,7 +202,9 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
     from matplotlib.figure import Figure
 
     rows = [*METHODS, *((f"judge: {label.split(' (')[0]}", cell) for label, cell in JUDGES[:-1])]
-    rows = [(label, cell) for label, cell in rows if all(cell in results for results, _ in settings.values())]
+    rows = [
+        (label, cell) for label, cell in rows if all(has(results, cell, seeds) for results, seeds in settings.values())
+    ]
     columns = 1 + any(rounds(results) for results, _ in settings.values())
     figure = Figure(figsize=(6.5 * columns, 3.6 * len(settings)), layout="constrained")
     grid = figure.subplots(len(settings), columns, squeeze=False)

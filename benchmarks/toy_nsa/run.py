@@ -11,7 +11,8 @@ runs/toy_nsa/<setting>/:
 2. seed<k>/sft, the start policy, pretrained by SFT on noisy worked solutions (``pretrain.py``);
 3. ``nsa evaluate`` of the start policy on the held-out set (``--samples`` answers a problem);
 4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-<setting>-<n>x<samples>-seed<k>``:
-   every method trains on the same cached rollouts and verdicts, and each result is evaluated;
+   every method (with ``--registered``, those the comparisons read) trains on the same cached
+   rollouts and verdicts, and each result is evaluated;
 5. with ``--iterations K`` (K >= 2), ``nsa iterate --iterations K`` of RFT, BCPG and BCPG-NSA.
 
 Runs of other evaluation sizes (``--heldout``, ``--samples``) live side by side: they share
@@ -23,6 +24,8 @@ kept, evaluations, sweep cells and rounds resume from MLflow and the stage cache
 and the kind of chain are written to runs/toy_nsa/<setting>/settings.json, and a run with
 others is refused rather than mixed with the old results (evaluation sizes may differ: they
 name the runs). A start policy that has not learnt its chains (check_learnt) stops the run.
+Runs are found in MLflow by their names and the policies' paths, which hold neither sizes nor
+kind: starting over means moving all of runs/toy_nsa away, not one setting's folder.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ PROBLEM_FILE = "nsa.plugins.benchmarks.problem_file.ProblemFile"
 # seed 0 and 0.105 for long seed 0, which learnt; 0.444 for long seed 1 after 900 steps, whose
 # negatives held no right step (it learnt in 1800 steps, ending at a training loss of 0.04).
 LEARNT = 0.3
+# MLflow finds runs by their names and the policies' paths, which hold no size: moving one
+# setting's folder away would pair new start policies with the old policies' cells
+START_OVER = f"save the tables (--table_only), then move all of {ROOT} away to start over"
 
 
 class ToyError(Exception):
@@ -100,8 +106,11 @@ def check_sizes(setting: str, args: argparse.Namespace) -> None:
     path = folder / "settings.json"
     old = json.loads(path.read_text()) if path.exists() else made
     if old != made:
-        differ = ", ".join(f"{key} {old.get(key)} (now {new})" for key, new in made.items() if old.get(key) != new)
-        raise ToyError(f"{folder} holds an experiment of {differ}: use those, or move {folder} away to start over")
+        keys = [*made, *(key for key in old if key not in made)]
+        differ = ", ".join(
+            f"{key} {old.get(key)} (now {made.get(key)})" for key in keys if old.get(key) != made.get(key)
+        )
+        raise ToyError(f"{folder} holds an experiment of {differ}; {START_OVER}")
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(made) + "\n")
 
@@ -124,10 +133,9 @@ def check_learnt(setting: str, seed: int, args: argparse.Namespace) -> None:
     loss = sft_loss(policy, seed, SETTINGS[setting])
     print(f"toy_nsa: {policy}: loss {loss:.3f} on fresh chains", file=sys.stderr)
     if loss > LEARNT:
-        longer = 2 * args.pretrain_steps
         raise ToyError(
-            f"{policy} has not learnt its chains (loss {loss:.3f} on fresh ones, above {LEARNT}); pretrain "
-            f"every seed longer: move {ROOT / setting} away and run with --pretrain_steps {longer}"
+            f"{policy} has not learnt its chains (loss {loss:.3f} on fresh ones, above {LEARNT}); pretrain every "
+            f"seed longer, --pretrain_steps {2 * args.pretrain_steps}: {START_OVER}"
         )
 
 
@@ -196,7 +204,10 @@ def cell_metrics(client, experiment_id: str, setting: str, seed: int, args: argp
         tags = {"nsa.cell": cell.name, "nsa.cell_fingerprint": cell.fingerprint}
         runs = [run for run in found if all(run.data.tags.get(k) == v for k, v in tags.items())]
         if not runs:
-            raise ToyError(f"sweep {name} has no finished cell {cell.name} of the current recipe; rerun")
+            raise ToyError(
+                f"sweep {name} has no finished cell {cell.name} of the current recipe; rerun "
+                "(with --registered if it ran so)"
+            )
         out[cell.name] = {seed: runs[0].data.metrics}
     return out
 
@@ -300,7 +311,7 @@ def run_all(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     for setting in args.settings:
         check_sizes(setting, args)
-        for seed in args.seeds:
+        for seed in args.seeds:  # a seed at a time: a run stopped anywhere has whole seeds to report
             prepare(setting, seed, args)
             check_learnt(setting, seed, args)
             run_seed(setting, seed, args)

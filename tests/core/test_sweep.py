@@ -177,6 +177,24 @@ def test_cells_flag_runs_only_the_cells_named(tmp_path, tiny_model, capsys):
     assert stop.value.code == 2 and "--cells names no cell 'rtf'; did you mean rft? its cells: bcpg, rft, any" in err
 
 
+def test_a_sweep_run_cell_by_cell_is_the_whole_sweep(tmp_path, tiny_model, capsys):
+    """``--cells rft`` trains rft alone; its summary has that row, and a notice names the cell
+    left. The whole sweep then skips rft (same arguments, so the same fingerprint) and trains
+    only bcpg, and its summary has both rows. ``--cells`` given twice adds up."""
+    path = write_sweep(tmp_path, tiny_model, cells=THREE_CELLS[:2])
+    main(["sweep", "--config", str(path), "--cells", "rft"])
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.strip().splitlines()[-1:]] == ["rft"]
+    assert "cells bcpg have not run; run without --cells for them" in err
+    assert not (tmp_path / "runs" / "bcpg").exists() and (tmp_path / "runs" / "rft" / "config.json").exists()
+    main(["sweep", "--config", str(path), "--cells", "bcpg", "--cells", "rft"])
+    out, err = capsys.readouterr()
+    assert "cell rft already finished, skipped" in err and "cell bcpg (MLflow run" in err
+    assert [line.split()[0] for line in out.strip().splitlines()[-2:]] == ["bcpg", "rft"] and "have not run" not in err
+    children = [r for r in runs(tmp_path) if r.data.tags.get("nsa.command") != "sweep"]
+    assert sorted(r.data.tags["nsa.cell"] for r in children) == ["bcpg", "rft"]  # rft trained once
+
+
 def test_a_cell_resolves_to_the_config_fit_prints(tmp_path, tiny_model, capsys):
     """The config a sweep checks a cell by is read from the parser, not printed and read back: the
     mapping `nsa fit --print_config` prints, less fit's own arguments (ckpt_path, weights_only)."""
