@@ -106,10 +106,8 @@ def check_sizes(setting: str, args: argparse.Namespace) -> None:
     path = folder / "settings.json"
     old = json.loads(path.read_text()) if path.exists() else made
     if old != made:
-        keys = [*made, *(key for key in old if key not in made)]
-        differ = ", ".join(
-            f"{key} {old.get(key)} (now {made.get(key)})" for key in keys if old.get(key) != made.get(key)
-        )
+        differing = [key for key in {**made, **old} if old.get(key) != made.get(key)]  # made's keys first
+        differ = ", ".join(f"{key} {old.get(key)} (now {made.get(key)})" for key in differing)
         raise ToyError(f"{folder} holds an experiment of {differ}; {START_OVER}")
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(made) + "\n")
@@ -285,7 +283,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=4, help="answers per held-out problem (avg@n, pass@n)")
     parser.add_argument("--pretrain_steps", type=int, default=900, help="SFT steps of the start policy")
     parser.add_argument(
-        "--registered", action="store_true", help="only the cells the pre-registered comparisons read (7 of 10)"
+        "--registered", action="store_true", help=f"only the {len(REGISTERED)} cells the comparisons read"
     )
     parser.add_argument("--iterations", type=int, default=1, help="rounds of nsa iterate of RFT, BCPG, BCPG-NSA")
     parser.add_argument("--figure", type=Path, default=ROOT / "results.png", help="the picture (and .json beside)")
