@@ -253,6 +253,12 @@ def test_the_pre_registered_comparisons_and_the_rounds():
     assert second.split()[:3] == ["2", "0.0", "±"] and "+4.00 [ -0.97,  +8.97]  0.074" in second
 
 
+def test_a_p_value_under_half_a_thousandth_is_shown_as_under_0_001():
+    """3 decimals round 0.0004 to 0.000, which reads as impossible, so it is "<0.001"; 0.0005
+    and above keep 3 decimals (0.0005 -> 0.001, 0.0123 -> 0.012)."""
+    assert [report.shown_p(p) for p in (0.0004, 0.0005, 0.0123)] == ["<0.001", "0.001", "0.012"]
+
+
 def test_the_picture_is_drawn_from_the_results(tmp_path):
     rows = every_row({seed: metrics(50.0 + seed) for seed in (0, 1)})
     rows |= {f"iter1/{cell}": rows[cell] for _, cell in report.ITERATED}

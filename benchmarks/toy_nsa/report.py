@@ -136,10 +136,16 @@ def judges_table(results: Results, seeds: list[int], samples: int) -> list[str]:
     ]
 
 
+def shown_p(p: float) -> str:
+    """A p-value to 3 decimals, and one under 0.0005 as ``<0.001``: never a p of 0.000."""
+    return "<0.001" if p < 0.0005 else f"{p:.3f}"
+
+
 def comparison_line(label: str, result: Paired, holm_p: float | None) -> str:
     low, high = result.interval
-    adjusted = f"{holm_p:7.3f}" if holm_p is not None else "      -"
-    return f"{label:<30} {result.n:>5} {result.mean:+7.2f}  [{low:+6.2f}, {high:+6.2f}] {result.p:7.3f} {adjusted}"
+    adjusted = f"{shown_p(holm_p):>7}" if holm_p is not None else "      -"
+    interval = f"[{low:+6.2f}, {high:+6.2f}]"
+    return f"{label:<30} {result.n:>5} {result.mean:+7.2f}  {interval} {shown_p(result.p):>7} {adjusted}"
 
 
 def comparisons(results: Results, seeds: list[int], samples: int) -> dict[str, Paired]:
@@ -181,7 +187,9 @@ def iterations_table(results: Results, seeds: list[int], samples: int) -> list[s
         pairs = [
             paired(differences(results, f"iter{k}/nsa-0.5", f"iter{k}/{base}", seeds, avg)) for base in ("bcpg", "rft")
         ]
-        shown = "  ".join(f"{p.mean:+6.2f} [{p.interval[0]:+6.2f}, {p.interval[1]:+6.2f}] {p.p:6.3f}" for p in pairs)
+        shown = "  ".join(
+            f"{p.mean:+6.2f} [{p.interval[0]:+6.2f}, {p.interval[1]:+6.2f}] {shown_p(p.p):>6}" for p in pairs
+        )
         out.append(f"{k:<6} {gains}  {shown}")
     return out
 
@@ -221,7 +229,8 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
         axes[0].axvline(0, color="black", linewidth=0.5)
         primary = paired(differences(results, "nsa-0.5", "bcpg", seeds, keys(samples)[0]))
         low, high = primary.interval
-        axes[0].set_xlabel(f"points; BCPG-NSA - BCPG {primary.mean:+.2f} [{low:+.2f}, {high:+.2f}], p {primary.p:.3f}")
+        shown = f"{primary.mean:+.2f} [{low:+.2f}, {high:+.2f}], p {shown_p(primary.p)}"
+        axes[0].set_xlabel(f"points; BCPG-NSA - BCPG {shown}")
         if columns > 1:
             plot_rounds(axes[1], results, seeds, samples, name)
     figure.savefig(path, dpi=110)
