@@ -257,6 +257,8 @@ def test_a_p_value_under_half_a_thousandth_is_shown_as_under_0_001():
     """3 decimals round 0.0004 to 0.000, which reads as impossible, so it is "<0.001"; 0.0005
     and above keep 3 decimals (0.0005 -> 0.001, 0.0123 -> 0.012)."""
     assert [report.shown_p(p) for p in (0.0004, 0.0005, 0.0123)] == ["<0.001", "0.001", "0.012"]
+    line = report.comparison_line("BCPG-NSA - BCPG (primary)", stats.Paired(20, 0.36, 0.16, 0.00001), 0.0002)
+    assert line.split()[-2:] == ["<0.001", "<0.001"]  # the table's p and Holm p columns use it too
 
 
 def test_the_picture_is_drawn_from_the_results(tmp_path):
