@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from nsa.cli import main
 from nsa.contracts import StepItem
@@ -270,6 +271,45 @@ def test_the_picture_is_drawn_from_the_results(tmp_path):
         tmp_path / "r.png",
     )
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
+    """5 steps, a state saved every 2: a run killed in its 4th step goes on from the state
+    after step 2 and ends with the weights of an unkilled run, bit for bit (the model, AdamW's
+    moments and the data stream are all restored). A state saved with other arguments (here
+    another lr) is not used: that run starts at step 0."""
+    pretrain = load("pretrain")
+    monkeypatch.setattr(pretrain, "SAVE_EVERY", 2)
+    exclude = frozenset()
+    pretrain.pretrain(0, tmp_path / "whole", exclude, steps=5, batch_size=4)
+    real_batch, calls = pretrain.batch, []
+
+    def killed_in_step_4(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_batch(*args)
+
+    monkeypatch.setattr(pretrain, "batch", killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(0, tmp_path / "killed", exclude, steps=5, batch_size=4)
+    assert not (tmp_path / "killed").exists() and (tmp_path / "killed.tmp" / "pretrain_state.pt").exists()
+    monkeypatch.setattr(pretrain, "batch", real_batch)
+    capsys.readouterr()
+    pretrain.pretrain(0, tmp_path / "killed", exclude, steps=5, batch_size=4)
+    assert "resumed at step 2" in capsys.readouterr().err
+    whole, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "killed"))
+    assert whole.keys() == resumed.keys() and all(whole[key].equal(resumed[key]) for key in whole)
+    assert not (tmp_path / "killed" / "pretrain_state.pt").exists()  # the finished folder is only the model
+
+    monkeypatch.setattr(pretrain, "batch", killed_in_step_4)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(0, tmp_path / "other", exclude, steps=5, batch_size=4)
+    monkeypatch.setattr(pretrain, "batch", real_batch)
+    capsys.readouterr()
+    pretrain.pretrain(0, tmp_path / "other", exclude, steps=5, batch_size=4, lr=1e-3)
+    assert "resumed" not in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -80,6 +80,34 @@ def batch(tokenizer, rows: list[dict], rng: random.Random, p_fix: float, setting
     return ids, labels
 
 
+SAVE_EVERY = 100  # steps between the states a killed pretraining resumes from
+
+
+def save_state(path: Path, step: int, made: dict, model, optimizer, rng: random.Random) -> None:
+    """Everything the next step depends on, written whole or not at all (a kill mid-write
+    leaves the previous state)."""
+    state = {"made": made, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    state |= {"rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+    torch.save(state, path.with_suffix(".part"))
+    path.with_suffix(".part").replace(path)
+
+
+def resume(path: Path, made: dict, model, optimizer, rng: random.Random) -> int:
+    """The step to go on from: that of the state saved in ``path`` by a pretraining with the
+    same arguments (``made``), restored into the model, optimizer and streams; else 0."""
+    if not path.exists():
+        return 0
+    state = torch.load(path)
+    if state["made"] != made:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    print(f"toy_nsa: pretrain {made['seed']}: resumed at step {state['step']} from {path}", file=sys.stderr)
+    return state["step"]
+
+
 def pretrain(
     seed: int,
     out: Path,
@@ -95,31 +123,38 @@ def pretrain(
     """SFT from scratch on ``steps * batch_size`` chains of the seed's own stream, none of whose
     questions is in ``exclude`` (the held-out set). They may repeat each other and the training
     problems: what is learnt there is the skill, and the methods start from it. The chains'
-    lengths and slips, and the policy's width unless ``hidden`` is given, are the setting's."""
+    lengths and slips, and the policy's width unless ``hidden`` is given, are the setting's.
+    Killed, it goes on from its last saved state when called again with the same arguments,
+    to the same weights bit for bit."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     folder = out.with_name(out.name + ".tmp")  # renamed to ``out`` when whole: a kill leaves no half model
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder, setting.labelled)
     model = build_model(tokenizer, hidden or setting.hidden, layers, positions=setting.positions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    made = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "hidden": hidden, "layers": layers}
+    made |= {"p_fix": p_fix, "setting": repr(setting), "exclude": sorted(exclude)}
+    state = folder / "pretrain_state.pt"
+    first = resume(state, made, model, optimizer, rng)
     pool = problems(seed, steps * batch_size, "sft", exclude=exclude, unique=False, setting=setting)
     start = time.perf_counter()
-    for step in range(steps):
+    for step in range(first, steps):
         warmup, cosine = min(1.0, (step + 1) / 50), 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup * cosine
-        rows = pool[step * batch_size : (step + 1) * batch_size]
-        ids, labels = batch(tokenizer, rows, rng, p_fix, setting)
+        ids, labels = batch(tokenizer, pool[step * batch_size : (step + 1) * batch_size], rng, p_fix, setting)
         loss = model(input_ids=ids, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if (step + 1) % SAVE_EVERY == 0:
+            save_state(state, step + 1, made, model, optimizer, rng)
         if step % 100 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - start
             print(f"toy_nsa: pretrain {seed}: step {step} loss {loss.item():.3f} ({elapsed:.0f} s)", file=sys.stderr)
     model.save_pretrained(folder)
+    state.unlink(missing_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     folder.rename(out)
 

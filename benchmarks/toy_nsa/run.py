@@ -20,12 +20,13 @@ the problems, start policies and stage cache, and train their own cells.
 
 Everything is tracked in runs/toy_nsa/mlflow.db, and the tables are read back from there
 (report.py; statistics in stats.py). Run again, it skips what is done: a pretrained policy is
-kept, evaluations, sweep cells and rounds resume from MLflow and the stage cache. The sizes
-and the kind of chain are written to runs/toy_nsa/<setting>/settings.json, and a run with
-others is refused rather than mixed with the old results (evaluation sizes may differ: they
-name the runs). A start policy that has not learnt its chains (check_learnt) stops the run.
-Runs are found in MLflow by their names and the policies' paths, which hold neither sizes nor
-kind: starting over means moving all of runs/toy_nsa away, not one setting's folder.
+kept, a killed pretraining goes on from its last saved state, evaluations, sweep cells and
+rounds resume from MLflow and the stage cache. The sizes and the kind of chain are written to
+runs/toy_nsa/<setting>/settings.json, and a run with others is refused rather than mixed with
+the old results (evaluation sizes may differ: they name the runs). A start policy that has not
+learnt its chains (check_learnt) stops the run. Runs are found in MLflow by their names and the
+policies' paths, which hold neither sizes nor kind: starting over means moving all of
+runs/toy_nsa away, not one setting's folder.
 """
 
 from __future__ import annotations
