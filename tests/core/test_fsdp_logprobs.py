@@ -48,6 +48,9 @@ def sharded_grads(rank: int, world: int, port: int, folders: list[str], out: str
         results.append((type(scorer).__name__, grads))
     if rank == 0:
         torch.save(results, out)
+    # Without it, a rank that tears gloo down while the other is still saving has been seen
+    # to abort ("terminate called without an active exception") once in a full CI run.
+    dist.barrier()
     dist.destroy_process_group()
 
 
