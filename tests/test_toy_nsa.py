@@ -423,3 +423,55 @@ def test_results_saved_by_runs_elsewhere_are_joined_by_seed(tmp_path):
         run.saved(args.merge, "short", run.parse(["--seeds", "0", "2"]))
     with pytest.raises(run.ToyError, match=r"short 512x16: no seed \[0, 1\]"):
         run.saved(args.merge, "short", run.parse(["--seeds", "0", "1", "--heldout", "512", "--samples", "16"]))
+
+
+def test_saved_results_are_not_run_again_and_the_rest_is_read_from_mlflow(toy_seed, tmp_path):
+    """A session's runs/toy_nsa is gone with its machine; powered.json keeps the seeds' start
+    policy and cells. With ``--saved`` and ``--iterations 2``, seed 0 (start and the 7
+    registered cells saved) has only its rounds to run, seed 1 (nothing saved) everything, and
+    without rounds seed 0 has nothing left: it is not even pretrained. The table joins the saved
+    rows with the rounds found in MLflow (a real sqlite store, the runs logged as nsa iterate's
+    evaluation logs them: the policy's path and nsa.done)."""
+    registered = [cell.name for cell in toy_seed.cells("short", 0, toy_seed.parse(["--registered"]))]
+    held = {row: {"0": metrics(50.0 + i)} for i, row in enumerate(["start", *registered])}
+    path = tmp_path / "powered.json"
+    path.write_text(json.dumps({"short": {"8x4": held}}))
+    given = ["--train", "8", "--heldout", "8", "--pretrain_steps", "3", "--registered", "--saved", str(path)]
+    args = toy_seed.parse([*given, "--seeds", "0", "--iterations", "2"])
+    have = toy_seed.joined(args.saved, "short", args)
+    assert toy_seed.to_run("short", 0, args, have) == ["rounds"]
+    assert toy_seed.to_run("short", 1, args, have) == ["start", "sweep", "rounds"]
+    partial = {row: by_seed for row, by_seed in have.items() if row != "judge-prm"}
+    assert toy_seed.to_run("short", 0, args, partial) == ["sweep", "rounds"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(toy_seed.TRACKING)
+    experiment = client.create_experiment("nsa-toy")
+    for k in (1, 2):
+        for _, cell in report.ITERATED:
+            run = client.create_run(experiment)
+            policy = toy_seed.iterate_folder("short", 0, args, cell) / f"iter{k}"
+            client.log_param(run.info.run_id, "eval/policy", str(policy))
+            client.set_tag(run.info.run_id, "nsa.done", "true")
+            client.log_metric(run.info.run_id, "eval/toy/avg_at_4", 60.0 + k)
+    rows = toy_seed.results("short", args)
+    assert rows["start"] == {0: metrics(50.0)} and rows["bcpg"] == {0: held["bcpg"]["0"]}
+    assert rows["iter2/nsa-0.5"] == {0: {"eval/toy/avg_at_4": 62.0}} and len(rows) == 1 + 7 + 6
+
+    whole = toy_seed.parse([*given, "--seeds", "0", "5"])
+    both = {row: {**by_seed, "5": by_seed["0"]} for row, by_seed in held.items()}  # seed 5 saved as seed 0
+    path.write_text(json.dumps({"short": {"8x4": both}}))
+    toy_seed.run_all(toy_seed.parse([*given, "--seeds", "5"]))
+    assert not Path("runs/toy_nsa/short/seed5").exists()  # saved whole: neither pretrained nor run
+    assert toy_seed.results("short", whole)["rft"] == {0: held["rft"]["0"], 5: held["rft"]["0"]}
+
+
+def test_saved_and_merged_results_are_one_line_errors(toy_seed, capsys):
+    """--merge runs nothing and --saved runs the rest: both at once is refused by the parser;
+    a results file that is not there is named."""
+    with pytest.raises(SystemExit):
+        toy_seed.parse(["--merge", "a.json", "--saved", "b.json"])
+    assert "not allowed with argument --merge" in capsys.readouterr().err
+    with pytest.raises(toy_seed.ToyError, match=r"^nowhere.json: no such results file"):
+        toy_seed.joined([Path("nowhere.json")], "short", toy_seed.parse([]))

@@ -21,12 +21,13 @@ the problems, start policies and stage cache, and train their own cells.
 Everything is tracked in runs/toy_nsa/mlflow.db, and the tables are read back from there
 (report.py; statistics in stats.py). Run again, it skips what is done: a pretrained policy is
 kept, a killed pretraining goes on from its last saved state, evaluations, sweep cells and
-rounds resume from MLflow and the stage cache. The sizes and the kind of chain are written to
-runs/toy_nsa/<setting>/settings.json, and a run with others is refused rather than mixed with
-the old results (evaluation sizes may differ: they name the runs). A start policy that has not
-learnt its chains (check_learnt) stops the run. Runs are found in MLflow by their names and the
-policies' paths, which hold neither sizes nor kind: starting over means moving all of
-runs/toy_nsa away, not one setting's folder.
+rounds resume from MLflow and the stage cache; with ``--saved powered.json``, what the results
+file of an earlier run (another machine, another session) holds of a seed does not run again.
+The sizes and the kind of chain are written to runs/toy_nsa/<setting>/settings.json, and a run
+with others is refused rather than mixed with the old results (evaluation sizes may differ:
+they name the runs). A start policy that has not learnt its chains (check_learnt) stops the
+run. Runs are found in MLflow by their names and the policies' paths, which hold neither sizes
+nor kind: starting over means moving all of runs/toy_nsa away, not one setting's folder.
 """
 
 from __future__ import annotations
@@ -156,21 +157,38 @@ def iterate_args(setting: str, seed: int, args: argparse.Namespace, cell) -> lis
     return [*cell.args, f"--model.export_dir={iterate_folder(setting, seed, args, cell.name)}"]
 
 
-def run_seed(setting: str, seed: int, args: argparse.Namespace) -> None:
+def stages(setting: str, seed: int, args: argparse.Namespace) -> dict[str, list[str]]:
+    """The rows each stage of a seed's run fills: the start policy's evaluation, the sweep's
+    cells, the rounds of nsa iterate (none without ``--iterations``)."""
+    rounds = range(1, args.iterations + 1) if args.iterations > 1 else range(0)
+    return {
+        "start": ["start"],
+        "sweep": [cell.name for cell in cells(setting, seed, args)],
+        "rounds": [f"iter{k}/{cell}" for k in rounds for _, cell in ITERATED],
+    }
+
+
+def to_run(setting: str, seed: int, args: argparse.Namespace, have: Results) -> list[str]:
+    """The seed's stages whose rows the saved results (``--saved``) do not all hold, in order."""
+    held = {row for row, by_seed in have.items() if seed in by_seed}
+    return [stage for stage, rows in stages(setting, seed, args).items() if rows and not set(rows) <= held]
+
+
+def run_seed(setting: str, seed: int, args: argparse.Namespace, todo: list[str]) -> None:
     from nsa.cli import main
 
     overrides = seed_overrides(setting, seed, args)
     start_policy = f"--evaluate.policy={ROOT / setting / f'seed{seed}' / 'sft'}"
-    main(["evaluate", "--config", str(HERE / "toy.yaml"), *overrides, start_policy])
+    if "start" in todo:
+        main(["evaluate", "--config", str(HERE / "toy.yaml"), *overrides, start_policy])
     picked = ["--cells", *REGISTERED] if args.registered else []
-    main(
-        ["sweep", "--config", str(HERE / "sweep.yaml"), "--name", sweep_name(setting, seed, args), *picked, *overrides]
-    )
-    if args.iterations > 1:
+    name = sweep_name(setting, seed, args)
+    if "sweep" in todo:
+        main(["sweep", "--config", str(HERE / "sweep.yaml"), "--name", name, *picked, *overrides])
+    if "rounds" in todo:
         by_name = {cell.name: cell for cell in cells(setting, seed, args)}
-        for _, name in ITERATED:
-            iterated = iterate_args(setting, seed, args, by_name[name])
-            main(["iterate", "--iterations", str(args.iterations), *iterated])
+        for _, cell in ITERATED:
+            main(["iterate", "--iterations", str(args.iterations), *iterate_args(setting, seed, args, by_name[cell])])
 
 
 # --- the results, read back from MLflow --------------------------------------------------------
@@ -222,33 +240,50 @@ def round_metrics(client, experiment_id: str, setting: str, seed: int, args: arg
     return out
 
 
+def start_row(client, experiment_id: str, setting: str, seed: int, args: argparse.Namespace) -> Results:
+    return {"start": {seed: start_metrics(client, experiment_id, setting, seed, args)}}
+
+
+READ = {"start": start_row, "sweep": cell_metrics, "rounds": round_metrics}  # stage -> its rows from MLflow
+
+
 def results(setting: str, args: argparse.Namespace) -> Results:
-    """row ("start", a cell, ``iter<k>/<cell>``) -> seed -> metrics."""
+    """row ("start", a cell, ``iter<k>/<cell>``) -> seed -> metrics: what ``--saved`` holds of
+    the seeds, and the rest from MLflow."""
+    rows = joined(args.saved or [], setting, args)
+    rows = {row: {seed: m for seed, m in by_seed.items() if seed in args.seeds} for row, by_seed in rows.items()}
+    todo = {seed: to_run(setting, seed, args, rows) for seed in args.seeds}
+    if not any(todo.values()):
+        return rows
     from mlflow import MlflowClient
 
     client = MlflowClient(TRACKING)
     experiment = client.get_experiment_by_name("nsa-toy")
     if experiment is None:
         raise ToyError(f"no toy experiment in {TRACKING}; run without --table_only")
-    rows: Results = {}
-    for seed in args.seeds:
-        found = {"start": {seed: start_metrics(client, experiment.experiment_id, setting, seed, args)}}
-        found |= cell_metrics(client, experiment.experiment_id, setting, seed, args)
-        if args.iterations > 1:
-            found |= round_metrics(client, experiment.experiment_id, setting, seed, args)
-        for row, by_seed in found.items():
-            rows.setdefault(row, {}).update(by_seed)
+    for seed, stages_left in todo.items():
+        for stage in stages_left:
+            for row, by_seed in READ[stage](client, experiment.experiment_id, setting, seed, args).items():
+                rows.setdefault(row, {}).update(by_seed)
     return rows
 
 
-def saved(paths: list[Path], setting: str, args: argparse.Namespace) -> Results:
+def joined(paths: list[Path], setting: str, args: argparse.Namespace) -> Results:
     """The results that earlier runs saved (their results.json), seeds joined: seeds run on
     other machines or in other sessions, at this evaluation's size."""
     rows: Results = {}
     for path in paths:
+        if not path.is_file():
+            raise ToyError(f"{path}: no such results file (a results.json that run.py saved)")
         by_row = json.loads(path.read_text()).get(setting, {}).get(label(args), {})
         for row, by_seed in by_row.items():
             rows.setdefault(row, {}).update({int(seed): metrics for seed, metrics in by_seed.items()})
+    return rows
+
+
+def saved(paths: list[Path], setting: str, args: argparse.Namespace) -> Results:
+    """``--merge``: the saved results alone, every seed asked for in them."""
+    rows = joined(paths, setting, args)
     missing = sorted(set(args.seeds) - set(rows.get("start", {})))
     if missing:
         raise ToyError(f"{setting} {label(args)}: no seed {missing} in {', '.join(map(str, paths))}")
@@ -289,8 +324,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=1, help="rounds of nsa iterate of RFT, BCPG, BCPG-NSA")
     parser.add_argument("--figure", type=Path, default=ROOT / "results.png", help="the picture (and .json beside)")
     parser.add_argument("--table_only", action="store_true", help="print the tables of what has run; run nothing")
-    parser.add_argument(
+    joining = parser.add_mutually_exclusive_group()
+    joining.add_argument(
         "--merge", type=Path, nargs="+", help="run nothing; the tables from these results.json files (seeds joined)"
+    )
+    joining.add_argument(
+        "--saved",
+        type=Path,
+        nargs="+",
+        help="results.json files of earlier runs: what they hold of a seed is not run again (its start "
+        "policy's evaluation, the cells, the rounds) and is joined into the tables; with --iterations, "
+        "only the rounds run",
     )
     return parser.parse_args(argv)
 
@@ -310,10 +354,13 @@ def run_all(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     for setting in args.settings:
         check_sizes(setting, args)
+        have = joined(args.saved or [], setting, args)
         for seed in args.seeds:  # a seed at a time: a run stopped anywhere has whole seeds to report
-            prepare(setting, seed, args)
-            check_learnt(setting, seed, args)
-            run_seed(setting, seed, args)
+            todo = to_run(setting, seed, args, have)
+            if todo:  # a seed saved whole is not even pretrained
+                prepare(setting, seed, args)
+                check_learnt(setting, seed, args)
+                run_seed(setting, seed, args, todo)
             print(f"toy_nsa: {setting} seed {seed} done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
