@@ -254,6 +254,20 @@ def test_the_pre_registered_comparisons_and_the_rounds():
     assert second.split()[:3] == ["2", "0.0", "±"] and "+4.00 [ -0.97,  +8.97]  0.074" in second
 
 
+def test_rounds_saved_for_some_seeds_only_are_not_tabulated(tmp_path):
+    """A run still going has saved its rounds for seeds 0 and 1 of the 3 asked: every round
+    difference is paired by seed, so no round is tabulated (nor drawn), and the table says which
+    seeds have them, instead of failing on seed 2. The rest of the tables is as without rounds."""
+    rows = every_row({seed: metrics(50.0) for seed in (0, 1, 2)})
+    without = report.table(rows, [0, 1, 2], 4)
+    rows |= {f"iter{k}/{cell}": {0: metrics(51.0), 1: metrics(52.0)} for k in (1, 2) for _, cell in report.ITERATED}
+    text = report.table(rows, [0, 1, 2], 4)
+    assert text.startswith(without) and text.endswith("only seeds [0, 1] have them all; not tabulated")
+    assert report.rounds(rows, [0, 1]) == [1, 2] and report.rounds(rows, [0, 1, 2]) == []
+    report.figure({"short": (rows, [0, 1, 2])}, 4, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_p_value_under_half_a_thousandth_is_shown_as_under_0_001():
     """3 decimals round 0.0004 to 0.000, which reads as impossible, so it is "<0.001"; 0.0005
     and above keep 3 decimals (0.0005 -> 0.001, 0.0123 -> 0.012)."""

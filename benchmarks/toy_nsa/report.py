@@ -166,10 +166,16 @@ def comparisons_table(results: Results, seeds: list[int], samples: int) -> list[
     ]
 
 
-def rounds(results: Results) -> list[int]:
-    """The rounds of ``nsa iterate`` present for every iterated cell."""
+def rounds(results: Results, seeds: list[int]) -> list[int]:
+    """The rounds of ``nsa iterate`` that every iterated cell has for every seed: rounds saved
+    for some seeds only (a run still going) are not tabulated, as every difference is paired."""
     found = {int(row.split("/")[0][4:]) for row in results if row.startswith("iter")}
-    return [k for k in sorted(found) if all(f"iter{k}/{cell}" in results for _, cell in ITERATED)]
+    return [k for k in sorted(found) if all(has(results, f"iter{k}/{cell}", seeds) for _, cell in ITERATED)]
+
+
+def seeds_with_rounds(results: Results) -> list[int]:
+    """The seeds that every saved round row has."""
+    return sorted(set.intersection(*(set(by_seed) for row, by_seed in results.items() if row.startswith("iter"))))
 
 
 def iterations_table(results: Results, seeds: list[int], samples: int) -> list[str]:
@@ -180,7 +186,7 @@ def iterations_table(results: Results, seeds: list[int], samples: int) -> list[s
         f"After k rounds of nsa iterate (avg@{samples} points; mean ± std over seeds; intervals 95% t):",
         f"{'round':<6} {head}  {'BCPG-NSA - BCPG':>26} {'p':>6}  {'BCPG-NSA - RFT':>26} {'p':>6}",
     ]
-    for k in rounds(results):
+    for k in rounds(results, seeds):
         gains = "  ".join(
             f"{mean_std(differences(results, f'iter{k}/{cell}', 'start', seeds, avg)):>12}" for _, cell in ITERATED
         )
@@ -199,8 +205,10 @@ def table(results: Results, seeds: list[int], samples: int, title: str = "toy_ns
     parts = [methods_table(results, seeds, samples, title), judges_table(results, seeds, samples)]
     if len(seeds) > 1:
         parts.append(comparisons_table(results, seeds, samples))
-    if rounds(results) and len(seeds) > 1:
+    if len(seeds) > 1 and rounds(results, seeds):
         parts.append(iterations_table(results, seeds, samples))
+    elif len(seeds) > 1 and any(row.startswith("iter") for row in results):
+        parts.append([f"Rounds of nsa iterate: only seeds {seeds_with_rounds(results)} have them all; not tabulated"])
     return "\n\n".join("\n".join(part) for part in parts)
 
 
@@ -213,7 +221,7 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
     rows = [
         (label, cell) for label, cell in rows if all(has(results, cell, seeds) for results, seeds in settings.values())
     ]
-    columns = 1 + any(rounds(results) for results, _ in settings.values())
+    columns = 1 + any(rounds(results, seeds) for results, seeds in settings.values())
     figure = Figure(figsize=(6.5 * columns, 3.6 * len(settings)), layout="constrained")
     grid = figure.subplots(len(settings), columns, squeeze=False)
     for axes, (name, (results, seeds)) in zip(grid, settings.items()):
@@ -238,7 +246,7 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
 
 def plot_rounds(axes, results: Results, seeds: list[int], samples: int, name: str) -> None:
     """Each iterated method's gain after round k (round 0: the start policy, no gain)."""
-    ks = rounds(results)
+    ks = rounds(results, seeds)
     for label, cell in ITERATED:
         gains = [paired(differences(results, f"iter{k}/{cell}", "start", seeds, keys(samples)[0])) for k in ks]
         means, errors = [0.0] + [g.mean for g in gains], [0.0] + [g.half_width for g in gains]
