@@ -237,9 +237,10 @@ def test_the_pre_registered_comparisons_and_the_rounds():
     interval [-0.48, +4.48], p 0.074); every other cell scores as the start, so BCPG-NSA - RFT
     is the same, and consensus - each judge too. Holm over the five secondary p of 0.074:
     5 * 0.074 = 0.371, then the running maximum keeps it. Rounds 1 and 2 of nsa iterate: BCPG-NSA
-    gains 2, 4, 6 in round 2 where BCPG gains 0: +4.00 [-0.97, +8.97], p 0.074."""
+    gains 2, 4, 6 in round 2 where BCPG gains 0: +4.00 [-0.97, +8.97], p 0.074. The rounds
+    started from the start policy itself (round0), so round 0 is 0 points from it on every seed."""
     start = {seed: metrics(50.0) for seed in (0, 1, 2)}
-    rows = every_row(start)
+    rows = every_row(start) | {"round0": dict(start)}
     rows["nsa-0.5"] = {seed: metrics(50.0 + seed + 1) for seed in (0, 1, 2)}
     for k in (1, 2):
         rows |= {f"iter{k}/{cell}": dict(start) for _, cell in report.ITERATED}
@@ -252,6 +253,30 @@ def test_the_pre_registered_comparisons_and_the_rounds():
     lines = text.splitlines()
     second = lines[next(i for i, line in enumerate(lines) if line.startswith("round")) + 2]  # round 1, round 2
     assert second.split()[:3] == ["2", "0.0", "±"] and "+4.00 [ -0.97,  +8.97]  0.074" in second
+    assert lines[-1] == "round 0 - the sweep's start policy:   0.0 ±  0.0 (0 of 3 seeds apart; from +0.00 to +0.00)"
+
+
+def test_round_gains_are_over_the_policy_the_rounds_started_from(tmp_path):
+    """The sweep's start policy scored 50 on seeds 0, 1, 2; the rounds' own start (round0,
+    pretrained again on another machine) scored 48, 50, 47, and each method's round 1 scored one
+    point above it. The gain is +1.0 ± 0.0 over round 0 (over the sweep's start it would read
+    -1, +1, -2: -0.7). Round 0 - start: -2, 0, -3, mean -1.67, sample std
+    sqrt((0.33^2 + 1.67^2 + 1.33^2) / 2) = sqrt(2.33) = 1.53: "-1.7 ± 1.5", 2 of 3 seeds apart.
+    Without round0 for every seed the rounds are not tabulated: their gains would be over a
+    policy they did not start from."""
+    rows = every_row({seed: metrics(50.0) for seed in (0, 1, 2)})
+    rows["round0"] = {0: metrics(48.0), 1: metrics(50.0), 2: metrics(47.0)}
+    rows |= {
+        f"iter1/{cell}": {s: metrics(m["eval/toy/avg_at_4"] + 1) for s, m in rows["round0"].items()}
+        for _, cell in report.ITERATED
+    }
+    lines = report.table(rows, [0, 1, 2], 4).splitlines()
+    first = lines[next(i for i, line in enumerate(lines) if line.startswith("round")) + 1]
+    assert first.split()[:10] == ["1", "1.0", "±", "0.0", "1.0", "±", "0.0", "1.0", "±", "0.0"]
+    assert lines[-1] == "round 0 - the sweep's start policy:  -1.7 ±  1.5 (2 of 3 seeds apart; from -3.00 to +0.00)"
+    report.figure({"short": (rows, [0, 1, 2])}, 4, tmp_path / "r.png")
+    del rows["round0"][2]
+    assert report.rounds(rows, [0, 1, 2]) == [] and report.seeds_with_rounds(rows) == [0, 1]
 
 
 def test_rounds_saved_for_some_seeds_only_are_not_tabulated(tmp_path):
@@ -261,6 +286,7 @@ def test_rounds_saved_for_some_seeds_only_are_not_tabulated(tmp_path):
     rows = every_row({seed: metrics(50.0) for seed in (0, 1, 2)})
     without = report.table(rows, [0, 1, 2], 4)
     rows |= {f"iter{k}/{cell}": {0: metrics(51.0), 1: metrics(52.0)} for k in (1, 2) for _, cell in report.ITERATED}
+    rows["round0"] = {0: metrics(50.0), 1: metrics(50.0)}
     text = report.table(rows, [0, 1, 2], 4)
     assert text.startswith(without) and text.endswith("only seeds [0, 1] have them all; not tabulated")
     assert report.rounds(rows, [0, 1]) == [1, 2] and report.rounds(rows, [0, 1, 2]) == []
@@ -278,7 +304,7 @@ def test_a_p_value_under_half_a_thousandth_is_shown_as_under_0_001():
 
 def test_the_picture_is_drawn_from_the_results(tmp_path):
     rows = every_row({seed: metrics(50.0 + seed) for seed in (0, 1)})
-    rows |= {f"iter1/{cell}": rows[cell] for _, cell in report.ITERATED}
+    rows |= {f"iter1/{cell}": rows[cell] for _, cell in report.ITERATED} | {"round0": rows["start"]}
     report.figure(
         {"short": (rows, [0, 1]), "long": (every_row({0: metrics(1.0), 1: metrics(2.0)}), [0, 1])},
         4,
@@ -445,7 +471,8 @@ def test_saved_results_are_not_run_again_and_the_rest_is_read_from_mlflow(toy_se
     registered cells saved) has only its rounds to run, seed 1 (nothing saved) everything, and
     without rounds seed 0 has nothing left: it is not even pretrained. The table joins the saved
     rows with the rounds found in MLflow (a real sqlite store, the runs logged as nsa iterate's
-    evaluation logs them: the policy's path and nsa.done)."""
+    evaluation logs them: the policy's path and nsa.done) and with round0, this machine's
+    evaluation of the start policy the rounds started from (49), not the saved start (50)."""
     registered = [cell.name for cell in toy_seed.cells("short", 0, toy_seed.parse(["--registered"]))]
     held = {row: {"0": metrics(50.0 + i)} for i, row in enumerate(["start", *registered])}
     path = tmp_path / "powered.json"
@@ -469,9 +496,15 @@ def test_saved_results_are_not_run_again_and_the_rest_is_read_from_mlflow(toy_se
             client.log_param(run.info.run_id, "eval/policy", str(policy))
             client.set_tag(run.info.run_id, "nsa.done", "true")
             client.log_metric(run.info.run_id, "eval/toy/avg_at_4", 60.0 + k)
+    again = client.create_run(experiment, tags={"nsa.command": "evaluate"})
+    client.log_param(again.info.run_id, "eval/policy", "runs/toy_nsa/short/seed0/sft")
+    client.log_metric(again.info.run_id, "eval/toy/problems", 8.0)
+    client.log_metric(again.info.run_id, "eval/toy/avg_at_4", 49.0)
+    client.set_terminated(again.info.run_id)
     rows = toy_seed.results("short", args)
     assert rows["start"] == {0: metrics(50.0)} and rows["bcpg"] == {0: held["bcpg"]["0"]}
-    assert rows["iter2/nsa-0.5"] == {0: {"eval/toy/avg_at_4": 62.0}} and len(rows) == 1 + 7 + 6
+    assert rows["round0"][0]["eval/toy/avg_at_4"] == 49.0
+    assert rows["iter2/nsa-0.5"] == {0: {"eval/toy/avg_at_4": 62.0}} and len(rows) == 1 + 7 + 1 + 6
 
     whole = toy_seed.parse([*given, "--seeds", "0", "5"])
     both = {row: {**by_seed, "5": by_seed["0"]} for row, by_seed in held.items()}  # seed 5 saved as seed 0

@@ -1,7 +1,9 @@
 """The toy experiment's tables and picture, from its results: row -> seed -> MLflow metrics.
 
 A row is ``start`` (the seed's start policy), a sweep cell (``bcpg``, ``nsa-0.5``, ...) or
-``iter<k>/<cell>`` (that cell's method after k rounds of ``nsa iterate``). Every difference
+``iter<k>/<cell>`` (that cell's method after k rounds of ``nsa iterate``) or ``round0`` (the
+policy those rounds started from: the start policy, pretrained again when the sweep's rows were
+saved on another machine, so not always bit for bit the same). Every difference
 is paired by seed (see stats.py); the comparisons below were fixed before the runs they
 report (README.md, "Pre-registered analysis").
 """
@@ -166,29 +168,38 @@ def comparisons_table(results: Results, seeds: list[int], samples: int) -> list[
     ]
 
 
+def is_round(row: str) -> bool:
+    return row == "round0" or row.startswith("iter")
+
+
 def rounds(results: Results, seeds: list[int]) -> list[int]:
-    """The rounds of ``nsa iterate`` that every iterated cell has for every seed: rounds saved
-    for some seeds only (a run still going) are not tabulated, as every difference is paired."""
+    """The rounds of ``nsa iterate`` that every iterated cell has for every seed, with round0:
+    rounds saved for some seeds only (a run still going) are not tabulated, as every difference
+    is paired, and nor are rounds without the policy they started from."""
     found = {int(row.split("/")[0][4:]) for row in results if row.startswith("iter")}
+    if not has(results, "round0", seeds):
+        return []
     return [k for k in sorted(found) if all(has(results, f"iter{k}/{cell}", seeds) for _, cell in ITERATED)]
 
 
 def seeds_with_rounds(results: Results) -> list[int]:
-    """The seeds that every saved round row has."""
-    return sorted(set.intersection(*(set(by_seed) for row, by_seed in results.items() if row.startswith("iter"))))
+    """The seeds that every saved round row (round0 included) has."""
+    return sorted(set.intersection(*(set(by_seed) for row, by_seed in results.items() if is_round(row))))
 
 
 def iterations_table(results: Results, seeds: list[int], samples: int) -> list[str]:
-    """Each round's gain over the start policy, and BCPG-NSA against BCPG and RFT, paired by seed."""
+    """Each round's gain over round 0 (the policy the rounds started from), and BCPG-NSA against
+    BCPG and RFT, paired by seed; last, how far round 0 is from the sweep's start policy."""
     avg = keys(samples)[0]
     head = "  ".join(f"{label + ' gain':>12}" for label, _ in ITERATED)
     out = [
-        f"After k rounds of nsa iterate (avg@{samples} points; mean ± std over seeds; intervals 95% t):",
+        f"After k rounds of nsa iterate (avg@{samples} points; gain over round 0, the policy the rounds started",
+        "from; mean ± std over seeds; intervals 95% t):",
         f"{'round':<6} {head}  {'BCPG-NSA - BCPG':>26} {'p':>6}  {'BCPG-NSA - RFT':>26} {'p':>6}",
     ]
     for k in rounds(results, seeds):
         gains = "  ".join(
-            f"{mean_std(differences(results, f'iter{k}/{cell}', 'start', seeds, avg)):>12}" for _, cell in ITERATED
+            f"{mean_std(differences(results, f'iter{k}/{cell}', 'round0', seeds, avg)):>12}" for _, cell in ITERATED
         )
         pairs = [
             paired(differences(results, f"iter{k}/nsa-0.5", f"iter{k}/{base}", seeds, avg)) for base in ("bcpg", "rft")
@@ -197,6 +208,12 @@ def iterations_table(results: Results, seeds: list[int], samples: int) -> list[s
             f"{p.mean:+6.2f} [{p.interval[0]:+6.2f}, {p.interval[1]:+6.2f}] {shown_p(p.p):>6}" for p in pairs
         )
         out.append(f"{k:<6} {gains}  {shown}")
+    apart = differences(results, "round0", "start", seeds, avg)
+    moved = sum(difference != 0 for difference in apart)
+    out.append(
+        f"round 0 - the sweep's start policy: {mean_std(apart)} ({moved} of {len(seeds)} seeds apart; "
+        f"from {min(apart):+.2f} to {max(apart):+.2f})"
+    )
     return out
 
 
@@ -207,7 +224,7 @@ def table(results: Results, seeds: list[int], samples: int, title: str = "toy_ns
         parts.append(comparisons_table(results, seeds, samples))
     if len(seeds) > 1 and rounds(results, seeds):
         parts.append(iterations_table(results, seeds, samples))
-    elif len(seeds) > 1 and any(row.startswith("iter") for row in results):
+    elif len(seeds) > 1 and any(is_round(row) for row in results):
         parts.append([f"Rounds of nsa iterate: only seeds {seeds_with_rounds(results)} have them all; not tabulated"])
     return "\n\n".join("\n".join(part) for part in parts)
 
@@ -245,10 +262,10 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
 
 
 def plot_rounds(axes, results: Results, seeds: list[int], samples: int, name: str) -> None:
-    """Each iterated method's gain after round k (round 0: the start policy, no gain)."""
+    """Each iterated method's gain after round k over round 0, the policy the rounds started from."""
     ks = rounds(results, seeds)
     for label, cell in ITERATED:
-        gains = [paired(differences(results, f"iter{k}/{cell}", "start", seeds, keys(samples)[0])) for k in ks]
+        gains = [paired(differences(results, f"iter{k}/{cell}", "round0", seeds, keys(samples)[0])) for k in ks]
         means, errors = [0.0] + [g.mean for g in gains], [0.0] + [g.half_width for g in gains]
         axes.errorbar([0, *ks], means, yerr=errors, label=label, capsize=3, marker="o")
     axes.set_title(f"{name}: gain after k rounds of nsa iterate" if ks else f"{name}: no rounds of nsa iterate")

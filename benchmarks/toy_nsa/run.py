@@ -13,7 +13,9 @@ runs/toy_nsa/<setting>/:
 4. ``nsa sweep --config benchmarks/toy_nsa/sweep.yaml --name toy-<setting>-<n>x<samples>-seed<k>``:
    every method (with ``--registered``, those the comparisons read) trains on the same cached
    rollouts and verdicts, and each result is evaluated;
-5. with ``--iterations K`` (K >= 2), ``nsa iterate --iterations K`` of RFT, BCPG and BCPG-NSA.
+5. with ``--iterations K`` (K >= 2), ``nsa iterate --iterations K`` of RFT, BCPG and BCPG-NSA,
+   after evaluating their start policy again (``round0``: pretrained anew when ``--saved``
+   holds the seed's sweep, and not always bit for bit the same across machines).
 
 Runs of other evaluation sizes (``--heldout``, ``--samples``) live side by side: they share
 the problems, start policies and stage cache, and train their own cells.
@@ -159,12 +161,14 @@ def iterate_args(setting: str, seed: int, args: argparse.Namespace, cell) -> lis
 
 def stages(setting: str, seed: int, args: argparse.Namespace) -> dict[str, list[str]]:
     """The rows each stage of a seed's run fills: the start policy's evaluation, the sweep's
-    cells, the rounds of nsa iterate (none without ``--iterations``)."""
+    cells, the rounds of nsa iterate (none without ``--iterations``) with ``round0``, the
+    evaluation of the policy they start from (pretrained again when the sweep's rows are saved)."""
     rounds = range(1, args.iterations + 1) if args.iterations > 1 else range(0)
+    iterated = [f"iter{k}/{cell}" for k in rounds for _, cell in ITERATED]
     return {
         "start": ["start"],
         "sweep": [cell.name for cell in cells(setting, seed, args)],
-        "rounds": [f"iter{k}/{cell}" for k in rounds for _, cell in ITERATED],
+        "rounds": ["round0", *iterated] if iterated else [],
     }
 
 
@@ -179,7 +183,7 @@ def run_seed(setting: str, seed: int, args: argparse.Namespace, todo: list[str])
 
     overrides = seed_overrides(setting, seed, args)
     start_policy = f"--evaluate.policy={ROOT / setting / f'seed{seed}' / 'sft'}"
-    if "start" in todo:
+    if "start" in todo or "rounds" in todo:  # the rounds' own start (round0): this machine's pretraining
         main(["evaluate", "--config", str(HERE / "toy.yaml"), *overrides, start_policy])
     picked = ["--cells", *REGISTERED] if args.registered else []
     name = sweep_name(setting, seed, args)
@@ -230,8 +234,9 @@ def cell_metrics(client, experiment_id: str, setting: str, seed: int, args: argp
 
 
 def round_metrics(client, experiment_id: str, setting: str, seed: int, args: argparse.Namespace) -> Results:
-    """``iter<k>/<cell>`` -> {seed: metrics} of each finished round of nsa iterate."""
-    out: Results = {}
+    """``iter<k>/<cell>`` -> {seed: metrics} of each finished round of nsa iterate, and
+    ``round0``: the latest evaluation of the start policy, the one the rounds started from."""
+    out: Results = {"round0": {seed: start_metrics(client, experiment_id, setting, seed, args)}}
     for k in range(1, args.iterations + 1):
         for _, cell in ITERATED:
             policy = iterate_folder(setting, seed, args, cell) / f"iter{k}"
