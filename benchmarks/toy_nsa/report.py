@@ -264,11 +264,14 @@ def figure(settings: dict[str, tuple[Results, list[int]]], samples: int, path: P
 def plot_rounds(axes, results: Results, seeds: list[int], samples: int, name: str) -> None:
     """Each iterated method's gain after round k over round 0, the policy the rounds started from."""
     ks = rounds(results, seeds)
+    if not ks:  # an empty panel, not a lone point at round 0
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, f"{name}: no rounds of nsa iterate", ha="center", va="center", transform=axes.transAxes)
+        return
     for label, cell in ITERATED:
         gains = [paired(differences(results, f"iter{k}/{cell}", "round0", seeds, keys(samples)[0])) for k in ks]
         means, errors = [0.0] + [g.mean for g in gains], [0.0] + [g.half_width for g in gains]
         axes.errorbar([0, *ks], means, yerr=errors, label=label, capsize=3, marker="o")
-    axes.set_title(f"{name}: gain after k rounds of nsa iterate" if ks else f"{name}: no rounds of nsa iterate")
+    axes.set_title(f"{name}: gain after k rounds of nsa iterate")
     axes.set_xticks([0, *ks])
-    if ks:
-        axes.legend()
+    axes.legend()
