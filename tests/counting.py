@@ -54,3 +54,19 @@ class ParityVerifier:
 
     def verify(self, references: Sequence[str], responses: Sequence[str]) -> list[Outcome]:
         return [Outcome(float(len(r) % 2 == 0), "ok") for r in responses]
+
+
+class NaNOnProcessOne:
+    """BCPG (beta 0.5), except that process 1's loss is NaN from its first micro-batch: only one
+    process of the job sees a non-finite loss, so the other can learn of it only by all-reduce."""
+
+    def __init__(self) -> None:
+        from nsa.plugins.losses.bcpg import BCPG
+
+        self._bcpg = BCPG(beta=0.5, tau=0.001)
+
+    def __call__(self, batch, logprobs):
+        from nsa.contracts import LossOutput
+
+        out = self._bcpg(batch, logprobs)
+        return LossOutput(out.loss * float("nan"), out.metrics) if process_rank() == 1 else out

@@ -69,12 +69,13 @@ def test_process_shares_pad_with_null_micro_batches():
     assert [[micro[0].last_in_step for micro in p] for p in plans] == [[False, False, False, True, True]] * 2
 
 
-def test_a_nan_loss_stops_every_process(tmp_path, tiny_model):
-    """lr 1e30 overflows the weights in step 1; in step 2 (4 answers, 2 micro-batches a
-    process) the losses are NaN and the run stops with exit code 2, each process naming its
-    questions. The flag is all-reduced, so a process whose own loss is finite stops too rather
-    than wait in a collective (here both are NaN; the timeout would catch a hang)."""
+def test_a_nan_loss_on_one_process_stops_every_process(tmp_path, tiny_model):
+    """Only process 1's loss is NaN (tests.counting.NaNOnProcessOne), at step 0. Process 1 stops
+    naming its questions; process 0's own loss is finite, and it stops too, at the same step,
+    because the non-finite flag is all-reduced: without that it would go on to the backward pass
+    and wait for process 1's gradients (the timeout catches such a hang)."""
     recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=4, tokens_per_micro_batch=1)
-    done = nsa(tmp_path, "fit", "--config", str(recipe), "--model.optimizer.init_args.lr=1e30", *TWO, timeout=240)
-    assert done.returncode != 0
-    assert "at step 1" in done.stderr and ("loss is nan" in done.stderr or "loss is inf" in done.stderr)
+    done = nsa(tmp_path, "fit", "--config", str(recipe), "--model.loss=tests.counting.NaNOnProcessOne", *TWO, timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "nsa: error: loss is nan at step 0 (questions " in done.stderr  # process 1
+    assert "nsa: error: another process's loss is NaN or inf at step 0;" in done.stderr  # process 0
