@@ -75,7 +75,8 @@ def test_a_nan_loss_on_one_process_stops_every_process(tmp_path, tiny_model):
     because the non-finite flag is all-reduced: without that it would go on to the backward pass
     and wait for process 1's gradients (the timeout catches such a hang)."""
     recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=4, tokens_per_micro_batch=1)
-    done = nsa(tmp_path, "fit", "--config", str(recipe), "--model.loss=tests.counting.NaNOnProcessOne", *TWO, timeout=240)
+    loss = "--model.loss=tests.counting.NaNOnProcessOne"
+    done = nsa(tmp_path, "fit", "--config", str(recipe), loss, *TWO, timeout=240)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "nsa: error: loss is nan at step 0 (questions " in done.stderr  # process 1
     assert "nsa: error: another process's loss is NaN or inf at step 0;" in done.stderr  # process 0
