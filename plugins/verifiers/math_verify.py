@@ -2,8 +2,9 @@
 
 math-verify bounds its own work with ``signal.alarm``, which only works in a process's main thread
 and cannot stop code stuck inside a C call. So every check runs in the main thread of a spawned
-worker process under its own interval timer, and the parent also bounds each check's wall time:
-a worker that overruns is killed with its pool and the remaining checks go on in a fresh pool.
+worker process under its own interval timer (``math_verify_worker``, which never imports torch), and
+the parent also bounds each check's wall time: a worker that overruns is killed with its pool and the
+remaining checks go on in a fresh pool.
 """
 
 from __future__ import annotations
@@ -17,22 +18,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nsa.contracts import Outcome
 from nsa.errors import NSAError
-
-if TYPE_CHECKING:
-    from multiprocessing.queues import SimpleQueue
-    from multiprocessing.synchronize import Barrier
+from nsa.plugins.verifiers.math_verify_worker import BAD_REFERENCE, STARTUP_S, check, init_worker
 
 # The parent's grace on top of timeout_s: the worker's own timer should always fire first, so the
 # parent only steps in (and pays for a new pool) when a worker is truly stuck.
 _SLACK_S = 1.0
-# Starting a worker imports torch (through nsa.contracts) and math-verify; this is not check time.
-_STARTUP_S = 120.0
-# Worker-internal status, turned into a ValueError by verify(): a bad reference is a data bug.
-_BAD_REFERENCE = "bad_reference"
 # What _run_bounded returns for a job the parent gave up on.
 _TIMED_OUT = ("timed out",)
 
@@ -76,76 +70,16 @@ class MathVerifier:
         checked: list[Any] = []
         if jobs:
             pool, self._pool = self._pool, None  # a failed call must not leave a dead pool behind
-            checked, self._pool = _run_bounded(_check, jobs, self.workers, self.timeout_s + _SLACK_S, pool)
+            checked, self._pool = _run_bounded(check, jobs, self.workers, self.timeout_s + _SLACK_S, pool)
         outcomes = [Outcome(0.0, "empty")] * len(responses)
         for index, result in zip(todo, checked, strict=True):
-            if result == (0.0, _BAD_REFERENCE):
+            if result == (0.0, BAD_REFERENCE):
                 raise NSAError(
                     f"reference answer {references[index]!r} could not be parsed by math-verify; "
                     "fix the answer field of the problem"
                 )
             outcomes[index] = Outcome(0.0, "timeout") if result is _TIMED_OUT else Outcome(*result)
         return outcomes
-
-
-class _CheckTimeout(BaseException):
-    """The worker's alarm. A BaseException, so math-verify's ``except Exception`` cannot swallow it."""
-
-
-def _check(reference: str, response: str, timeout_s: float) -> tuple[float, str]:
-    """Worker task: score one response, giving up after timeout_s seconds of its own time."""
-    fired: list[int] = []
-
-    def on_alarm(signum: int, frame: object) -> None:
-        fired.append(signum)
-        raise _CheckTimeout
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    result = (0.0, "timeout")
-    try:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, timeout_s)
-            result = _compare(reference, response)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except _CheckTimeout:
-        pass  # an alarm landing in the inner finally is caught here too
-    finally:
-        signal.signal(signal.SIGALRM, previous)
-    # `fired` also catches an alarm that some library code caught and ignored.
-    return (0.0, "timeout") if fired else result
-
-
-def _compare(reference: str, response: str) -> tuple[float, str]:
-    """Parse and compare with math-verify, its own alarms off (they share ITIMER_REAL with ours)."""
-    import math_verify
-
-    # Wrapped in $...$ so that a bare "69" or "1/2" parses as math rather than as nothing.
-    gold = math_verify.parse("$" + reference + "$", parsing_timeout=None)
-    if not gold:
-        return 0.0, _BAD_REFERENCE
-    answer = math_verify.parse(response, parsing_timeout=None)
-    if not answer:
-        return 0.0, "no_answer"
-    return float(math_verify.verify(gold, answer, timeout_seconds=None)), "ok"
-
-
-def _init_worker(barrier: Barrier, pids: SimpleQueue[int]) -> None:
-    """Pool initializer: report the pid (for killing), warm up math-verify, then wait for the others."""
-    import logging
-
-    import math_verify
-
-    pids.put(os.getpid())
-    # We turn math-verify's alarms off on purpose; its warning about that is noise.
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    # The first parse loads the LaTeX grammar and sympy; pay that here, not in a timed check.
-    gold, answer = (
-        math_verify.parse("$1$", parsing_timeout=None),
-        math_verify.parse("1", parsing_timeout=None),
-    )
-    math_verify.verify(gold, answer, timeout_seconds=None)
-    barrier.wait(_STARTUP_S)
 
 
 class _WorkerPool:
@@ -159,13 +93,13 @@ class _WorkerPool:
         self.executor = ProcessPoolExecutor(
             workers,
             mp_context=context,
-            initializer=_init_worker,
+            initializer=init_worker,
             initargs=(context.Barrier(workers), pid_queue),
         )
         # Workers spawn lazily, one per submit; the barrier holds each until all are warm, so once
         # these no-ops return, every worker is idle and a job's clock starts when it is submitted.
         warm_up = [self.executor.submit(os.getpid) for _ in range(workers)]
-        done, _ = wait(warm_up, timeout=_STARTUP_S + 10)
+        done, _ = wait(warm_up, timeout=STARTUP_S + 10)
         if len(done) < workers or any(future.exception() for future in done):
             self.executor.shutdown(wait=False, cancel_futures=True)
             raise NSAError(

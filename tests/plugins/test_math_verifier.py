@@ -155,3 +155,15 @@ def test_close_stops_the_workers_and_a_later_call_starts_new_ones() -> None:
     assert verifier._pool is None
     assert verifier.verify(["5"], ["\\boxed{5}"]) == [OK1]
     verifier.close()
+
+
+def test_warm_workers_never_load_torch() -> None:
+    """A worker imports only what it is sent (math_verify_worker: the standard library and
+    math-verify). Its memory map is read from /proc: no libtorch library is in it, so every
+    verify stage's pool starts without paying for torch."""
+    verifier = MathVerifier(workers=2)
+    assert verifier.verify(["69"], ["\\boxed{69}"]) == [OK1]
+    maps = [open(f"/proc/{pid}/maps").read() for pid in verifier._pool._pids]
+    verifier.close()
+    assert len(maps) == 2 and all("python3" in m for m in maps)  # the interpreter's own files are mapped
+    assert not any("libtorch" in m for m in maps)
