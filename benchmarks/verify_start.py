@@ -18,7 +18,6 @@ import time
 def torch_then_init(barrier, pids) -> None:
     """The old worker's start: torch (through nsa.contracts), then the real initializer."""
     import nsa.contracts  # noqa: F401
-
     from nsa.plugins.verifiers.math_verify_worker import init_worker
 
     init_worker(barrier, pids)
