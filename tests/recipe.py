@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -14,6 +17,25 @@ DATA = Path(__file__).parent / "data" / "three_problems.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 TWO = ("--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu")  # Lightning starts 2 processes
 COMPUTED = re.compile(r"nsa: stage (\w+): (\d+) shards computed by 2 processes \((\d+), (\d+)\)")
+
+
+@functools.cache
+def migrated_store() -> Path:
+    """An empty MLflow SQLite store with all of MLflow's migrations applied, made once per test
+    process: migrating a new store takes about 2 s, copying this one a millisecond."""
+    import mlflow
+
+    folder = Path(tempfile.mkdtemp(prefix="nsa-tests-mlflow-"))
+    atexit.register(shutil.rmtree, folder, True)
+    mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db").search_experiments()
+    return folder / "mlflow.db"
+
+
+def tracking_uri(folder: Path) -> str:
+    """The URI of ``folder``/mlflow.db, a copy of the migrated empty store unless it exists."""
+    if not (folder / "mlflow.db").exists():
+        shutil.copyfile(migrated_store(), folder / "mlflow.db")
+    return f"sqlite:///{folder}/mlflow.db"
 
 
 def tiny_recipe(tmp_path: Path, model: str, **data_overrides) -> Path:
@@ -29,7 +51,7 @@ def tiny_recipe(tmp_path: Path, model: str, **data_overrides) -> Path:
             "log_every_n_steps": 1,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.MLFlowLogger",
-                "init_args": {"experiment_name": "tests", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+                "init_args": {"experiment_name": "tests", "tracking_uri": tracking_uri(tmp_path)},
             },
         },
         "model": {

@@ -23,6 +23,8 @@ from nsa.commands import NSACLI
 from nsa.plugins.verifiers.code import parse_reference, reference_json
 from tests.recipe import tiny_recipe
 
+pytestmark = pytest.mark.sandbox
+
 REPO = Path(__file__).parents[1]
 
 

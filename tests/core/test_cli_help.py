@@ -59,6 +59,7 @@ def probe(tmp_path, args: list[str]) -> tuple[str, list[str]]:
     return done.stdout, [m for m in heavy.split(",") if m]
 
 
+@pytest.mark.multiprocess
 def test_help_and_plugins_import_nothing_heavy(tmp_path):
     """`nsa --help` and `nsa plugins` read the command table and metadata only (0.5 s, where
     importing Lightning took 15 s of CPU on the 2-core machine)."""
@@ -68,6 +69,7 @@ def test_help_and_plugins_import_nothing_heavy(tmp_path):
     assert heavy == [] and "BCPG" in out
 
 
+@pytest.mark.multiprocess
 def test_a_command_help_is_rendered_once_then_read_back(tmp_path):
     first, heavy = probe(tmp_path, ["prepare", "--help"])
     assert "torch" in heavy and "--data.tokens_per_micro_batch" in first

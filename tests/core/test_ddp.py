@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -28,6 +29,7 @@ def fit(recipe: Path, export: Path, cwd: Path, *extra: str) -> str:
     return done.stderr
 
 
+@pytest.mark.multiprocess
 def test_two_processes_make_the_single_process_update(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path, tiny_model, responses_per_step=7, tokens_per_micro_batch=1)
     fit(recipe, tmp_path / "one", tmp_path)
@@ -69,6 +71,7 @@ def test_process_shares_pad_with_null_micro_batches():
     assert [[micro[0].last_in_step for micro in p] for p in plans] == [[False, False, False, True, True]] * 2
 
 
+@pytest.mark.multiprocess
 def test_a_nan_loss_on_one_process_stops_every_process(tmp_path, tiny_model):
     """Only process 1's loss is NaN (tests.counting.NaNOnProcessOne), at step 0. Process 1 stops
     naming its questions; process 0's own loss is finite, and it stops too, at the same step,

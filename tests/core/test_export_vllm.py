@@ -4,11 +4,14 @@ exported weights, and differs from the untrained model's logits."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nsa.cli import main
 from nsa.vllm_worker import VLLMEngine, VLLMWorker
 from tests.recipe import tiny_recipe
+
+pytestmark = pytest.mark.vllm
 
 
 def test_exported_policy_loads_in_vllm(tmp_path, tiny_model, monkeypatch):

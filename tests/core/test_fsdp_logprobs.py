@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.core.test_logprobs import ragged_batch
 from tests.tiny import build_model
+
+pytestmark = pytest.mark.multiprocess
 
 
 def weighted_sum(logprobs: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from nsa.cli import main
@@ -35,6 +36,8 @@ SAMPLER = {
 }
 
 
+@pytest.mark.multiprocess
+@pytest.mark.vllm
 def test_generate_and_evaluate_on_vllm(tmp_path, capsys):
     model = str(build_model(tmp_path / "model", hidden_size=128, intermediate_size=256))  # head_dim 64
     recipe = yaml.safe_load(tiny_recipe(tmp_path, model, sampler=SAMPLER).read_text())

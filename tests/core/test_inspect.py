@@ -66,6 +66,7 @@ def rows(browser, table: str) -> list[list[str]]:
     return [[cell.text for cell in line.find_elements(By.TAG_NAME, "td")] for line in lines]
 
 
+@pytest.mark.browser
 def test_the_counts_a_reader_sees(rendered):
     counts = {row[0]: row[1:3] for row in rows(rendered, "counts")}
     assert counts == {
@@ -77,6 +78,7 @@ def test_the_counts_a_reader_sees(rendered):
     assert "beta = 0.5" in rendered.find_element("id", "weights").text
 
 
+@pytest.mark.browser
 def test_steps_are_coloured_by_consensus_with_verdicts_and_weights(rendered):
     from selenium.webdriver.common.by import By
 
@@ -106,6 +108,7 @@ def rows_of(section) -> list[list[str]]:
     ]
 
 
+@pytest.mark.browser
 def test_the_page_is_an_mlflow_artifact(tmp_path, rendered):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = mlflow.search_runs(experiment_names=["tests"], output_format="list")

@@ -137,6 +137,7 @@ def test_advertised_without_the_site_dir_has_no_third_party():
     assert "HalfRFT" not in {p.name for p in registry.advertised()}
 
 
+@pytest.mark.multiprocess
 def test_plugins_command_imports_no_plugin(tmp_path):
     site = tmp_path / "site"
     entry_points = """\

@@ -63,6 +63,8 @@ def remote_recipe(tmp_path: Path, model: str, uri: str, experiment: str = "remot
     return path
 
 
+@pytest.mark.server
+@pytest.mark.multiprocess
 def test_fit_and_evaluate_log_to_the_server(server, tmp_path, tiny_model, capsys):
     recipe = remote_recipe(tmp_path, tiny_model, server)
     main(["fit", "--config", str(recipe)])
@@ -80,6 +82,8 @@ def test_fit_and_evaluate_log_to_the_server(server, tmp_path, tiny_model, capsys
     assert table["data"][0][:2] == ["math500", 3]
 
 
+@pytest.mark.server
+@pytest.mark.multiprocess
 def test_a_tiny_sweep_tracks_its_cells_on_the_server(server, tmp_path, tiny_model, capsys):
     """Two cells (beta 1 and 0.5): a parent run with the summary, two FINISHED child runs."""
     sweep = tmp_path / "sweep.yaml"
@@ -106,6 +110,7 @@ def test_a_tiny_sweep_tracks_its_cells_on_the_server(server, tmp_path, tiny_mode
     assert {"sweep/summary.json", "sweep/summary.png"} <= artifacts
 
 
+@pytest.mark.multiprocess
 def test_an_unreachable_server_stops_before_any_stage(tmp_path, tiny_model, capsys):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     sweep = tmp_path / "sweep.yaml"

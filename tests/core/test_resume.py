@@ -102,6 +102,7 @@ def whole(tmp_path_factory, tiny_model) -> Path:
         ({"every_n_epochs": 1}, 3, {6, 7}),  # resumes from the first epoch's end
     ],
 )
+@pytest.mark.multiprocess
 def test_killed_mid_step_run_resumes_to_the_same_weights(
     tmp_path, tiny_model, whole, monkeypatch, checkpoint, saved_step, saves_after
 ):

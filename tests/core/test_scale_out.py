@@ -59,6 +59,7 @@ def log_lines(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.multiprocess
 def test_one_process_begins_two_continue_one_finishes(tmp_path, tiny_model, expected):
     """A stage moves between process counts and survives a SIGKILL:
     1. one process stops at its third sampling call: 2 of 8 shards committed;
@@ -94,6 +95,7 @@ def test_one_process_begins_two_continue_one_finishes(tmp_path, tiny_model, expe
     same(finished, expected)
 
 
+@pytest.mark.multiprocess
 def test_a_plugin_that_raises_on_one_process_stops_both(tmp_path, tiny_model):
     recipe = tiny_recipe(tmp_path, tiny_model, problems=eight_problems(tmp_path), sampler=COUNTING)
     done = nsa(
@@ -105,6 +107,7 @@ def test_a_plugin_that_raises_on_one_process_stops_both(tmp_path, tiny_model):
     assert f"nsa: error: process 1 failed: {message}" in done.stderr  # process 0 stops with it
 
 
+@pytest.mark.multiprocess
 def test_evaluate_on_two_processes_equals_one(tmp_path, tiny_model, capsys):
     """HFSampler draws 2 answers to each of the 3 problems of the MATH500 copy, one shard each."""
     recipe = yaml.safe_load(tiny_recipe(tmp_path, tiny_model).read_text())

@@ -239,6 +239,7 @@ def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, tiny_model, 
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.multiprocess
 def test_a_killed_sweep_resumes_skipping_finished_cells(tmp_path, tiny_model):
     """SIGKILL the sweep while cell `slow` samples (cell `ok` done): the rerun keeps the parent,
     skips `ok`, marks the stale `slow` run KILLED and runs `slow` to the end."""

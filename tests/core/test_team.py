@@ -30,6 +30,7 @@ def calls(folder: Path) -> dict[int, list[int]]:
     return {r: [int(x) for x in (folder / f"calls-{r}.txt").read_text().split()] for r in (0, 1)}
 
 
+@pytest.mark.multiprocess
 def test_two_processes_share_the_shards_once(tmp_path):
     """Stats are summed over the team: rows 12 + 12 = 24, mine (rank + 1) 1 + 2 = 3."""
     assert teamwork.launch(teamwork.share, 2, tmp_path) == [0, 0]
@@ -43,18 +44,21 @@ def test_two_processes_share_the_shards_once(tmp_path):
     assert json.loads((stage / "stats.json").read_text()) == {"rows": 24.0, "mine": 3.0}
 
 
+@pytest.mark.multiprocess
 def test_an_error_on_one_process_stops_both_with_it(tmp_path):
     assert teamwork.launch(teamwork.raise_on_one, 2, tmp_path, timeout_s=60) == [3, 3]
     assert "boom" in (tmp_path / "error-1.txt").read_text()
     assert (tmp_path / "error-0.txt").read_text().startswith("process 1 failed: ValueError: boom at row")
 
 
+@pytest.mark.multiprocess
 def test_an_error_on_process_0_reaches_the_others_before_its_store_goes(tmp_path):
     """Process 0 hosts the store; failing, it waits for the others to read its error."""
     assert teamwork.launch(teamwork.raise_on_zero, 2, tmp_path, timeout_s=60) == [3, 3]
     assert (tmp_path / "error-1.txt").read_text().startswith("process 0 failed: ValueError: boom at row")
 
 
+@pytest.mark.multiprocess
 def test_a_second_team_on_one_store_gets_keys_of_its_own(tmp_path):
     """Round 2's stage sums its own counters (factor 3 + 3), not round 1's (2 + 2)."""
     assert teamwork.launch(teamwork.two_teams, 2, tmp_path, timeout_s=60) == [0, 0]
@@ -63,12 +67,14 @@ def test_a_second_team_on_one_store_gets_keys_of_its_own(tmp_path):
         assert json.loads((tmp_path / f"stats-3-{rank}.json").read_text()) == {"factor": 6.0}
 
 
+@pytest.mark.multiprocess
 def test_a_cache_the_processes_do_not_share_fails_before_any_stage(tmp_path):
     assert teamwork.launch(teamwork.unshared, 2, tmp_path, timeout_s=60) == [3, 3]
     assert "is not shared: process 1 cannot see a file process 0 wrote" in (tmp_path / "error-1.txt").read_text()
     assert (tmp_path / "error-0.txt").read_text().startswith("process 1 failed: data.cache_dir")
 
 
+@pytest.mark.multiprocess
 def test_a_killed_process_is_noticed_and_a_rerun_computes_only_the_rest(tmp_path):
     codes = teamwork.launch(teamwork.kill_one, 2, tmp_path, timeout_s=60)
     assert codes == [3, -9]
@@ -88,6 +94,7 @@ def test_a_killed_process_is_noticed_and_a_rerun_computes_only_the_rest(tmp_path
     assert list(out.dataset["y"]) == DOUBLED
 
 
+@pytest.mark.multiprocess
 def test_two_jobs_on_one_cache_agree_and_leave_it_whole(tmp_path):
     context = multiprocessing.get_context("spawn")
     jobs = [context.Process(target=teamwork.alone, args=(str(tmp_path), job)) for job in (0, 1)]

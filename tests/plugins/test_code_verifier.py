@@ -28,6 +28,8 @@ from nsa.plugins.verifiers.code import (
 )
 from nsa.plugins.verifiers.sandbox import Limits, execute, sandbox_report
 
+pytestmark = pytest.mark.sandbox
+
 SUM = reference_json([("1 2\n", "3\n"), ("-5 5\n", "0\n"), ("100 250\n", "350\n")])
 GOOD = "a, b = map(int, input().split())\nprint(a + b)"
 TWO_SUM = reference_json([("[2,7,11,15]\n9", "[0,1]"), ("[3,2,4]\n6", "[1,2]")], fn_name="twoSum")

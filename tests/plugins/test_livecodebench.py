@@ -84,6 +84,7 @@ def test_pickled_tests_may_hold_plain_data_only(tmp_path):
         decode_tests(json.dumps({"input": "1"}), "here")
 
 
+@pytest.mark.sandbox
 def test_the_verifier_scores_right_and_wrong_programs(rows):
     verifier = LiveCodeBench(source=str(COPY), timeout_s=2.0).verifier()
     assert isinstance(verifier, CodeVerifier) and verifier.timeout_s == 2.0

@@ -215,6 +215,7 @@ LLMJudge(**eval(sys.argv[1])).score(ITEMS)
 """
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_run_killed_while_it_waits_submits_nothing_again(server, tmp_path, provider):
     """SIGKILL while the batch is in progress (the journal already holds its id); the rerun

@@ -20,6 +20,8 @@ from nsa.plugins.judges.verdicts import schema
 from nsa.vllm_worker import VLLMEngine
 from tests.tiny import build_model
 
+pytestmark = pytest.mark.vllm
+
 ITEMS = [
     StepItem("What is 3 + 4?", "3 + 4 = 7\n\nSo 7.", [(0, 11), (11, 16)]),
     StepItem("Tom has 12 apples and eats 5.", "12 - 5 = 7", [(0, 10)]),

@@ -40,6 +40,8 @@ from nsa.plugins.judges.llm import LLMJudge, parse_verdicts
 from tests.plugins.test_llm_judge import item
 from tests.tiny import build_model
 
+pytestmark = [pytest.mark.server, pytest.mark.vllm]
+
 # A chat template for the tiny BPE (it has none); transformers 5 and vLLM read this file.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"

@@ -18,6 +18,8 @@ from nsa.plugins.judges.prm import PRMJudge
 from nsa.vllm_worker import VLLMEngine
 from tests.plugins.test_prm_judge import CONVENTIONS, ITEMS, item, models, reference  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.vllm
+
 ENGINE = VLLMEngine(enforce_eager=True, kv_cache_memory_bytes=64 << 20)
 
 

@@ -22,6 +22,8 @@ from nsa.plugins.verifiers.code import CodeVerifier, run_test
 from nsa.plugins.verifiers.sandbox import Limits, checked_limits, execute, sandbox_report
 from nsa.plugins.verifiers.sandbox_launcher import DENIED, SYSCALLS, read_rules, seccomp_program
 
+pytestmark = pytest.mark.sandbox
+
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 NOT_OK = {"blocked", "runtime_error", "timeout", "memory", "output_limit", "wrong_answer"}

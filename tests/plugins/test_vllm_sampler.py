@@ -144,6 +144,7 @@ def test_old_and_new_name_disagreeing_is_one_line_error() -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.vllm
 def test_num_samples_per_prompt(drawn, prompts) -> None:
     """4 ragged prompts: 6 Completions each, one log-prob (a float, at most 0) per id (an int)."""
     assert len(drawn) == len(prompts)
@@ -155,6 +156,7 @@ def test_num_samples_per_prompt(drawn, prompts) -> None:
         assert all(type(x) is float and x <= 0.0 for x in c.logprobs)
 
 
+@pytest.mark.vllm
 def test_same_schema_as_the_hf_sampler(drawn, model_dir, prompts) -> None:
     """Both samplers give the rollout stage the same structure and types."""
 
@@ -175,6 +177,7 @@ def test_same_schema_as_the_hf_sampler(drawn, model_dir, prompts) -> None:
     )
 
 
+@pytest.mark.vllm
 def test_completions_end_with_eos_or_run_to_the_limit(drawn, model_dir) -> None:
     """vLLM returns the EOS it stopped on (id 0) in token_ids: kept, and only at the end;
     without it, exactly max_new_tokens ids."""
@@ -189,6 +192,7 @@ def test_completions_end_with_eos_or_run_to_the_limit(drawn, model_dir) -> None:
     assert any(ids[-1] != eos for ids in completions)
 
 
+@pytest.mark.vllm
 def test_logprobs_are_the_sampling_distribution(drawn, model_dir, prompts, sampler) -> None:
     """The stored log-probs equal a transformers forward's log_softmax(logits / T) at the
     sampled ids (fp32, both engines). vLLM's default logprobs mode would give the raw
@@ -205,6 +209,7 @@ def test_logprobs_are_the_sampling_distribution(drawn, model_dir, prompts, sampl
     assert raw_gap > 0.1
 
 
+@pytest.mark.vllm
 def test_top_p_logprobs_are_renormalised_over_the_nucleus(drawn, sampler, model_dir, prompts) -> None:
     """With top_p < 1 the log-probs are those of the nucleus distribution (transformers'
     TopPLogitsWarper after temperature), which are higher than the uncut ones."""
@@ -219,6 +224,7 @@ def test_top_p_logprobs_are_renormalised_over_the_nucleus(drawn, sampler, model_
             assert (got > expected_logprobs(model, prompt, c.token_ids, sampler.temperature) + 0.05).all()
 
 
+@pytest.mark.vllm
 def test_other_seed_other_draws(drawn, sampler, model_dir, prompts) -> None:
     again = sharing_engine(sampler).sample(model_dir, prompts)
     assert again == drawn  # a second call on the same engine redraws the same answers
@@ -226,6 +232,7 @@ def test_other_seed_other_draws(drawn, sampler, model_dir, prompts) -> None:
     assert [[c.token_ids for c in g] for g in other] != [[c.token_ids for c in g] for g in drawn]
 
 
+@pytest.mark.vllm
 def test_draws_depend_on_the_prompt_not_the_batch(drawn, sampler, model_dir, prompts) -> None:
     """A resumed shard, reordered or cut, redraws each prompt's answers; a repeated prompt
     draws answers of its own for its second copy."""
@@ -237,6 +244,7 @@ def test_draws_depend_on_the_prompt_not_the_batch(drawn, sampler, model_dir, pro
     assert twice[0] == drawn[1] and twice[1] != twice[0]
 
 
+@pytest.mark.vllm
 def test_a_fresh_sampler_redraws_and_close_ends_its_process(drawn, model_dir, prompts) -> None:
     fresh = new_sampler()
     try:
@@ -250,6 +258,7 @@ def test_a_fresh_sampler_redraws_and_close_ends_its_process(drawn, model_dir, pr
         os.kill(process.pid, 0)  # ended and reaped: no child left behind
 
 
+@pytest.mark.vllm
 def test_a_prompt_beyond_the_context_is_one_line_error(drawn, sampler, model_dir, prompts) -> None:
     """The tiny model's context is 512 tokens; the error names the prompt, not a vLLM trace."""
     with pytest.raises(NSAError, match=r"VLLMSampler: prompt 1 has 600 tokens, the engine's context is 512"):
