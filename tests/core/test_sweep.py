@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from nsa.cli import main
-from tests.recipe import tiny_recipe
+from tests.recipe import migrated_store, tiny_recipe
 from tests.scripted import ScriptedSampler
 
 MATH500 = Path(__file__).parents[1] / "data" / "benchmarks" / "math500.jsonl"
@@ -48,6 +48,11 @@ def write_sweep(tmp_path: Path, model: str, **spec) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     return path
+
+
+def untouched(tmp_path: Path) -> bool:
+    """No run was logged: the store is still the migrated empty copy tiny_recipe put there."""
+    return (tmp_path / "mlflow.db").read_bytes() == migrated_store().read_bytes()
 
 
 def runs(tmp_path: Path) -> list:
@@ -155,7 +160,7 @@ def test_name_flag_names_the_sweep_and_fills_the_sweep_placeholder(tmp_path, tin
     assert [line.split(":")[0] for line in lines] == ["bcpg", "rft"]
     for line, cell in zip(lines, ["bcpg", "rft"]):
         assert f"--model.export_dir={tmp_path}/runs/seed_1/{cell}" in line and "--seed_everything=1" in line
-    assert not (tmp_path / "mlflow.db").exists()
+    assert untouched(tmp_path)
     with pytest.raises(SystemExit) as stop:
         main(["sweep", "--config", str(path), "--name", "it's"])
     assert stop.value.code == 2 and "may not contain a quote; set `name:` or --name" in capsys.readouterr().err
@@ -205,7 +210,7 @@ def test_a_cell_resolves_to_the_config_fit_prints(tmp_path, tiny_model, capsys):
         main(["fit", *cell.args, "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert sweep.resolve(cell) == {k: v for k, v in printed.items() if k not in ("ckpt_path", "weights_only")}
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()  # nothing built
+    assert not (tmp_path / "cache").exists() and untouched(tmp_path)  # nothing built
 
 
 @pytest.mark.parametrize(
@@ -236,7 +241,7 @@ def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, tiny_model, 
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("nsa: error:") and re.search(message, err), err
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "cache").exists() and untouched(tmp_path)
 
 
 @pytest.mark.multiprocess
