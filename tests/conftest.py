@@ -29,6 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--all", action="store_true", help="run every tier, not only the fast one (see pyproject.toml)")
 
 
+def tiers_chosen(config: pytest.Config) -> bool:
+    """Whether the run picks its tiers itself: --all, or a -m expression."""
+    return bool(config.getoption("--all") or config.getoption("markexpr"))
+
+
 def tiers(config: pytest.Config) -> list[str]:
     """The registered markers' names: each is a tier outside the fast one."""
     return [line.split(":")[0].strip() for line in config.getini("markers")]
@@ -41,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = next((GROUPS[m.name] for m in item.iter_markers() if m.name in GROUPS), None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-    if config.getoption("--all") or config.getoption("markexpr"):
+    if tiers_chosen(config):
         return
     fast = [item for item in items if not any(item.get_closest_marker(name) for name in names)]
     if len(fast) < len(items):
@@ -51,7 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if config.getoption("--all") or config.getoption("markexpr"):
+    if tiers_chosen(config):
         return None
     return f"the fast tier: tests marked {', '.join(tiers(config))} are left out (--all runs them)"
 
