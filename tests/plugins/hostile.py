@@ -7,13 +7,15 @@ so a status of ``ok`` means the sandbox failed; ``files()`` says whether anythin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from nsa.plugins.verifiers.code import CodeVerifier, reference_json
-from nsa.plugins.verifiers.sandbox import checked_limits, sandbox_report
+from nsa.plugins.verifiers.sandbox import _remove_tree, checked_limits, sandbox_report
 
 THREE = reference_json([("", "3\n")])
 SECRET_INPUT, SECRET = "17 25\n", "the-expected-output-4242\n"
@@ -99,7 +101,6 @@ def files(paths: dict[str, Path], outside: Path) -> dict[str, object]:
 def cleanup(outside: Path, key: Path) -> dict[str, object]:
     """What a program may leave in its folder where the kernel lets it (an ordinary user's fallback): a link
     to a private file, folders of mode 000, folders 1500 deep. Removing it must neither follow the link nor fail."""
-    from nsa.plugins.verifiers.sandbox import _remove_tree
 
     mode = key.stat().st_mode
     folder = outside / "left-by-a-program"
@@ -121,15 +122,29 @@ def cleanup(outside: Path, key: Path) -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def private_scratch():
+    """Make the verifier's scratch folders in a new folder of their own (uid 65534 may pass through it)."""
+    parent, previous = Path(tempfile.mkdtemp(prefix="nsa-battery-")), tempfile.tempdir
+    parent.chmod(0o711)
+    tempfile.tempdir = str(parent)
+    try:
+        yield parent
+    finally:
+        tempfile.tempdir = previous
+        _remove_tree(parent)
+
+
 def battery(outside: Path) -> dict[str, object]:
     """Plant, attack in one verify call, and report: statuses, the files before and after, scratch left."""
     paths = plant(outside)
     named = attacks(paths, outside)
-    before, scratch = files(paths, outside), set(Path(os.environ.get("TMPDIR", "/tmp")).glob("nsa-code-*"))
+    before = files(paths, outside)
     verifier = CodeVerifier(timeout_s=2.0, memory_mb=256, output_mb=4, disk_mb=DISK_MB, workers=2)
     references = [reference for reference, _ in named.values()]
-    outcomes = verifier.verify(references, [f"```python\n{program}\n```" for _, program in named.values()])
-    left = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("nsa-code-*")) - scratch
+    with private_scratch() as parent:  # other tests verify code at the same time: count only this call's folders
+        outcomes = verifier.verify(references, [f"```python\n{program}\n```" for _, program in named.values()])
+        left = list(parent.glob("nsa-code-*"))
     statuses = {name: outcome.status for name, outcome in zip(named, outcomes)}
     report = sandbox_report(checked_limits(verifier._limits))
     after = files(paths, outside)
