@@ -5,8 +5,10 @@ metadata (groups ``nsa.segmenters``, ``nsa.judges``, ...). Listing reads metadat
 imports nothing, so a broken plugin breaks only the runs that name it. There is no global
 registry: every call reads the installed distributions again.
 
-Before the CLI parses, short names (``class_path: BCPG``) are rewritten to full class
-paths; a misspelt name fails with "did you mean".
+Before the CLI parses, short names are rewritten to full class paths wherever a plugin can be
+named: a slot's bare value (``loss: BCPG``, ``judges: [A, B]``, ``--model.loss=BCPG``), a
+``class_path`` (``{class_path: BCPG, init_args: ...}``), in recipe files, overlays, sweep
+overrides and on the command line; a misspelt name fails with "did you mean".
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def rewrite_config(node: Any, plugins: list[Plugin], slots: Mapping[str, str] | 
     option (``--model.loss``); ``slots`` maps a plugin slot's option to its entry-point group."""
     if isinstance(node, list):
         return [rewrite_config(item, plugins, slots, at) for item in node]
+    if isinstance(node, str) and at in (slots or {}):  # a plugin named bare: ``loss: RFT``, ``judges: [A, B]``
+        return resolve_name(node, plugins, slots[at], at)
     if not isinstance(node, dict):
         return node
     out = {key: rewrite_config(val, plugins, slots, below(at, key)) for key, val in node.items()}
@@ -158,6 +162,22 @@ def _rewrite_value(key: str, value: str, plugins: list[Plugin], slots: Mapping[s
     if slot == key.removesuffix("+") and slot not in slots:
         return value
     group = slots.get(slot)
+    if value.startswith("{") or value.startswith("[{"):  # a plugin as a mapping: --model.loss={"class_path": "RFT"}
+        return _rewrite_mapping(value, plugins, slots, slot)
     if value.startswith("[") and value.endswith("]"):  # a list of plugins: --data.judges=[A,B]
         return "[" + ",".join(resolve_name(v.strip(), plugins, group, slot) for v in value[1:-1].split(",")) + "]"
     return resolve_name(value, plugins, group, slot)
+
+
+def _rewrite_mapping(value: str, plugins: list[Plugin], slots: Mapping[str, str], slot: str) -> str:
+    """A JSON or YAML flow value (a sweep file's override, a shell-quoted mapping) with its names resolved."""
+    import json
+
+    import yaml
+
+    try:
+        tree = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value  # not a mapping after all: jsonargparse says what is wrong with it
+    rewritten = rewrite_config(tree, plugins, slots, slot)
+    return value if rewritten == tree else json.dumps(rewritten)

@@ -7,6 +7,7 @@ advertising a loss in ``nsa.losses``, exactly as ``pip install`` would leave the
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,25 @@ class FloatLoss:
         return 0.0
 '''
 
+LENGTH_JUDGE = '''
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nsa.contracts import StepItem
+
+
+class LengthJudge:
+    """Passes a step of at least ``min_chars`` characters."""
+
+    def __init__(self, threshold: float = 0.5, min_chars: int = 10) -> None:
+        self.threshold = threshold
+        self.min_chars = min_chars
+
+    def score(self, items: Sequence[StepItem]) -> list[list[float | None]]:
+        return [[float(end - start >= self.min_chars) for start, end in item.spans] for item in items]
+'''
+
 
 def make_dist(site: Path, dist: str, package: str, entry_points: str, modules: dict[str, str]) -> None:
     """Write ``package`` and its ``<package>-<version>.dist-info`` into ``site``."""
@@ -81,8 +101,8 @@ def site(tmp_path, monkeypatch):
         root,
         "acme-nsa-1.0",
         "acme_nsa",
-        "[nsa.losses]\nHalfRFT = acme_nsa.losses:HalfRFT\n",
-        {"losses": HALF_RFT},
+        "[nsa.losses]\nHalfRFT = acme_nsa.losses:HalfRFT\n\n[nsa.judges]\nLengthJudge = acme_nsa.judges:LengthJudge\n",
+        {"losses": HALF_RFT, "judges": LENGTH_JUDGE},
     )
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
@@ -331,3 +351,84 @@ def test_rewrite_args_misspelt_and_missing_recipe(tmp_path):
 def test_append_to_a_list_slot():
     out = registry.rewrite_args(["--data.judges+=BCPG"], PLUGINS, {"--data.judges": "nsa.judges"})
     assert out == ["--data.judges+=nsa.plugins.losses.bcpg.BCPG"]
+
+
+# -- every slot, every way of naming, from every source ----------------------------------
+
+SLOT_PLUGINS = {  # slot: (short name, class_path, init_args) of a plugin it takes; lists take one
+    "model.loss": ("HalfRFT", "acme_nsa.losses.HalfRFT", {}),
+    "data.sampler": ("HFSampler", "nsa.plugins.samplers.hf_generate.HFSampler", {"max_new_tokens": 7}),
+    "data.verifier": ("MathVerifier", "nsa.plugins.verifiers.math_verify.MathVerifier", {"workers": 1}),
+    "data.segmenter": ("ParagraphSegmenter", "nsa.plugins.segmenters.paragraph.ParagraphSegmenter", {"min_chars": 3}),
+    "data.judges": ("LengthJudge", "acme_nsa.judges.LengthJudge", {"min_chars": 4}),
+    "data.consensus": ("Vote", "nsa.plugins.consensus.vote.Vote", {"rule": "any"}),
+    "evaluate.benchmarks": ("GSM8K", "nsa.plugins.benchmarks.gsm8k.GSM8K", {"limit": 5}),
+    "evaluate.sampler": ("HFSampler", "nsa.plugins.samplers.hf_generate.HFSampler", {"max_new_tokens": 9}),
+}
+LISTS = {"data.judges", "evaluate.benchmarks"}
+WAYS = ("short", "class_path", "short class_path", "mapping")
+
+
+def named(slot: str, way: str) -> object:
+    """The slot's plugin named one way: ``RFT``, ``nsa...RFT``, ``{class_path: RFT}``, with init_args."""
+    short, full, init_args = SLOT_PLUGINS[slot]
+    value = {
+        "short": short,
+        "class_path": full,
+        "short class_path": {"class_path": short},
+        "mapping": {"class_path": short, "init_args": init_args},
+    }[way]
+    return [value] if slot in LISTS else value
+
+
+def flag(slot: str, value: object) -> str:
+    """The slot on the command line as a user types it: a name bare, a list as [A], a mapping as JSON."""
+    if isinstance(value, str) or (isinstance(value, list) and isinstance(value[0], str)):
+        return f"--{slot}={value if isinstance(value, str) else '[' + value[0] + ']'}"
+    return f"--{slot}={json.dumps(value)}"
+
+
+def with_slots(tree: dict, way: str) -> dict:
+    for slot in SLOT_PLUGINS:
+        section, key = slot.split(".")
+        tree.setdefault(section, {})[key] = named(slot, way)
+    return tree
+
+
+def assert_resolved(config: dict, way: str) -> None:
+    for slot, (_, full, init_args) in SLOT_PLUGINS.items():
+        section, key = slot.split(".")
+        value = config[section][key]
+        [value] = value if slot in LISTS else [value]
+        assert value["class_path"] == full, (slot, way, value)
+        if way == "mapping":
+            assert init_args.items() <= value.get("init_args", {}).items(), (slot, value)
+
+
+def printed(capsys, *args: str) -> dict:
+    code, out, err = run_main(capsys, "fit", *args, "--print_config")
+    assert code == 0, err
+    return yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_every_slot_takes_every_way_of_naming_from_every_source(site, tmp_path, tiny_model, capsys, way):
+    """A recipe file, an overlay file, the command line and a sweep file's overrides each name all
+    eight plugin slots (a third-party loss and judge among them) in one way; each resolves to the
+    plugin's class_path, with the init_args given (the start recipe names other plugins everywhere)."""
+    from nsa import sweep
+
+    base = tiny_recipe(tmp_path, tiny_model)
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump(with_slots(yaml.safe_load(base.read_text()), way), sort_keys=False))
+    assert_resolved(printed(capsys, "--config", str(own)), way)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump(with_slots({}, way), sort_keys=False))
+    assert_resolved(printed(capsys, "--config", str(base), "--config", str(overlay)), way)
+    flags = [flag(slot, named(slot, way)) for slot in SLOT_PLUGINS]
+    assert_resolved(printed(capsys, "--config", str(base), *flags), way)
+    sweep_file = tmp_path / "sweep.yaml"
+    cell = {"name": "all", **{slot: named(slot, way) for slot in SLOT_PLUGINS}}
+    sweep_file.write_text(yaml.safe_dump({"base": base.name, "cells": [cell]}, sort_keys=False))
+    [resolved] = sweep.load(str(sweep_file), []).cells
+    assert_resolved(sweep.resolve(resolved), way)
