@@ -210,16 +210,27 @@ def help_key(args: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+# jsonargparse's words for a class it refused in a protocol-typed slot: ``Import path X does not implement
+# protocol P`` or ``Problem with given class_path 'X': <why the import failed>``
+PLUGIN_REFUSED = re.compile(
+    r'Parser key "([\w.]+)":.*?(?:Import path ([\w.]+) does not implement protocol|Problem with given class_path '
+    r"'([\w.]+)')"
+)
+
+
 def one_line(message: str) -> str:
     """jsonargparse explains a bad value over several lines; keep what names the problem."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     text = " ".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
-    mismatch = re.search(r'Parser key "([\w.]+)": Import path ([\w.]+) does not implement protocol (\w+)', text)
-    if mismatch:  # say which method differs, and how
+    refused = PLUGIN_REFUSED.search(text)
+    if refused:  # a plugin of another kind, one that breaks its contract, or one that does not import
+        from nsa.commands import slot_protocols
         from nsa.conformance import explain
 
-        slot, class_path, protocol = mismatch.groups()
-        text = f"{slot}: {explain(class_path, getattr(importlib.import_module('nsa.contracts'), protocol))}"
+        slot, class_path = refused.group(1), refused.group(2) or refused.group(3)
+        protocol = slot_protocols().get(f"--{slot}")
+        problem = explain(class_path, protocol) if protocol else ""
+        text = f"--{slot}: {problem}" if problem else text  # else the class is fine: its init_args are not
     unknown = re.search(r'Parser key "([\w.]+)":.* Expected a dot import path string: (\S+)', text)
     if unknown:  # a name no plugin advertises and jsonargparse cannot import
         from nsa.commands import slot_groups

@@ -122,17 +122,66 @@ def items_fit(sub_origin: type, sup_origin: type, sub_args: tuple, sup_args: tup
 
 
 def explain(class_path: str, protocol: type) -> str:
-    """Why the class at ``class_path`` cannot fill a slot typed ``protocol``; empty when it can."""
+    """Why the class at ``class_path`` cannot fill a slot typed ``protocol``; empty when it can.
+
+    One phrase for each cause, with its fix: the import fails (the plugin's own module, or a module
+    it needs), the class is of another kind (it meets another contract), or it breaks this one.
+    """
     import importlib
 
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        return f"cannot import {class_path} ({err}); is the package that provides it installed?"
+    except ImportError as err:
+        return import_failure(class_path, err)
+    except (AttributeError, ValueError):
+        return f"cannot import {class_path}: {module or 'it'} has no {name}; check the class_path ({LISTED})"
     if not inspect.isclass(cls):
         return f"{class_path} is not a class"
     problems = mismatches(cls, protocol)
     if not problems:
         return ""
+    kinds = [other for other in contracts() if other is not protocol and conforms(cls, other)]
+    if kinds:
+        return wrong_kind(name, kinds[0], protocol)
     return f"{name} does not meet the {protocol.__name__} contract (nsa.contracts): {'; '.join(problems)}"
+
+
+LISTED = "`nsa plugins` lists the installed plugins"
+
+
+def contracts() -> list[type]:
+    """The plugin contracts, in the order of ``nsa.registry.CONTRACTS``."""
+    from nsa import contracts as module
+    from nsa.registry import CONTRACTS
+
+    return [getattr(module, name) for name in CONTRACTS.values()]
+
+
+def wrong_kind(name: str, kind: type, wanted: type) -> str:
+    """``LengthJudge is a StepJudge, not a PolicyLoss: the installed PolicyLoss plugins are ...``."""
+    from nsa.registry import CONTRACTS, advertised
+
+    group = next(group for group, contract in CONTRACTS.items() if contract == wanted.__name__)
+    names = ", ".join(sorted({p.name for p in advertised((group,))}))
+    return (
+        f"{name} is a {kind.__name__}, not a {wanted.__name__}: the installed {wanted.__name__} plugins "
+        f"({group}) are {names}"
+    )
+
+
+def import_failure(class_path: str, err: ImportError) -> str:
+    """A module missing on the way to the plugin (a typo in its path) or one it imports (a dependency)."""
+    from nsa.registry import advertised
+
+    missing = getattr(err, "name", None)
+    if missing and (class_path.startswith(f"{missing}.") or missing == class_path):
+        return f"cannot import {class_path}: there is no module {missing}; check the class_path ({LISTED})"
+    dists = {p.dist for p in advertised() if p.class_path == class_path}
+    package = f"the package {', '.join(sorted(dists))}" if dists else "its package"
+    if missing:
+        return (
+            f"cannot import {class_path}: {package} needs the module {missing}, which is not installed; install "
+            f"what provides {missing.split('.')[0]} (its extras may list it)"
+        )
+    return f"cannot import {class_path} ({err}); reinstall {package}"

@@ -262,7 +262,11 @@ BAD = "tests.bad_plugins."
         ("--data.judges", "SequenceSegmenter", ["StepJudge contract", "has no method score()"]),
         ("--data.segmenter", "SequenceSegmenter", ["returns Sequence[tuple[int, int]]", "expects list[tuple"]),
         ("--data.judges", "ListJudge", ["parameter items is list[StepItem], which does not take Sequence[StepItem]"]),
-        ("--model.loss", "NoSuch", ["cannot import tests.bad_plugins.NoSuch", "is the package"]),
+        (
+            "--model.loss",
+            "NoSuch",
+            ["cannot import tests.bad_plugins.NoSuch", "tests.bad_plugins has no NoSuch; check the class_path"],
+        ),
         ("--data.segmenter", "Nope", ["unknown plugin 'Nope'", "installed nsa.segmenters: ParagraphSegmenter"]),
     ],
 )

@@ -101,8 +101,9 @@ def site(tmp_path, monkeypatch):
         root,
         "acme-nsa-1.0",
         "acme_nsa",
-        "[nsa.losses]\nHalfRFT = acme_nsa.losses:HalfRFT\n\n[nsa.judges]\nLengthJudge = acme_nsa.judges:LengthJudge\n",
-        {"losses": HALF_RFT, "judges": LENGTH_JUDGE},
+        "[nsa.losses]\nHalfRFT = acme_nsa.losses:HalfRFT\nNeedsMore = acme_nsa.needs_more:NeedsMore\n\n"
+        "[nsa.judges]\nLengthJudge = acme_nsa.judges:LengthJudge\n",
+        {"losses": HALF_RFT, "judges": LENGTH_JUDGE, "needs_more": "import acme_missing_dependency\n"},
     )
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
@@ -246,6 +247,42 @@ def test_plugin_breaking_the_protocol_fails_in_one_line(site, recipe, capsys):
     )
     code, _, err = run_main(capsys, "fit", "--config", str(path), "--model.loss.help", "acme_nsa.losses.FloatLoss")
     assert_one_line_error(code, err, "--model.loss.help: FloatLoss does not meet", "where nsa expects LossOutput")
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        (  # a judge in the loss slot, by short name and by class_path
+            "--model.loss=LengthJudge",
+            "--model.loss: LengthJudge is a StepJudge, not a PolicyLoss: the installed PolicyLoss plugins (nsa.losses) "
+            "are BCPG, DPO, GRPOOffline, HalfRFT, NeedsMore, RFT, TOPR",
+        ),
+        ('--model.loss={"class_path": "acme_nsa.judges.LengthJudge"}', "LengthJudge is a StepJudge, not a PolicyLoss"),
+        ("--data.segmenter=Vote", "--data.segmenter: Vote is a Consensus, not a Segmenter: the installed Segmenter"),
+        ("--data.judges=[HalfRFT]", "--data.judges: HalfRFT is a PolicyLoss, not a StepJudge"),
+        (  # breaks its own kind's contract: which method, and how
+            "--model.loss=acme_nsa.losses.FloatLoss",
+            "--model.loss: FloatLoss does not meet the PolicyLoss contract (nsa.contracts): FloatLoss.__call__ returns "
+            "float, where nsa expects LossOutput",
+        ),
+        (  # its package imports a module that is not installed
+            "--model.loss=NeedsMore",
+            "--model.loss: cannot import acme_nsa.needs_more.NeedsMore: the package acme-nsa needs the module "
+            "acme_missing_dependency, which is not installed",
+        ),
+        (  # a class_path with a typo in its module
+            "--model.loss=acme_nsa.losess.HalfRFT",
+            "--model.loss: cannot import acme_nsa.losess.HalfRFT: there is no module acme_nsa.losess; check the "
+            "class_path",
+        ),
+        ("--model.loss=acme_nsa.losses.HalfRTF", "--model.loss: cannot import acme_nsa.losses.HalfRTF: "),
+    ],
+)
+def test_a_refused_plugin_is_one_nsa_line(site, recipe, capsys, override, said):
+    """Every way a named plugin can be wrong gets nsa's words, not jsonargparse's, before anything runs."""
+    code, out, err = run_main(capsys, "fit", "--config", str(recipe("RFT")), override, "--print_config")
+    assert_one_line_error(code, err, said)
+    assert "Parser key" not in err and "either not accessible" not in err and out == ""
 
 
 def test_unannotated_plugin_is_accepted_as_a_type_checker_would(site, recipe, capsys):
