@@ -157,7 +157,8 @@ def score(
 def evaluate(
     evaluation: Evaluation, sampler: Sampler, policy: str, cache_dir: str, team: Team | None = None
 ) -> list[dict]:
-    """One row per benchmark: its name, size, metrics and the share of answers cut off.
+    """One row per benchmark: its name, the problems scored and dropped (prompt too long), metrics and the share
+    of answers cut off.
     ``team``: the processes that share the sampling and verifying (this one alone by default)."""
     team = team or Team.alone()
     ks = check(evaluation, sampler)
@@ -172,8 +173,13 @@ def evaluate(
             correct = correct_per_problem(verified)
             truncated = 100.0 * sampled.stats["answers_truncated"] / max(1, len(sampled.dataset))
             metrics = {**benchmark_metrics(correct, sampler.num_samples, ks), "truncated%": truncated}
-            rows.append({"benchmark": bench.name, "problems": len(correct), **metrics})
+            dropped = int(sampled.stats.get("prompts_too_long", 0))  # warned of, with the fix, as they were dropped
+            rows.append({"benchmark": bench.name, "problems": len(correct), "dropped": dropped, **metrics})
     return rows
+
+
+# a row's columns that say what was scored; the others are metrics, averaged in the table's mean row
+COVERAGE = ("benchmark", "problems", "dropped")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -181,7 +187,8 @@ def format_table(rows: list[dict]) -> str:
     columns = list(rows[0])
     cells = [[_cell(row[c]) for c in columns] for row in rows]
     if len(rows) > 1:
-        cells.append(["mean", ""] + [_cell(sum(r[c] for r in rows) / len(rows)) for c in columns[2:]])
+        means = [_cell(sum(r[c] for r in rows) / len(rows)) for c in columns[len(COVERAGE) :]]
+        cells.append(["mean", *[""] * (len(COVERAGE) - 1), *means])
     return tables.format_table(columns, cells)
 
 

@@ -2,7 +2,7 @@
 
 Keeps the generated token ids as they came (EOS included, padding removed) and the
 log-probability of each under the distribution it was drawn from (after temperature and
-top_p, read by a logits processor that runs last). Seeding is per call and derived from the prompts, so
+top_p, drawn and read by a logits processor that runs last). Seeding is per call and derived from the prompts, so
 a resumed stage redraws the same answers.
 """
 
@@ -27,6 +27,8 @@ class HFSampler:
     once per batch: 1.14x (benchmarks/hf_cache.py, 2 threads) to 1.55x (the toy experiment's
     pretrained policy, 1 thread) the answers per second of "dynamic" on a CPU, whose cache is
     concatenated at every step (60% of a small model's generate time), with the same answers.
+    For a model of SmolLM2-135M's size it is the other way round: at 64 rows "dynamic" takes 0.76x
+    the time a step of "static" takes (benchmarks/hf_draw.py, 2 threads): the quickstart sets it.
     """
 
     def __init__(
@@ -72,12 +74,12 @@ class HFSampler:
         context = policy_context(model_dir)
         return None if context is None else PromptRoom(context, self.max_new_tokens, "max_new_tokens")
 
-    def _processors(self, recorder: _SampledLogprobs):
+    def _processors(self, draw: _Draw):
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         warpers = [TemperatureLogitsWarper(self.temperature)] if self.temperature != 1.0 else []
         warpers += [TopPLogitsWarper(self.top_p)] if self.top_p < 1.0 else []
-        return LogitsProcessorList([*warpers, recorder])
+        return LogitsProcessorList([*warpers, draw])
 
     def _load(self, model_dir: str):
         if self._loaded is None or self._loaded[0] != model_dir:
@@ -91,27 +93,27 @@ class HFSampler:
         width = max(len(p) for p in prompts)
         pad = tokenizer.pad_token_id
         device = model.device
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)  # (P, W) left
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (P, W)
-        recorder = _SampledLogprobs()
+        rows = [p for p in prompts for _ in range(self.num_samples)]  # each prompt G times, as generate would
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in rows], device=device)  # (P * G, W) left
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)  # (P * G, W)
+        draw = _Draw()
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                do_sample=True,
-                # temperature and top_p run as our processors, so the recorder after them sees the
-                # distribution each token is drawn from (generate puts its own after custom ones)
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
-                logits_processor=self._processors(recorder),
+                # temperature and top_p run as our processors and _Draw, last, draws the token: generate
+                # only takes the one token it left (greedy), and none of its own warpers run
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=self._processors(draw),
                 max_new_tokens=self.max_new_tokens,
-                num_return_sequences=self.num_samples,
                 pad_token_id=pad,
                 cache_implementation=self.cache_implementation,
             )
         generated = out[:, width:]  # (P * G, N)
-        logprobs = recorder.finish(generated)  # (P * G, N)
+        logprobs = draw.finish(generated)  # (P * G, N)
         answers = []
         for ids, lps in zip(generated.tolist(), logprobs.tolist()):
             kept = _trim(ids, tokenizer.eos_token_id, pad)
@@ -119,34 +121,33 @@ class HFSampler:
         return [answers[i : i + self.num_samples] for i in range(0, len(answers), self.num_samples)]
 
 
-class _SampledLogprobs:
-    """A logits processor, run last, that keeps the log-prob of each drawn token.
+class _Draw:
+    """A logits processor, run last, that draws each row's token itself and keeps its log-prob.
 
-    Called at step t with the ids so far (the token drawn at step t-1 last) and the
-    processed scores of step t; it keeps one step's log-softmax, not all of them, so memory
-    does not grow with the answer length (generate's ``output_scores`` keeps (B, V) per step).
+    It samples from softmax(scores) by inverse CDF (one uniform per row, a cumulative sum and a
+    binary search) and returns scores that are -inf everywhere but the drawn token, so generate's
+    greedy step takes it. torch.multinomial, which generate's sampling uses, draws an exponential
+    for every vocabulary entry: 30 ms a step for 32 rows of SmolLM2's 49152 on a CPU, 15% of the
+    step (benchmarks/hf_draw.py). A token of probability 0 (outside top_p) is never drawn: the
+    search returns the first index whose cumulative sum reaches u, and u > 0.
     """
 
     def __init__(self) -> None:
-        self._previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
         self._drawn: list[torch.Tensor] = []  # per step, (B,) log-prob of the token drawn
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self._take(input_ids[:, -1])
-        self._previous = scores.float().log_softmax(-1)
-        return scores
+        logprobs = scores.float().log_softmax(-1)  # (B, V)
+        cdf = logprobs.exp().cumsum(-1)  # (B, V)
+        u = (1.0 - torch.rand(cdf.shape[0], 1, device=cdf.device)) * cdf[:, -1:]  # (B, 1) in (0, total]
+        token = torch.searchsorted(cdf, u).clamp(max=cdf.shape[1] - 1)  # (B, 1)
+        self._drawn.append(logprobs.gather(-1, token).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
     def finish(self, generated: torch.Tensor) -> torch.Tensor:
         """(B, N) log-probs of ``generated`` (B, N), the tokens drawn at the N steps."""
-        self._take(generated[:, -1])
-        return (
-            torch.stack(self._drawn, dim=1) if self._drawn else generated.new_zeros(generated.shape, dtype=torch.float)
-        )
-
-    def _take(self, tokens: torch.Tensor) -> None:
-        if self._previous is not None:
-            self._drawn.append(self._previous.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
-            self._previous = None
+        if not self._drawn:
+            return generated.new_zeros(generated.shape, dtype=torch.float)
+        return torch.stack(self._drawn, dim=1)[:, : generated.shape[1]]
 
 
 def _trim(ids: list[int], eos: int, pad: int) -> list[int]:

@@ -362,7 +362,12 @@ def test_an_evaluation_drops_a_question_longer_than_its_samplers_context(tmp_pat
     (line,) = [line for line in err.splitlines() if line.startswith("nsa: warning:")]
     assert line.startswith("nsa: warning: eval-four: dropped 1 of 4 questions (prompts_too_long)")
     assert "evaluate.sampler max_new_tokens 8" in line
-    assert out.splitlines()[1].split()[:2] == ["four", "3"]  # the table counts the problems sampled
+    assert out.splitlines()[1].split()[:3] == ["four", "3", "1"]  # the table: 3 problems scored, 1 dropped
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert (run.data.metrics["eval/four/problems"], run.data.metrics["eval/four/dropped"]) == (3.0, 1.0)
 
 
 def test_a_micro_batch_budget_below_the_longest_row_is_said_before_training(recipe, capsys):

@@ -143,10 +143,10 @@ def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, c
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")  # a sample per 50 ms of evaluation
     main(["evaluate", "--config", str(evaluate_recipe(tmp_path, tiny_model))])
     table = capsys.readouterr().out.splitlines()
-    header = ["benchmark", "problems", "avg@4", "avg@4_se", "pass@1", "pass@2", "pass@4", "truncated%"]
+    header = ["benchmark", "problems", "dropped", "avg@4", "avg@4_se", "pass@1", "pass@2", "pass@4", "truncated%"]
     assert table[0].split() == header
-    assert table[1].split() == ["math500", "3", "16.67", "8.33", "16.67", "33.33", "66.67", "0.00"]
-    assert table[2].split() == ["gsm8k", "2", "12.50", "12.50", "12.50", "25.00", "50.00", "0.00"]
+    assert table[1].split() == ["math500", "3", "0", "16.67", "8.33", "16.67", "33.33", "66.67", "0.00"]
+    assert table[2].split() == ["gsm8k", "2", "0", "12.50", "12.50", "12.50", "25.00", "50.00", "0.00"]
     assert table[3].split() == ["mean", "14.58", "10.42", "14.58", "29.17", "58.33", "0.00"]
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -165,7 +165,7 @@ def test_evaluate_prints_and_logs_the_hand_counted_table(tmp_path, tiny_model, c
     table_json = json.loads(
         Path(client.download_artifacts(run.info.run_id, "eval/results.json", str(tmp_path))).read_text()
     )
-    assert table_json["columns"][:3] == ["benchmark", "problems", "avg@4"]
+    assert table_json["columns"][:4] == ["benchmark", "problems", "dropped", "avg@4"]
 
 
 def test_a_second_evaluation_samples_nothing(tmp_path, tiny_model, capsys):
@@ -234,4 +234,4 @@ def test_evaluate_runs_on_the_recipes_placement(tmp_path, tiny_model, capsys):
     assert "nsa: error: trainer: No supported gpu backend found!" in capsys.readouterr().err
     here = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
     main(["evaluate", "--config", str(path), *here])
-    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["math500", "3", "16.67"]
+    assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["math500", "3", "0", "16.67"]
