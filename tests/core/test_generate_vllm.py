@@ -60,7 +60,7 @@ def test_generate_and_evaluate_on_vllm(tmp_path, capsys):
 
     main(["evaluate", "--config", str(path)])
     table = capsys.readouterr().out.splitlines()
-    assert table[1].split()[:3] == ["math500", "3", "0.00"]  # avg@3 of a random model
+    assert table[1].split()[:4] == ["math500", "3", "0", "0.00"]  # avg@3 of a random model
     assert no_children_left()
 
     two = [f"--data.cache_dir={tmp_path / 'two'}", "--data.verifier=tests.counting.ParityVerifier"]
