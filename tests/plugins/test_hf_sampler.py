@@ -215,3 +215,38 @@ def test_the_draw_follows_the_distribution_and_leaves_one_token() -> None:
     assert share[3] == 0
     torch.testing.assert_close(share, p, atol=0.0175, rtol=0)
     torch.testing.assert_close(draw.finish(token[:, None]), p.log()[token][:, None])
+
+
+def test_the_cpu_attention_shares_key_value_heads_with_the_same_logits(tmp_path) -> None:
+    """A tiny Llama with 4 query heads on 2 key/value heads, a left-padded batch (so a mask, where
+    transformers' sdpa copies the cache per query head): gqa_sdpa gives the same logits at every
+    position of prefill and of 3 cached decode steps, to fp32 rounding; HFSampler's model runs it."""
+    from nsa.plugins.samplers.gqa_attention import NAME, use_on_cpu
+    from tests.tiny import build_model
+
+    folder = build_model(tmp_path / "gqa", num_attention_heads=4, num_key_value_heads=2)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])  # (2, 5), row 0 left-padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+
+    def logits(model) -> torch.Tensor:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=3,
+                min_new_tokens=3,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=0,
+            )
+        return torch.stack(out.logits, 1)  # (2, 3, V)
+
+    model = load_policy(str(folder)).eval()
+    assert model.config._attn_implementation == "sdpa"
+    expected = logits(model)
+    use_on_cpu(model)
+    assert model.config._attn_implementation == NAME
+    torch.testing.assert_close(logits(model), expected, atol=1e-5, rtol=0)
+    loaded, _ = HFSampler()._load(str(folder))
+    assert loaded.config._attn_implementation == NAME
