@@ -17,14 +17,21 @@ def test_a_header_alone_is_one_line():
 
 def test_the_evaluation_table_with_its_mean_golden():
     rows = [
-        {"benchmark": "math500", "problems": 3, "avg@4": 16.666666, "pass@4": 66.66667, "truncated%": 0.0},
-        {"benchmark": "gsm8k", "problems": 120, "avg@4": 12.5, "pass@4": 50.0, "truncated%": 100.0},
+        {
+            "benchmark": "math500",
+            "problems": 3,
+            "dropped": 0,
+            "avg@4": 16.666666,
+            "pass@4": 66.66667,
+            "truncated%": 0.0,
+        },
+        {"benchmark": "gsm8k", "problems": 120, "dropped": 7, "avg@4": 12.5, "pass@4": 50.0, "truncated%": 100.0},
     ]
     assert evaluate.format_table(rows) == (
-        "benchmark  problems  avg@4  pass@4  truncated%\n"
-        "math500           3  16.67   66.67        0.00\n"
-        "gsm8k           120  12.50   50.00      100.00\n"
-        "mean                 14.58   58.33       50.00"
+        "benchmark  problems  dropped  avg@4  pass@4  truncated%\n"
+        "math500           3        0  16.67   66.67        0.00\n"
+        "gsm8k           120        7  12.50   50.00      100.00\n"
+        "mean                          14.58   58.33       50.00"
     )
 
 
