@@ -77,6 +77,10 @@ class NSADataModule(L.LightningDataModule):
             kernel (flash-attention, flex attention); else padded rows sorted by length, with a
             notice. true: with any attention that keeps them apart (sdpa and eager with a dense
             tokens x tokens mask), refused if none does. false: padded.
+        reject_wrong_final_step: a negative's last step, where it states the final answer the
+            verifier found wrong, is rejected whatever the judges say (they may pass its sound
+            arithmetic: "so the answer is 600", for 6). The paper's PRM and LLM judges reject such
+            a step anyway; false leaves it to the judges (an ablation).
         cache_dir: where stage outputs are cached by fingerprint.
         shard_size: problems per committed shard (a kill loses at most one shard).
         logprob_precision: precision of the pi_ref forward, linked from ``trainer.precision``.
@@ -113,6 +117,7 @@ class NSADataModule(L.LightningDataModule):
         rollouts: str | None = None,
         shared_cache_dir: bool = False,
         padding_free: bool | None = None,
+        reject_wrong_final_step: bool = True,
     ) -> None:
         super().__init__()
         if not problems and not rollouts:
@@ -160,6 +165,7 @@ class NSADataModule(L.LightningDataModule):
             shard_size=shard_size,
             logprob_precision=logprob_precision,
             logprob_batch_size=logprob_batch_size,
+            reject_wrong_final_step=reject_wrong_final_step,
         )
         self.responses_per_step, self.tokens_per_micro_batch = responses_per_step, tokens_per_micro_batch
         self.seed, self.pairs, self.max_length, self.padding_free = seed, pairs, max_length, padding_free

@@ -18,6 +18,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from nsa.errors import NSAError
+from nsa.stages.steps import states_a_wrong_answer
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: #222; }
@@ -78,9 +79,13 @@ def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def answer_html(row: dict, number: int, names: list[str], thresholds: list[float], beta: float | None) -> str:
-    """One negative: its steps coloured by consensus label, then a table of verdicts and weights."""
+def answer_html(
+    row: dict, number: int, names: list[str], thresholds: list[float], beta: float | None, rule: bool = True
+) -> str:
+    """One negative: its steps coloured by consensus label, then a table of verdicts and weights. ``rule``:
+    data.reject_wrong_final_step, which rejects the step stating the wrong final answer, is on."""
     labels, text = row["step_labels"], row["response"]
+    final = len(labels) - 1 if rule and states_a_wrong_answer(row) else None
     spans = []
     for k, ((start, end), mined) in enumerate(zip(row["spans"], labels)):
         kind = "mined" if mined else "rejected"
@@ -90,7 +95,8 @@ def answer_html(row: dict, number: int, names: list[str], thresholds: list[float
     for k, mined in enumerate(labels):
         cells = "".join(f"<td>{verdict(row[f'scores/{n}'][k], t)}</td>" for n, t in zip(names, thresholds))
         weight = f"{beta:g}" if mined and beta is not None else "1"
-        table.append(f"<tr><td>{k + 1}</td>{cells}<td>{'mined' if mined else 'rejected'}</td><td>{weight}</td></tr>")
+        said = "mined" if mined else "rejected: states the wrong final answer" if k == final else "rejected"
+        table.append(f"<tr><td>{k + 1}</td>{cells}<td>{said}</td><td>{weight}</td></tr>")
     return (
         f"<section class='answer' id='answer-{number}'><h2>{number}. {html.escape(row['question'])}</h2>"
         f"<p class='meta'>group {html.escape(row['group'])}: reward {row['reward']:g}, "
@@ -99,16 +105,29 @@ def answer_html(row: dict, number: int, names: list[str], thresholds: list[float
     )
 
 
-def page(rows: Dataset, stats: dict[str, float], names: list[str], thresholds: list[float], beta: float | None) -> str:
+def page(
+    rows: Dataset,
+    stats: dict[str, float],
+    names: list[str],
+    thresholds: list[float],
+    beta: float | None,
+    rule: bool = True,
+) -> str:
     negatives = [row for row in rows if row["spans"]]
+    final = (
+        "a negative's last step, which states its wrong final answer, is rejected whatever the judges say"
+        if rule
+        else "the step stating a negative's wrong final answer is left to the judges"
+    )
     weights = f"mined steps weigh beta = {beta:g}, every other token 1" if beta is not None else "the loss has no beta"
     body = [
         "<h1>Judged negatives</h1>",
         f"<p id='weights'>{html.escape(weights)}.</p>",
         "<p class='legend'><span class='mined'>mined: every judge the consensus asks accepts it</span>"
         "<span class='rejected'>rejected</span></p>",
+        f"<p id='final-step'>{html.escape(final)} (data.reject_wrong_final_step: {str(rule).lower()}).</p>",
         summary_html(stats, names, agreement(rows, names, thresholds)),
-        *(answer_html(row, i + 1, names, thresholds, beta) for i, row in enumerate(negatives)),
+        *(answer_html(row, i + 1, names, thresholds, beta, rule) for i, row in enumerate(negatives)),
     ]
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>nsa inspect</title>"
@@ -135,9 +154,8 @@ def run(args: list[str]) -> None:
     judges = cli.datamodule.recipe.judges
     rows = labelled.dataset.filter(lambda spans: bool(spans), input_columns="spans")
     rows = rows.select(range(min(known.limit, len(rows))))
-    text = page(
-        rows, labelled.stats, judge_names(judges), [j.threshold for j in judges], getattr(cli.model.loss, "beta", None)
-    )
+    beta, rule = getattr(cli.model.loss, "beta", None), cli.datamodule.recipe.reject_wrong_final_step
+    text = page(rows, labelled.stats, judge_names(judges), [j.threshold for j in judges], beta, rule)
     Path(known.output).parent.mkdir(parents=True, exist_ok=True)
     Path(known.output).write_text(text, encoding="utf-8")
     print(f"nsa: inspect: {len(rows)} judged negatives written to {known.output}", file=sys.stderr)

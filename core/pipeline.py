@@ -59,6 +59,7 @@ class Recipe:
     shard_size: int = 16
     logprob_precision: str = "32-true"
     logprob_batch_size: int = 8
+    reject_wrong_final_step: bool = True  # see nsa.stages.steps.label_shard
 
     def plugins(self) -> list[object]:
         return [p for p in (self.sampler, self.verifier, self.segmenter, *self.judges) if p is not None]
@@ -242,6 +243,7 @@ def _judge_and_label(
         "thresholds": [j.threshold for j in recipe.judges],
         "consensus": recipe.consensus,
         "tokenizer": policy,
+        "wrong_final_step": "rejected" if recipe.reject_wrong_final_step else "judged",
     }
     labelled = run_stage(
         recipe.cache_dir,
@@ -254,6 +256,7 @@ def _judge_and_label(
             judges=recipe.judges,
             consensus=recipe.consensus,
             tokenizer=tokenizer,
+            reject_wrong_final_step=recipe.reject_wrong_final_step,
         ),
         rows,
         functools.partial(steps.summarise_labels, names=names, judges=recipe.judges),

@@ -109,16 +109,24 @@ def token_labels(starts: Sequence[int], spans: Sequence[Span], labels: Sequence[
 
 
 def label_shard(
-    rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge], consensus: Consensus, tokenizer
+    rollouts: Dataset,
+    names: Sequence[str],
+    judges: Sequence[StepJudge],
+    consensus: Consensus,
+    tokenizer,
+    reject_wrong_final_step: bool = True,
 ) -> Dataset:
     """Consensus step labels, the per-token NSA mask, and per-judge token counts.
 
-    Reads the judges' cached scores from the columns ``scores/<name>``.
+    Reads the judges' cached scores from the columns ``scores/<name>``. With
+    ``reject_wrong_final_step``, the consensus is overruled on one step (see ``states_a_wrong_answer``).
     """
     step_labels, masks, judge_tokens = [], [], []
     for row in rollouts:
         votes = {n: verdicts(row[f"scores/{n}"], j.threshold) for n, j in zip(names, judges)}
         label = consensus.combine(votes) if row["spans"] else []
+        if reject_wrong_final_step and states_a_wrong_answer(row):
+            label = [*label[:-1], False]
         starts = token_offsets(tokenizer, row["response_ids"]) if row["spans"] else [0] * len(row["response_ids"])
         step_labels.append(label)
         masks.append(token_labels(starts, row["spans"], label))
@@ -128,6 +136,14 @@ def label_shard(
     rollouts = rollouts.add_column("step_labels", step_labels)
     rollouts = rollouts.add_column("nsa_mask", masks)
     return rollouts.add_column("judge_tokens_correct", judge_tokens)
+
+
+def states_a_wrong_answer(row: dict) -> bool:
+    """Whether the answer's last step states a final answer the verifier found wrong: the answer is
+    a negative that has a final answer (verify status ``ok``), and the verifier reads it at the end
+    (math_verify takes the last boxed or stated answer, the code verifier the last program). No judge
+    may pass that step: what it states is known to be wrong, however sound its arithmetic."""
+    return bool(row["spans"]) and is_negative(row["reward"]) and row.get("verify_status", "ok") == "ok"
 
 
 def summarise_labels(rollouts: Dataset, names: Sequence[str], judges: Sequence[StepJudge]) -> dict[str, float]:

@@ -6,7 +6,9 @@ ArithmeticJudge (no claim scores 1) and a strict one (no claim scores 0), consen
 - 6 negatives, 14 steps; lenient accepts 13 (only "2 + 3 = 6" is false), strict 5, consensus 5.
 - Both judge every step; they agree on the 5 both accept and on "2 + 3 = 6", which both
   reject: 6 of 14 = 42.9%.
-- So 5 step spans are mined (weight beta = 0.5) and 9 rejected (weight 1).
+- So 5 step spans are mined (weight beta = 0.5) and 9 rejected (weight 1). 4 of those state a
+  negative's wrong final answer (neither judge passes them anyway: strict scores no claim 0); the
+  page says so in their consensus cell.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ def test_steps_are_coloured_by_consensus_with_verdicts_and_weights(rendered):
     assert table[step - 1] == [str(step), "0.00 ✗", "0.00 ✗", "rejected", "1"]
     weights = [line[-1] for s in answers for line in rows_of(s)]
     assert weights.count("0.5") == 5 and weights.count("1") == 9
+    said = [line[-2] for s in answers for line in rows_of(s)]  # the last steps of a1 and a2 in sum, a0 and a2 in six
+    assert said.count("rejected: states the wrong final answer") == 4 and said.count("mined") == 5
+    assert "(data.reject_wrong_final_step: true)" in rendered.find_element("id", "final-step").text
 
 
 def rows_of(section) -> list[list[str]]:

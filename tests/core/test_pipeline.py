@@ -41,13 +41,19 @@ def stage_dirs(cache: Path, stage: str) -> int:
 
 
 def test_stage_statistics_match_hand_count(tmp_path, tiny_model):
+    """The scripted answers a0 "2 + 3 = 5 | boxed 5", a1 "2 + 3 = 6 | boxed 6", a2 "2 * 3 = 6 | 2 + 3 = 5 |
+    boxed 7" and a3 "Hmm. | I give up." (no final answer) to sum (5), six (6) and hard (100): sum and six
+    are kept (one right answer each), hard is all wrong. Their negatives, sum's a1 a2 a3 and six's a0 a2
+    a3, have 7 + 7 = 14 steps; the arithmetic judge fails only "2 + 3 = 6", so it passes 13. The consensus
+    then rejects the 4 last steps that state a wrong final answer (a1 and a2 in sum, a0 and a2 in six;
+    a3 states none): 9."""
     stats = prepare(tiny_recipe(tmp_path, tiny_model)).stats
     assert stats["answers"] == 12 and stats["answers_correct"] == 2
     assert stats["answers_no_answer"] == 3
     assert stats["questions_kept"] == 2 and stats["questions_all_wrong"] == 1
     assert stats["answers_kept"] == 8 and stats["negatives"] == 6
     assert stats["steps"] == 14
-    assert stats["steps_correct/consensus"] == stats["steps_correct/ArithmeticJudge"] == 13
+    assert stats["steps_correct/ArithmeticJudge"] == 13 and stats["steps_correct/consensus"] == 9
     assert 0 < stats["tokens_correct/consensus"] < stats["tokens_negative"]
 
 
@@ -57,13 +63,19 @@ def test_rows_carry_masks_and_behaviour_logprobs(tmp_path, tiny_model):
         n = len(row["response_ids"])
         assert len(row["nsa_mask"]) == len(row["ref_logprobs"]) == n
         assert all(lp <= 0 for lp in row["ref_logprobs"])
-        assert not any(row["nsa_mask"]) if row["reward"] > 0.5 else any(row["nsa_mask"])
-    # a1 for "sum": its first step "2 + 3 = 6" is wrong, so its first token is not mined
+    # a1 for "sum": its first step "2 + 3 = 6" is wrong, its last states the wrong 6: nothing is mined
     wrong = next(r for r in rows if r["group"] == "sum" and r["response"].startswith("2 + 3 = 6"))
-    assert wrong["step_labels"] == [False, True] and not wrong["nsa_mask"][0] and wrong["nsa_mask"][-2]
+    assert wrong["step_labels"] == [False, False] and not any(wrong["nsa_mask"])
+    # a2 for "sum": its two sound steps are mined, the last ("So boxed 7") is not
+    sound = next(r for r in rows if r["group"] == "sum" and r["response"].startswith("2 * 3 = 6"))
+    assert sound["step_labels"] == [True, True, False] and sound["nsa_mask"][0] and not sound["nsa_mask"][-2]
+    for row in rows:  # a right answer mines nothing; every other negative mines something
+        assert any(row["nsa_mask"]) == (row["reward"] <= 0.5 and row["response"] != wrong["response"])
 
 
-@pytest.mark.parametrize(("rule", "expected"), [("all", 5), ("any", 13), ("majority", 5)])
+# lenient passes 13 steps, strict (no_claim_score 0) the 5 with a true claim; the 4 steps stating a
+# wrong final answer claim nothing, so only "any" loses them to the rule: 13 - 4 = 9
+@pytest.mark.parametrize(("rule", "expected"), [("all", 5), ("any", 9), ("majority", 5)])
 def test_consensus_rules_reuse_every_model_stage(tmp_path, tiny_model, rule, expected):
     recipe = tiny_recipe(tmp_path, tiny_model, judges=[LENIENT, STRICT])
     cache = tmp_path / "cache"

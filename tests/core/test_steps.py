@@ -151,3 +151,34 @@ def test_token_labels_edge_cases() -> None:
         False,
         False,
     ]
+
+
+def test_a_step_stating_a_wrong_final_answer_is_never_mined(tokenizer) -> None:
+    """The quickstart's case: "3 + 3 = 6" passes the arithmetic judge, and so does "So, the answer is
+    600." (it claims no arithmetic), but the verifier found 600 wrong for a question whose answer is 6:
+    with the rule (the default) that last step is rejected, its tokens leave the mask, and only the
+    first step is mined; without it the judges' verdicts stand. A right answer, and a negative with no
+    final answer (cut off: status no_answer, a last step that states nothing), keep their labels."""
+    from datasets import Dataset
+
+    from nsa.plugins.consensus.vote import Vote
+    from nsa.plugins.judges.arithmetic import ArithmeticJudge
+    from nsa.stages.steps import label_shard
+
+    text = "3 + 3 = 6\n\nSo, the answer is 600."
+    spans = [(0, 11), (11, len(text))]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    rows = Dataset.from_list(
+        [
+            {"spans": spans, "response_ids": ids, "reward": reward, "verify_status": status, "scores/A": [1.0, 1.0]}
+            for reward, status in ((0.0, "ok"), (1.0, "ok"), (0.0, "no_answer"))
+        ]
+    )
+    judges, vote = [ArithmeticJudge()], Vote(rule="all")
+    ruled = label_shard(rows, ["A"], judges, vote, tokenizer)
+    assert ruled["step_labels"] == [[True, False], [True, True], [True, True]]
+    starts = token_offsets(tokenizer, ids)
+    assert ruled["nsa_mask"][0] == [start < 11 for start in starts]
+    assert ruled["judge_tokens_correct"][0] == [len(ids)]  # the judge's own count is its verdicts
+    judged = label_shard(rows, ["A"], judges, vote, tokenizer, reject_wrong_final_step=False)
+    assert judged["step_labels"] == [[True, True]] * 3
