@@ -41,6 +41,12 @@ def is_correct(reward):
     return reward > CORRECT_ABOVE
 
 
+def passes(score: float, threshold: float) -> bool:
+    """The rule for a judged step: correct when its score reaches the judge's ``threshold`` (the
+    paper's lambda). The label stage, the inspector and judge-eval all read verdicts through it."""
+    return score >= threshold
+
+
 def is_negative(reward):
     """Not ``is_correct``: reward at or below 0.5, on a float or elementwise on a tensor."""
     return reward <= CORRECT_ABOVE
@@ -183,7 +189,7 @@ class StepItem:
 class StepJudge(Protocol):
     """Scores every step of each response in [0, 1]; ``None`` means unjudged.
 
-    ``threshold`` turns a score into a verdict (correct when score >= threshold). It is
+    ``threshold`` turns a score into a verdict (``passes``: correct when score >= threshold). It is
     applied after the scores are cached, so changing it re-runs no model.
 
     A judge holding a model (or a vLLM process) may also define ``close()``; nsa calls it

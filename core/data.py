@@ -196,11 +196,13 @@ class NSADataModule(L.LightningDataModule):
         if not self.stages:
             self.run_stages(of_trainer(self.trainer, self.recipe.shared_cache_dir))
         folder = resolve_policy(self.recipe.policy)
-        rows, self._setup_stats = drop_unusable(self.stages[-1].dataset, self.max_length or policy_context(folder))
+        # the group's std, like its mean (the groups stage), is over all its answers, before any is dropped
+        grouped = with_group_std(self.stages[-1].dataset)
+        rows, self._setup_stats = drop_unusable(grouped, self.max_length or policy_context(folder))
         self._warn_dropped()
         if not len(rows):
             raise NSAError("no training rows left after filtering; see the stage statistics above")
-        self.train_rows = with_group_std(rows)
+        self.train_rows = rows
         self.columns = self._loss_columns()
         self.lengths = row_lengths(self.train_rows)
         self._warn_budget()

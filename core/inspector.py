@@ -17,6 +17,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from nsa.contracts import passes
 from nsa.errors import NSAError
 from nsa.stages.steps import states_a_wrong_answer
 
@@ -38,7 +39,7 @@ def verdict(score: float | None, threshold: float) -> str:
     """A judge's score and verdict as a reader sees them: ``0.87 ✓``, ``0.12 ✗``, ``unjudged``."""
     if score is None:
         return "unjudged"
-    return f"{score:.2f} {'✓' if score >= threshold else '✗'}"
+    return f"{score:.2f} {'✓' if passes(score, threshold) else '✗'}"
 
 
 def agreement(rows: Dataset, names: list[str], thresholds: list[float]) -> list[tuple[str, int, int]]:

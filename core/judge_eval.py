@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nsa.contracts import Span, StepItem, StepJudge
+from nsa.contracts import Span, StepItem, StepJudge, passes
 from nsa.errors import NSAError
 
 FIELDS = ("problem", "steps", "label")
@@ -48,7 +48,7 @@ def first_wrong(scores: list[float | None], threshold: float) -> int | None:
     """
     if scores and all(s is None for s in scores):
         return None
-    return next((k for k, s in enumerate(scores) if s is not None and s < threshold), -1)
+    return next((k for k, s in enumerate(scores) if s is not None and not passes(s, threshold)), -1)
 
 
 def judge_eval(file: str, judge: StepJudge) -> dict[str, float]:

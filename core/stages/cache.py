@@ -17,6 +17,7 @@ the same shard; the first rename wins and the other copy is dropped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -152,9 +153,20 @@ def writing(out: Path, name: str = "", scratch: Path | None = None) -> Iterator[
             shutil.rmtree(scratch, ignore_errors=True)
         where = f"stage {name} in {out}" if name else str(out)
         raise NSAError(
-            f"data.cache_dir: cannot write {where} ({err.strerror or err}); free space there or set "
-            "--data.cache_dir to a writable folder (committed shards are kept: a rerun resumes from them)"
+            f"data.cache_dir: cannot write {where} ({err.strerror or err}); {write_fix(err)} (committed shards are "
+            "kept: a rerun resumes from them)"
         ) from None
+
+
+def write_fix(err: OSError) -> str:
+    """The fix for the cause: a full disk, a folder this user may not write, a file in a folder's place."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there or set --data.cache_dir to a folder on another disk"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make it writable for this user or set --data.cache_dir to a folder you may write"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "move that file away or set --data.cache_dir to a folder"
+    return "set --data.cache_dir to a writable folder"
 
 
 def check_writable(cache_dir: str | Path) -> None:

@@ -7,6 +7,7 @@ import statistics
 import string
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import Dataset, Features, List, Value
@@ -220,17 +221,29 @@ def filter_groups(rollouts: Dataset) -> Dataset:
         by_group.setdefault(group, []).append(reward)
     means = {g: statistics.fmean(r) for g, r in by_group.items()}
     rollouts = rollouts.add_column("reward_mean", [means[g] for g in rollouts["group"]])
-    mixed = {g for g, r in by_group.items() if min(r) != max(r)}
+    mixed = {g for g, r in by_group.items() if has_signal(r)}
     return rollouts.filter(lambda group: group in mixed, input_columns="group")
 
 
+def has_signal(rewards: Sequence[float]) -> bool:
+    """The rule for keeping a question: its answers' rewards differ, so their advantages are not all 0.
+
+    With fractional rewards (a program passing half its tests scores 0.5, a negative by ``is_correct``) a
+    group of 0.5 and 0 is kept: both are negatives, and the better one still has the higher advantage.
+    A group whose rewards are all equal is dropped, counted as all correct or all wrong by ``is_correct``.
+    """
+    return min(rewards) != max(rewards)
+
+
 def summarise_groups(before: Dataset, kept: Dataset) -> dict[str, float]:
-    groups = Counter(before["group"])
-    correct = Counter(g for g, r in zip(before["group"], before["reward"]) if is_correct(r))
-    all_right = sum(correct[g] == n for g, n in groups.items())
-    all_wrong = sum(correct[g] == 0 for g in groups)
+    by_group: dict[str, list[float]] = {}
+    for group, reward in zip(before["group"], before["reward"]):
+        by_group.setdefault(group, []).append(reward)
+    flat = [r for r in by_group.values() if not has_signal(r)]  # dropped: kept + these two = questions
+    all_right = sum(is_correct(r[0]) for r in flat)
+    all_wrong = len(flat) - all_right
     stats = {
-        "questions": float(len(groups)),
+        "questions": float(len(by_group)),
         "questions_kept": float(len(set(kept["group"]))),
         "questions_all_correct": float(all_right),
         "questions_all_wrong": float(all_wrong),
@@ -239,8 +252,8 @@ def summarise_groups(before: Dataset, kept: Dataset) -> dict[str, float]:
     }
     if not len(kept):
         raise NSAError(
-            f"no question has both right and wrong answers among its samples ({all_right} all right, "
-            f"{all_wrong} all wrong of {len(groups)}); "
+            f"no question has answers of different rewards among its samples ({all_right} all right, "
+            f"{all_wrong} all wrong of {len(by_group)}); "
             "sample more answers, raise the temperature or use other problems"
         )
     return stats

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset
 
-from nsa.contracts import Consensus, Segmenter, Span, StepItem, StepJudge, is_negative
+from nsa.contracts import Consensus, Segmenter, Span, StepItem, StepJudge, is_negative, passes
 from nsa.errors import NSAError
 
 
@@ -56,7 +56,7 @@ def judge_shard(rollouts: Dataset, judge: StepJudge) -> Dataset:
 
 
 def verdicts(scores: Sequence[float | None], threshold: float) -> list[bool | None]:
-    return [None if s is None else s >= threshold for s in scores]
+    return [None if s is None else passes(s, threshold) for s in scores]
 
 
 def token_offsets(tokenizer, ids: Sequence[int]) -> list[int]:

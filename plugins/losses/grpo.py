@@ -10,7 +10,8 @@ The objective, maximised, for the G responses y_i to one question:
     KL_ij   = pi_ref/pi - log(pi_ref/pi) - 1                         (the k3 estimator GRPO uses)
 
 std is the sample standard deviation of the group's rewards (as TRL's GRPOTrainer), computed
-over all the group's responses when the data module is set up. Offline there is no pi_old
+over all the group's responses when the data module is set up, the same rows as the mean: an
+answer dropped from training (too long, a broken pi_ref) still counts in both. Offline there is no pi_old
 separate from pi_ref: the clip bounds how far the policy moves from the data's sampler.
 ``kl_coef`` defaults to 0 (the clip alone; DeepSeekMath used 0.04).
 """

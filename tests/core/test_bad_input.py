@@ -100,6 +100,10 @@ def test_answers_longer_than_max_length_are_dropped_and_counted(recipe, capsys):
     dropped = cli.datamodule.stats["dropped_too_long"]
     assert 0 < dropped < 8 and len(cli.datamodule.train_rows) == 8 - dropped
     assert "longer than 80 tokens (data.max_length)" in capsys.readouterr().err
+    # GRPO's group std, like the group mean, counts the dropped answers: each kept group has one right
+    # answer of 4 (rewards 1 0 0 0: sample std sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5, mean 0.25)
+    rows = cli.datamodule.train_rows
+    assert set(rows["reward_std"]) == {0.5} and set(rows["reward_mean"]) == {0.25}
     fails_with(capsys, ["fit", "--config", recipe, "--data.max_length=10"], "no training rows left")
 
 

@@ -233,7 +233,8 @@ def test_a_full_cache_is_one_line_and_keeps_the_committed_shards(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     message, *listing = done.stdout.strip().splitlines()
     assert message.startswith("data.cache_dir: cannot write stage wide in "), message
-    assert "(No space left on device); free space there" in message and "a rerun resumes" in message
+    assert "(No space left on device); free space there or set --data.cache_dir to a folder on another disk" in message
+    assert "a rerun resumes" in message
     shards = [name for name in listing if name.startswith("shard-")]
     assert 1 <= len(shards) < 40 and not [name for name in listing if name.startswith(".tmp")], listing
 
@@ -246,11 +247,14 @@ def test_a_read_only_cache_is_refused_before_any_stage(tmp_path):
     done = in_own_mounts(f'{read_only} && "{sys.executable}" -c "$1" "{cache_dir}"', FILL)
     assert done.returncode == 1 and done.stdout.strip() == "", done.stderr[-2000:]  # check_writable raised
     assert f"nsa.errors.NSAError: data.cache_dir: cannot write {cache_dir} (Read-only file system)" in done.stderr
+    assert "make it writable for this user or set --data.cache_dir" in done.stderr and "free space" not in done.stderr
 
 
 def test_a_cache_that_is_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "cache").write_text("not a folder")
     for path in (tmp_path / "cache", tmp_path / "cache" / "sub"):
         why = f"{tmp_path / 'cache'} is a file, not a folder"
-        with pytest.raises(cache.NSAError, match=rf"data.cache_dir: cannot write {path} \({why}"):
+        with pytest.raises(cache.NSAError, match=rf"data.cache_dir: cannot write {path} \({why}") as refused:
             cache.check_writable(path)
+        assert "move that file away or set --data.cache_dir to a folder" in str(refused.value)
+        assert "free space" not in str(refused.value)

@@ -43,6 +43,23 @@ def test_a_half_reward_answer_is_segmented_counted_and_left_out_of_rft():
     assert plan_epoch([4, 4, 4], positive, 3, 100, seed=0)[0][0].step_positives == 1
 
 
+def test_groups_are_kept_and_counted_by_one_rule_with_fractional_rewards():
+    """Five questions: a (0.5, 0.0) and e (1.0, 0.0) have rewards that differ, so advantages: kept,
+    though a holds no right answer; b (1.0, 1.0) is all correct; c (0.0, 0.0) and d (0.5, 0.5) are all
+    wrong (equal rewards, negatives). Kept 2 + all correct 1 + all wrong 2 = the 5 questions; the kept
+    answers are 4, of which 3 negatives (both of a's, one of e's). Before, d's and a's counts disagreed:
+    a was kept and also counted all wrong (no answer above 0.5), so the three added up to 6."""
+    rewards = {"a": [0.5, 0.0], "b": [1.0, 1.0], "c": [0.0, 0.0], "d": [0.5, 0.5], "e": [1.0, 0.0]}
+    rows = Dataset.from_dict(
+        {"group": [g for g, r in rewards.items() for _ in r], "reward": [x for r in rewards.values() for x in r]}
+    )
+    kept = filter_groups(rows)
+    stats = summarise_groups(rows, kept)
+    assert sorted(set(kept["group"])) == ["a", "e"]
+    assert (stats["questions_kept"], stats["questions_all_correct"], stats["questions_all_wrong"]) == (2, 1, 2)
+    assert stats["questions"] == 5 and stats["answers_kept"] == 4 and stats["negatives"] == 3
+
+
 def test_rft_trains_only_the_answer_above_the_edge():
     """Rows with rewards 1.0 and 0.5, both of log-prob -1 per token: RFT's loss is the correct
     row's nll (1.0) over step_positives (1): 1.0; were 0.5 correct, the weight would double it."""
